@@ -1,0 +1,293 @@
+//! The `Broker` trait every engine implements, and the `Delivery`/`Consumer` types a worker
+//! gets from it.
+//!
+//! The trait is small and AMQP-shaped, like kombu's channel: publish, consume with a
+//! prefetch limit, ack/reject/restore one delivery, purge, queue depth. It is object-safe
+//! (`Arc<dyn Broker>` is chosen from a URL at run time), so methods return boxed futures
+//! through `async_trait`.
+//!
+//! A [`Delivery`] must be settled exactly once, and the type makes that hold: `ack`,
+//! `reject` and `restore` consume it. One that is dropped unsettled (a worker task that was
+//! aborted, a consumer that was closed) is handed back to the broker as if the connection
+//! had closed: it returns to the front of its queue, marked redelivered.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::error::{BrokerError, PublishError};
+use crate::message::Message;
+
+/// What an engine can do natively; the rest is emulated or unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Priorities 0..=9 are honoured.
+    pub priorities: bool,
+    /// `PublishOptions::deliver_at` holds a message in the broker until due.
+    pub native_delay: bool,
+    /// Fanout publish/subscribe (remote control, events).
+    pub fanout: bool,
+    /// Messages survive a restart of the process.
+    pub durable: bool,
+    /// Other processes can share the queues.
+    pub shared: bool,
+}
+
+/// Options for one publish.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Keep the message invisible until this time, on brokers with
+    /// [`Capabilities::native_delay`]; others deliver it at once (the worker then holds
+    /// it until its `eta`).
+    pub deliver_at: Option<DateTime<Utc>>,
+}
+
+impl PublishOptions {
+    /// Publish options that delay delivery until `at` where the broker can.
+    pub fn deliver_at(at: Option<DateTime<Utc>>) -> Self {
+        Self { deliver_at: at }
+    }
+}
+
+/// What to consume and how many unsettled deliveries to allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumeOptions {
+    /// Queues to consume from, in order of preference.
+    pub queues: Vec<String>,
+    /// Most deliveries handed out and not yet settled (or released); 0 = no limit.
+    pub prefetch: usize,
+}
+
+impl ConsumeOptions {
+    /// Consume `queues` with a prefetch limit.
+    pub fn new(queues: Vec<String>, prefetch: usize) -> Self {
+        Self { queues, prefetch }
+    }
+}
+
+/// A message broker: named queues, publish, consume, acknowledge.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// The broker URL with credentials masked, for logs and banners.
+    fn url(&self) -> String;
+
+    /// What this engine supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Makes sure `queue` exists.
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let _ = queue;
+        Ok(())
+    }
+
+    /// Publishes one message to the queue its `delivery_info` routes to.
+    async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError>;
+
+    /// Publishes many messages; engines that can pipeline override this.
+    ///
+    /// Stops at the first failure, which hands back that message; the ones before it were
+    /// published, the ones after it were not (they are in `remaining`).
+    async fn publish_many(&self, messages: Vec<(Message, PublishOptions)>) -> Result<(), PublishManyError> {
+        let mut iter = messages.into_iter();
+        while let Some((m, o)) = iter.next() {
+            if let Err(error) = self.publish(m, o).await {
+                return Err(PublishManyError {
+                    error,
+                    remaining: iter.collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts consuming; deliveries arrive on the returned [`Consumer`].
+    async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError>;
+
+    /// Deletes every waiting message in `queue`; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// How many messages wait in `queue` (not counting delivered, unsettled ones).
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// The queues this broker knows of.
+    async fn queues(&self) -> Result<Vec<String>, BrokerError>;
+}
+
+/// A failed [`Broker::publish_many`]: the failing publish and the messages not attempted.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} ({} more messages not published)", remaining.len())]
+pub struct PublishManyError {
+    /// The publish that failed, with its message.
+    #[source]
+    pub error: PublishError,
+    /// Messages after it, not published.
+    pub remaining: Vec<(Message, PublishOptions)>,
+}
+
+/// How a broker settles its deliveries. Implemented by each engine; used only through
+/// [`Delivery`].
+#[async_trait]
+pub trait Acker: Send + Sync + 'static {
+    /// The message was handled: forget it.
+    async fn ack(&self, tag: &str) -> Result<(), BrokerError>;
+    /// The message is refused: drop it, or put it back at the end of its queue.
+    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError>;
+    /// The message was not handled: put it back at the front of its queue, redelivered.
+    async fn restore(&self, tag: &str) -> Result<(), BrokerError>;
+    /// The delivery was dropped unsettled; return it as [`restore`](Self::restore) would,
+    /// without waiting (called from `Drop`).
+    fn abandon(&self, tag: &str);
+}
+
+/// One message handed to a consumer, to be settled exactly once.
+pub struct Delivery {
+    message: Arc<Message>,
+    queue: String,
+    redelivered: bool,
+    tag: String,
+    acker: Arc<dyn Acker>,
+    slot: Option<OwnedSemaphorePermit>,
+    settled: bool,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .field("tag", &self.tag)
+            .field("redelivered", &self.redelivered)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery settled through `acker` under `tag` (for engines).
+    pub fn new(message: Arc<Message>, queue: String, redelivered: bool, tag: String, acker: Arc<dyn Acker>) -> Self {
+        Self {
+            message,
+            queue,
+            redelivered,
+            tag,
+            acker,
+            slot: None,
+            settled: false,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The queue it was taken from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether it was delivered before and not acknowledged.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The broker's delivery tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Acknowledges: the broker forgets the message.
+    pub async fn ack(mut self) -> Result<(), BrokerError> {
+        self.settled = true;
+        self.slot = None;
+        self.acker.ack(&self.tag).await
+    }
+
+    /// Rejects: drops the message, or with `requeue` puts it at the end of its queue.
+    pub async fn reject(mut self, requeue: bool) -> Result<(), BrokerError> {
+        self.settled = true;
+        self.slot = None;
+        self.acker.reject(&self.tag, requeue).await
+    }
+
+    /// Returns the message unhandled to the front of its queue, marked redelivered.
+    pub async fn restore(mut self) -> Result<(), BrokerError> {
+        self.settled = true;
+        self.slot = None;
+        self.acker.restore(&self.tag).await
+    }
+
+    /// Stops counting this delivery against the consumer's prefetch limit (a worker
+    /// holding an ETA task does this, so waiting tasks do not block new ones).
+    pub fn release_prefetch(&mut self) {
+        self.slot = None;
+    }
+
+    /// Counts this delivery against a prefetch limit until it is settled or released.
+    pub fn attach_prefetch(&mut self, slot: OwnedSemaphorePermit) {
+        self.slot = Some(slot);
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.acker.abandon(&self.tag);
+        }
+    }
+}
+
+/// A running consumption: deliveries in the order the broker hands them out.
+///
+/// [`next`](Consumer::next) is cancel-safe (it can sit in a `select!`). Dropping the
+/// consumer stops fetching; deliveries it had fetched but not yet handed out are restored.
+pub struct Consumer {
+    rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A consumer fed by a channel; the feeding side stops when the receiver is dropped
+    /// (`UnboundedSender::closed`).
+    pub fn from_channel(rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>) -> Self {
+        Self { rx }
+    }
+
+    /// The next delivery, an error from the broker, or `None` when consumption ended.
+    pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        self.rx.recv().await
+    }
+
+    /// Stops consuming and returns every delivery fetched but not yet handed out, so the
+    /// caller can restore them explicitly (dropping them restores them too).
+    pub fn close(mut self) -> Vec<Delivery> {
+        self.rx.close();
+        let mut left = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(d) = item {
+                left.push(d);
+            }
+        }
+        left
+    }
+}
+
+impl futures::Stream for Consumer {
+    type Item = Result<Delivery, BrokerError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}

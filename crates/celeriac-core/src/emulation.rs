@@ -1,0 +1,85 @@
+//! What kombu's virtual transport does once for every engine that is not AMQP: the
+//! consumer loop with prefetch (QoS), batching and error back-off, written once here.
+//!
+//! An engine implements [`Fetch`] — "take up to N messages from these queues, waiting until
+//! there is one" — and [`spawn_consumer`] turns it into a [`Consumer`] that never has more
+//! than `prefetch` unsettled deliveries out, fetches as many as the free prefetch allows in
+//! one call, and stops when the consumer is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::broker::{ConsumeOptions, Consumer, Delivery};
+use crate::error::BrokerError;
+
+/// Most messages fetched in one call when no prefetch limit is set.
+pub const UNLIMITED_BATCH: usize = 256;
+
+/// The one primitive a queue engine provides for consumption.
+#[async_trait]
+pub trait Fetch: Send + Sync + 'static {
+    /// Takes between 1 and `max` messages from `queues` (the engine's priority and queue
+    /// order), waiting until at least one is available.
+    ///
+    /// Must be cancel-safe: if the returned future is dropped before it completes, no
+    /// message may have been taken.
+    async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError>;
+}
+
+/// Starts the consumption loop for `fetcher` on a tokio task and returns its consumer.
+pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consumer {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let qos = (options.prefetch > 0).then(|| Arc::new(Semaphore::new(options.prefetch)));
+    let queues = options.queues;
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut slots = Vec::new();
+            if let Some(qos) = &qos {
+                let first = tokio::select! {
+                    _ = tx.closed() => return,
+                    permit = qos.clone().acquire_owned() => permit,
+                };
+                let Ok(first) = first else { return };
+                slots.push(first);
+                while let Ok(more) = qos.clone().try_acquire_owned() {
+                    slots.push(more);
+                }
+            }
+            let max = if qos.is_some() { slots.len() } else { UNLIMITED_BATCH };
+            let fetched = tokio::select! {
+                _ = tx.closed() => return,
+                r = fetcher.fetch(&queues, max) => r,
+            };
+            match fetched {
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(50);
+                    for mut d in deliveries {
+                        if let Some(slot) = slots.pop() {
+                            d.attach_prefetch(slot);
+                        }
+                        // A closed receiver drops `d`, which restores it.
+                        if tx.send(Ok(d)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let retry = e.is_retryable();
+                    if tx.send(Err(e)).is_err() || !retry {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    Consumer::from_channel(rx)
+}

@@ -1,0 +1,404 @@
+//! The in-process broker: queues of `Arc<Message>` behind one mutex, a timer heap for
+//! delayed messages, and a `Notify` that wakes waiting consumers.
+//!
+//! One mutex is enough: every critical section is a few pointer moves and never awaits.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions};
+use crate::emulation::{spawn_consumer, Fetch};
+use crate::error::{BrokerError, PublishError};
+use crate::message::Message;
+use crate::url::{EngineUrl, UrlError};
+
+/// Which end of the 0–9 priority range is served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PriorityOrder {
+    /// 0 first, as Celery on Redis (the default).
+    #[default]
+    LowFirst,
+    /// 9 first, as AMQP priority queues.
+    HighFirst,
+}
+
+/// The `memory://` broker. Cheap to clone; clones share the queues.
+#[derive(Clone)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    order: PriorityOrder,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, Queue>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    unacked: HashMap<u64, Unacked>,
+    next_tag: u64,
+    next_seq: u64,
+    rotate: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    levels: [VecDeque<Entry>; 10],
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.levels.iter().map(VecDeque::len).sum()
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    message: Arc<Message>,
+    redelivered: bool,
+}
+
+struct Unacked {
+    queue: String,
+    entry: Entry,
+}
+
+struct Delayed {
+    at: Instant,
+    seq: u64,
+    queue: String,
+    entry: Entry,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+fn level(message: &Message) -> usize {
+    usize::from(message.priority().unwrap_or(0).min(9))
+}
+
+static INSTANCES: OnceLock<Mutex<HashMap<String, Arc<Inner>>>> = OnceLock::new();
+
+impl MemoryBroker {
+    /// A new broker, not shared with any URL.
+    pub fn new(order: PriorityOrder) -> Self {
+        Self {
+            inner: Arc::new(Inner::new(String::new(), order)),
+        }
+    }
+
+    /// The process-wide instance for a `memory://[NAME][?priority_order=high_first]` URL.
+    pub fn from_url(url: &EngineUrl) -> Result<Self, UrlError> {
+        let order = match url.query("priority_order").as_deref() {
+            None | Some("low_first") => PriorityOrder::LowFirst,
+            Some("high_first") => PriorityOrder::HighFirst,
+            Some(other) => {
+                return Err(url.bad_option("priority_order", format!("expected low_first or high_first, got `{other}`")))
+            }
+        };
+        let name = url.host().to_string();
+        let inner = super::registry(&INSTANCES, &name, || Inner::new(name.clone(), order));
+        Ok(Self { inner })
+    }
+
+    /// Messages delivered and not yet settled.
+    pub fn unacked_count(&self) -> usize {
+        self.inner.lock().unacked.len()
+    }
+
+    /// Messages held for delayed delivery in `queue`.
+    pub fn delayed_count(&self, queue: &str) -> usize {
+        self.inner.lock().delayed.iter().filter(|d| d.0.queue == queue).count()
+    }
+}
+
+impl Inner {
+    fn new(name: String, order: PriorityOrder) -> Self {
+        Self {
+            name,
+            order,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the queues consistent (no section
+        // unwinds half-way), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, queue: &str, entry: Entry, front: bool) {
+        let lvl = level(&entry.message);
+        {
+            let mut st = self.lock();
+            let q = st.queues.entry(queue.to_string()).or_default();
+            if front {
+                q.levels[lvl].push_front(entry);
+            } else {
+                q.levels[lvl].push_back(entry);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    fn settle(&self, tag: &str) -> Option<Unacked> {
+        let tag: u64 = tag.parse().ok()?;
+        self.lock().unacked.remove(&tag)
+    }
+
+    fn level_order(&self) -> [usize; 10] {
+        match self.order {
+            PriorityOrder::LowFirst => [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            PriorityOrder::HighFirst => [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
+        }
+    }
+}
+
+impl State {
+    /// Moves due delayed messages to their queues; returns when the next one is due.
+    fn promote_due(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(Reverse(top)) = self.delayed.peek() {
+            if top.at > now {
+                return Some(top.at);
+            }
+            let Some(Reverse(d)) = self.delayed.pop() else { break };
+            let lvl = level(&d.entry.message);
+            self.queues.entry(d.queue).or_default().levels[lvl].push_back(d.entry);
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl Acker for Inner {
+    async fn ack(&self, tag: &str) -> Result<(), BrokerError> {
+        self.settle(tag);
+        Ok(())
+    }
+
+    async fn reject(&self, tag: &str, requeue: bool) -> Result<(), BrokerError> {
+        if let Some(u) = self.settle(tag) {
+            if requeue {
+                let entry = Entry {
+                    redelivered: true,
+                    ..u.entry
+                };
+                self.push(&u.queue, entry, false);
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore(&self, tag: &str) -> Result<(), BrokerError> {
+        self.abandon(tag);
+        Ok(())
+    }
+
+    fn abandon(&self, tag: &str) {
+        if let Some(u) = self.settle(tag) {
+            let entry = Entry {
+                redelivered: true,
+                ..u.entry
+            };
+            self.push(&u.queue, entry, true);
+        }
+    }
+}
+
+struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl Fetch for Fetcher {
+    async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let inner = &self.inner;
+        loop {
+            let notified = inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (taken, next_due) = {
+                let mut st = inner.lock();
+                let next_due = st.promote_due(Instant::now());
+                let mut taken = Vec::new();
+                // Priority first, then queue order; the starting queue rotates so one busy
+                // queue cannot starve the others (kombu's round-robin cycle).
+                let start = st.rotate;
+                st.rotate = st.rotate.wrapping_add(1);
+                'levels: for lvl in inner.level_order() {
+                    for i in 0..queues.len() {
+                        let name = &queues[(start + i) % queues.len()];
+                        let Some(q) = st.queues.get_mut(name) else { continue };
+                        while taken.len() < max {
+                            match q.levels[lvl].pop_front() {
+                                Some(entry) => taken.push((name.clone(), entry)),
+                                None => break,
+                            }
+                        }
+                        if taken.len() >= max {
+                            break 'levels;
+                        }
+                    }
+                }
+                let mut out = Vec::with_capacity(taken.len());
+                for (queue, entry) in taken {
+                    st.next_tag += 1;
+                    let tag = st.next_tag;
+                    out.push((tag, queue.clone(), entry.clone()));
+                    st.unacked.insert(tag, Unacked { queue, entry });
+                }
+                (out, next_due)
+            };
+            if !taken.is_empty() {
+                let acker: Arc<dyn Acker> = inner.clone();
+                return Ok(taken
+                    .into_iter()
+                    .map(|(tag, queue, entry)| {
+                        Delivery::new(entry.message, queue, entry.redelivered, tag.to_string(), acker.clone())
+                    })
+                    .collect());
+            }
+            match next_due {
+                Some(at) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn url(&self) -> String {
+        format!("memory://{}", self.inner.name)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            priorities: true,
+            native_delay: true,
+            fanout: false,
+            durable: false,
+            shared: false,
+        }
+    }
+
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.inner.lock().queues.entry(queue.to_string()).or_default();
+        Ok(())
+    }
+
+    async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {
+        let queue = message.routing_key().to_string();
+        if queue.is_empty() {
+            return Err(PublishError::new(
+                message,
+                BrokerError::Operation {
+                    op: "publish",
+                    reason: "the message has no routing key (queue name)".into(),
+                },
+            ));
+        }
+        let entry = Entry {
+            message: Arc::new(message),
+            redelivered: false,
+        };
+        let delay = options.deliver_at.map(|at| crate::time::until(&at)).filter(|d| !d.is_zero());
+        match delay {
+            Some(delay) => {
+                {
+                    let mut st = self.inner.lock();
+                    st.next_seq += 1;
+                    let seq = st.next_seq;
+                    st.queues.entry(queue.clone()).or_default();
+                    st.delayed.push(Reverse(Delayed {
+                        at: Instant::now() + delay,
+                        seq,
+                        queue,
+                        entry,
+                    }));
+                }
+                // Waiting consumers re-arm their timers for the new earliest message.
+                self.inner.notify.notify_waiters();
+            }
+            None => self.inner.push(&queue, entry, false),
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
+        if options.queues.is_empty() {
+            return Err(BrokerError::Operation {
+                op: "consume",
+                reason: "no queues given".into(),
+            });
+        }
+        {
+            let mut st = self.inner.lock();
+            for q in &options.queues {
+                st.queues.entry(q.clone()).or_default();
+            }
+        }
+        Ok(spawn_consumer(
+            Arc::new(Fetcher {
+                inner: self.inner.clone(),
+            }),
+            options,
+        ))
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut st = self.inner.lock();
+        let mut n = 0;
+        if let Some(q) = st.queues.get_mut(queue) {
+            n += q.len();
+            for lvl in q.levels.iter_mut() {
+                lvl.clear();
+            }
+        }
+        let before = st.delayed.len();
+        st.delayed.retain(|d| d.0.queue != queue);
+        n += before - st.delayed.len();
+        Ok(n as u64)
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut st = self.inner.lock();
+        st.promote_due(Instant::now());
+        Ok(st.queues.get(queue).map_or(0, Queue::len) as u64)
+    }
+
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        let mut names: Vec<String> = self.inner.lock().queues.keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+}
