@@ -50,7 +50,7 @@ pub enum UrlError {
         suggestion: Option<String>,
     },
     /// The scheme is known but its engine was not compiled into this binary.
-    #[error("`{scheme}://` support is not compiled in (URL `{url}`): enable the `{feature}` feature of the celeriac crate")]
+    #[error("`{scheme}://` is not available in this build (URL `{url}`): celeriac was built without its `{feature}` engine")]
     NotCompiled {
         /// The URL as given, credentials masked.
         url: String,

@@ -1,0 +1,432 @@
+//! [`App`]: the task registry, broker, result backend, routes and configuration that
+//! clients send through and workers run from. Cheap to clone (one `Arc`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use celeriac_core::broker::PublishOptions;
+use celeriac_core::protocol::{SendContext, TaskMessage};
+use celeriac_core::routing::{Route, Router};
+use celeriac_core::signature::Apply;
+use celeriac_core::url::mask;
+use celeriac_core::{Broker, ResultBackend, Signature};
+
+use crate::engines;
+use crate::error::Error;
+use crate::result::AsyncResult;
+use crate::task::Task;
+use crate::worker::WorkerBuilder;
+
+/// Application-wide settings, with Celery's names and defaults.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Queue for tasks no route matches (`task_default_queue`, "celery").
+    pub default_queue: String,
+    /// Run tasks inline in `apply_async` instead of sending them (`task_always_eager`).
+    pub always_eager: bool,
+    /// Acknowledge after the task finishes, for tasks that do not say (`task_acks_late`).
+    pub acks_late: bool,
+    /// Store STARTED when tasks begin, for tasks that do not say (`task_track_started`).
+    pub track_started: bool,
+    /// How long results are kept (`result_expires`, 1 day); `None` keeps them forever.
+    pub result_expires: Option<Duration>,
+    /// Store task name, args, kwargs, worker, retries and queue with results (`result_extended`).
+    pub result_extended: bool,
+    /// Prefetch per unit of concurrency (`worker_prefetch_multiplier`, 4).
+    pub prefetch_multiplier: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            default_queue: "celery".into(),
+            always_eager: false,
+            acks_late: false,
+            track_started: false,
+            result_expires: Some(Duration::from_secs(86_400)),
+            result_extended: false,
+            prefetch_multiplier: 4,
+        }
+    }
+}
+
+/// A celeriac application: where tasks are registered and sent.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), celeriac::Error> {
+/// use std::time::Duration;
+///
+/// #[celeriac::task(name = "tasks.add")]
+/// async fn add(x: i64, y: i64) -> celeriac::TaskResult<i64> { Ok(x + y) }
+///
+/// let app = celeriac::App::builder()
+///     .broker_url("memory://app-doc")
+///     .task(add)
+///     .always_eager(true)          // run inline: handy in unit tests
+///     .build()
+///     .await?;
+/// let r = add::new(2, 3).apply_async(&app).await?;
+/// assert_eq!(r.get::<i64>(Duration::from_secs(1)).await?, 5);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    backend: Option<Arc<dyn ResultBackend>>,
+    broker_url: String,
+    backend_url: String,
+    tasks: HashMap<String, Arc<dyn Task>>,
+    router: Router,
+    config: Config,
+    origin: String,
+    reply_to: String,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("broker", &self.inner.broker_url)
+            .field("backend", &self.inner.backend_url)
+            .field("tasks", &self.task_names())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`App`]. URLs not given here come from `CELERIAC_BROKER_URL` /
+/// `CELERIAC_RESULT_BACKEND`, then Celery's `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND`,
+/// then the defaults (broker `memory://`; backend: the broker's engine when it stores
+/// results).
+#[derive(Default)]
+pub struct AppBuilder {
+    broker_url: Option<String>,
+    backend_url: Option<String>,
+    tasks: Vec<Arc<dyn Task>>,
+    routes: Vec<(String, Route)>,
+    config: Config,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("broker_url", &self.broker_url.as_deref().map(mask))
+            .field("backend_url", &self.backend_url.as_deref().map(mask))
+            .field("tasks", &self.tasks.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn env_url(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .find(|v| !v.trim().is_empty())
+}
+
+impl AppBuilder {
+    /// The broker URL (`memory://`, later `sqlite://`, `redis://`, `amqp://`).
+    pub fn broker_url(mut self, url: impl Into<String>) -> Self {
+        self.broker_url = Some(url.into());
+        self
+    }
+
+    /// The result backend URL; `disabled://` stores no results.
+    pub fn result_backend_url(mut self, url: impl Into<String>) -> Self {
+        self.backend_url = Some(url.into());
+        self
+    }
+
+    /// Registers a task.
+    pub fn task(mut self, task: impl Task) -> Self {
+        self.tasks.push(Arc::new(task));
+        self
+    }
+
+    /// Routes tasks matching `pattern` (a name, or a glob like `images.*`) to `queue`.
+    pub fn route(mut self, pattern: impl Into<String>, queue: impl Into<String>) -> Self {
+        self.routes.push((pattern.into(), Route::queue(queue)));
+        self
+    }
+
+    /// Routes tasks matching `pattern` with a full route (exchange, routing key, priority).
+    pub fn route_to(mut self, pattern: impl Into<String>, route: Route) -> Self {
+        self.routes.push((pattern.into(), route));
+        self
+    }
+
+    /// The queue for unrouted tasks (default `celery`).
+    pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
+        self.config.default_queue = queue.into();
+        self
+    }
+
+    /// Runs tasks inline instead of sending them.
+    pub fn always_eager(mut self, on: bool) -> Self {
+        self.config.always_eager = on;
+        self
+    }
+
+    /// Acknowledges after tasks finish, for tasks that do not set `acks_late`.
+    pub fn acks_late(mut self, on: bool) -> Self {
+        self.config.acks_late = on;
+        self
+    }
+
+    /// Stores STARTED when tasks begin.
+    pub fn track_started(mut self, on: bool) -> Self {
+        self.config.track_started = on;
+        self
+    }
+
+    /// How long results are kept; `None` keeps them forever.
+    pub fn result_expires(mut self, ttl: Option<Duration>) -> Self {
+        self.config.result_expires = ttl;
+        self
+    }
+
+    /// Stores name, args, kwargs, worker, retries and queue with each result.
+    pub fn result_extended(mut self, on: bool) -> Self {
+        self.config.result_extended = on;
+        self
+    }
+
+    /// Prefetch per unit of worker concurrency (default 4).
+    pub fn prefetch_multiplier(mut self, n: usize) -> Self {
+        self.config.prefetch_multiplier = n;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The broker URL this builder will use (explicit, environment, or default).
+    pub fn resolved_broker_url(&self) -> String {
+        self.broker_url
+            .clone()
+            .or_else(|| env_url(&["CELERIAC_BROKER_URL", "CELERY_BROKER_URL"]))
+            .unwrap_or_else(|| engines::DEFAULT_BROKER_URL.to_string())
+    }
+
+    /// The backend URL this builder will use.
+    pub fn resolved_backend_url(&self) -> String {
+        self.backend_url
+            .clone()
+            .or_else(|| env_url(&["CELERIAC_RESULT_BACKEND", "CELERY_RESULT_BACKEND"]))
+            .unwrap_or_else(|| engines::default_backend_for(&self.resolved_broker_url()))
+    }
+
+    /// Connects the broker and backend and builds the app.
+    pub async fn build(self) -> Result<App, Error> {
+        let broker_url = self.resolved_broker_url();
+        let backend_url = self.resolved_backend_url();
+        let broker = engines::connect_broker(&broker_url).await?;
+        let backend = engines::connect_backend(&backend_url).await?;
+        let mut tasks = HashMap::new();
+        for t in self.tasks {
+            if tasks.insert(t.name().to_string(), t.clone()).is_some() {
+                return Err(Error::Config(format!("task `{}` is registered twice", t.name())));
+            }
+        }
+        let mut router = Router::new(self.config.default_queue.clone());
+        for (pattern, route) in self.routes {
+            router.add(pattern, route);
+        }
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Ok(App {
+            inner: Arc::new(Inner {
+                broker_url: broker.url(),
+                backend_url: backend.as_ref().map_or_else(|| "disabled://".to_string(), |b| b.url()),
+                broker,
+                backend,
+                tasks,
+                router,
+                config: self.config,
+                origin: format!("gen{}@{}", std::process::id(), host),
+                reply_to: uuid::Uuid::new_v4().to_string(),
+            }),
+        })
+    }
+}
+
+impl App {
+    /// Starts building an app.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// The result backend, if results are enabled.
+    pub fn backend(&self) -> Option<&Arc<dyn ResultBackend>> {
+        self.inner.backend.as_ref()
+    }
+
+    /// The broker URL, credentials masked.
+    pub fn broker_url(&self) -> &str {
+        &self.inner.broker_url
+    }
+
+    /// The backend URL, credentials masked.
+    pub fn backend_url(&self) -> &str {
+        &self.inner.backend_url
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// A registered task by name.
+    pub fn task(&self, name: &str) -> Option<&Arc<dyn Task>> {
+        self.inner.tasks.get(name)
+    }
+
+    /// Registered task names, sorted.
+    pub fn task_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.inner.tasks.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// This process's node name for messages it sends (`gen<pid>@<host>`).
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// A worker for this app, to configure and run.
+    pub fn worker(&self) -> WorkerBuilder {
+        WorkerBuilder::new(self.clone())
+    }
+
+    /// A handle to the result of task `id`.
+    pub fn async_result(&self, id: impl Into<String>) -> AsyncResult {
+        AsyncResult::new(id.into(), self.inner.backend.clone())
+    }
+
+    /// Sends a task by name, for tasks this binary does not contain; `args` must be a JSON
+    /// array and `kwargs` an object (or null).
+    pub async fn send_task(&self, name: &str, args: Value, kwargs: Value) -> Result<AsyncResult, Error> {
+        let invalid = |reason: &str| Error::InvalidArguments {
+            task: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let args = match args {
+            Value::Array(a) => a,
+            Value::Null => Vec::new(),
+            _ => return Err(invalid("args must be a JSON array")),
+        };
+        let kwargs = match kwargs {
+            Value::Object(k) => k,
+            Value::Null => serde_json::Map::new(),
+            _ => return Err(invalid("kwargs must be a JSON object")),
+        };
+        self.send_signature(Signature::new(name).args(args).kwargs(kwargs), None)
+            .await
+    }
+
+    /// Sends many signatures in one batch (pipelined where the broker can); returns their
+    /// results in order. Eager apps run them one by one.
+    pub async fn send_many(&self, signatures: Vec<Signature>) -> Result<Vec<AsyncResult>, Error> {
+        if self.inner.config.always_eager {
+            let mut out = Vec::with_capacity(signatures.len());
+            for s in signatures {
+                out.push(crate::eager::apply(self, s, None).await?);
+            }
+            return Ok(out);
+        }
+        let mut batch = Vec::with_capacity(signatures.len());
+        let mut results = Vec::with_capacity(signatures.len());
+        for sig in &signatures {
+            let (msg, options) = self.prepare(sig, None)?;
+            results.push(AsyncResult::new(msg.headers.id.clone(), self.inner.backend.clone()));
+            batch.push((msg.encode(), options));
+        }
+        self.inner
+            .broker
+            .publish_many(batch)
+            .await
+            .map_err(|e| Error::Publish(e.error))?;
+        Ok(results)
+    }
+
+    /// Builds the message for a signature: route, ids, eta, and the task's own
+    /// `ignore_result` when the task is registered here.
+    pub(crate) fn prepare(
+        &self,
+        sig: &Signature,
+        parent: Option<(String, String)>,
+    ) -> Result<(TaskMessage, PublishOptions), Error> {
+        let route = self.inner.router.route(sig);
+        let ctx = SendContext {
+            origin: self.inner.origin.clone(),
+            reply_to: self.inner.reply_to.clone(),
+            parent,
+            ignore_result: self.task(&sig.task).map(|t| t.config().ignore_result),
+        };
+        let msg = TaskMessage::from_signature(sig, &route, &ctx)?;
+        let deliver_at = if self.inner.broker.capabilities().native_delay {
+            msg.headers.eta
+        } else {
+            None
+        };
+        Ok((msg, PublishOptions::deliver_at(deliver_at)))
+    }
+
+    /// Publishes an already built task message (retries, forwarded messages).
+    pub(crate) async fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
+        let deliver_at = if self.inner.broker.capabilities().native_delay {
+            msg.headers.eta
+        } else {
+            None
+        };
+        self.inner
+            .broker
+            .publish(msg.encode(), PublishOptions::deliver_at(deliver_at))
+            .await?;
+        Ok(())
+    }
+
+    /// Sends `sig` (eagerly when configured), optionally as the child of a running task.
+    pub(crate) async fn send_signature(
+        &self,
+        sig: Signature,
+        parent: Option<(String, String)>,
+    ) -> Result<AsyncResult, Error> {
+        if self.inner.config.always_eager {
+            return crate::eager::apply(self, sig, parent).await;
+        }
+        let (msg, options) = self.prepare(&sig, parent)?;
+        let id = msg.headers.id.clone();
+        self.inner.broker.publish(msg.encode(), options).await?;
+        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+    }
+}
+
+impl Apply for App {
+    type Output = AsyncResult;
+    type Error = Error;
+
+    async fn apply_signature(&self, signature: Signature) -> Result<AsyncResult, Error> {
+        self.send_signature(signature, None).await
+    }
+}

@@ -1,0 +1,222 @@
+//! [`TaskContext`]: what a running task knows about its request (Celery's `self.request`)
+//! and what it can do from inside (retry, send child tasks that carry its ids).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use celeriac_core::protocol::TaskMessage;
+use celeriac_core::Signature;
+
+use crate::app::App;
+use crate::error::{Error, Failure, RetryRequest, TaskError};
+use crate::result::AsyncResult;
+
+/// Where a message came from: exchange, routing key, priority, redelivery flag.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestDeliveryInfo {
+    /// Exchange it was published to (`""` = default exchange).
+    pub exchange: String,
+    /// Routing key (the queue, for the default exchange).
+    pub routing_key: String,
+    /// Message priority.
+    pub priority: Option<u8>,
+    /// Whether this delivery is a redelivery.
+    pub redelivered: bool,
+}
+
+/// The request a task is running for. Take `ctx: &TaskContext` as a task's first parameter
+/// to get it.
+///
+/// ```no_run
+/// use celeriac::{TaskContext, TaskResult, TaskError};
+///
+/// #[celeriac::task(name = "tasks.fetch", max_retries = 5, retry_backoff = true)]
+/// async fn fetch(ctx: &TaskContext, url: String) -> TaskResult<usize> {
+///     if url.is_empty() {
+///         return Err(ctx.retry(Some(2.0)));           // again in 2 s, retries + 1
+///     }
+///     Ok(url.len() + ctx.retries() as usize)
+/// }
+/// ```
+#[derive(Clone)]
+pub struct TaskContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    app: App,
+    id: String,
+    name: String,
+    retries: u32,
+    max_retries: Option<u32>,
+    eta: Option<DateTime<Utc>>,
+    expires: Option<DateTime<Utc>>,
+    parent_id: Option<String>,
+    root_id: String,
+    group: Option<String>,
+    group_index: Option<u64>,
+    delivery_info: RequestDeliveryInfo,
+    reply_to: Option<String>,
+    hostname: String,
+    headers: Map<String, Value>,
+    eager: bool,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .field("retries", &self.inner.retries)
+            .field("hostname", &self.inner.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        app: App,
+        msg: &TaskMessage,
+        delivery_info: RequestDeliveryInfo,
+        hostname: String,
+        max_retries: Option<u32>,
+        eager: bool,
+    ) -> Self {
+        let h = &msg.headers;
+        Self {
+            inner: Arc::new(Inner {
+                app,
+                id: h.id.clone(),
+                name: h.task.clone(),
+                retries: h.retries,
+                max_retries,
+                eta: h.eta,
+                expires: h.expires,
+                parent_id: h.parent_id.clone(),
+                root_id: h.root_id.clone().unwrap_or_else(|| h.id.clone()),
+                group: h.group.clone(),
+                group_index: h.group_index,
+                delivery_info,
+                reply_to: msg.properties.reply_to.clone(),
+                hostname,
+                headers: h.extra.clone(),
+                eager,
+            }),
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The task name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// How many times this task has been retried so far.
+    pub fn retries(&self) -> u32 {
+        self.inner.retries
+    }
+
+    /// The retry limit in force.
+    pub fn max_retries(&self) -> Option<u32> {
+        self.inner.max_retries
+    }
+
+    /// The ETA the task was sent with.
+    pub fn eta(&self) -> Option<DateTime<Utc>> {
+        self.inner.eta
+    }
+
+    /// When the task expires.
+    pub fn expires(&self) -> Option<DateTime<Utc>> {
+        self.inner.expires
+    }
+
+    /// Id of the task that sent this one.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.inner.parent_id.as_deref()
+    }
+
+    /// Id of the first task of the workflow (this task's own id for a top-level call).
+    pub fn root_id(&self) -> &str {
+        &self.inner.root_id
+    }
+
+    /// Group this task belongs to.
+    pub fn group(&self) -> Option<&str> {
+        self.inner.group.as_deref()
+    }
+
+    /// Position in the group.
+    pub fn group_index(&self) -> Option<u64> {
+        self.inner.group_index
+    }
+
+    /// Exchange, routing key, priority and redelivery flag of the message.
+    pub fn delivery_info(&self) -> &RequestDeliveryInfo {
+        &self.inner.delivery_info
+    }
+
+    /// The sending process's reply-to id.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.inner.reply_to.as_deref()
+    }
+
+    /// Node name of the worker running the task (`celery@host`).
+    pub fn hostname(&self) -> &str {
+        &self.inner.hostname
+    }
+
+    /// Custom headers the message carried (`apply_async(headers=...)`).
+    pub fn headers(&self) -> &Map<String, Value> {
+        &self.inner.headers
+    }
+
+    /// Whether the task runs eagerly (in the caller, `task_always_eager`).
+    pub fn is_eager(&self) -> bool {
+        self.inner.eager
+    }
+
+    /// The app the task runs in.
+    pub fn app(&self) -> &App {
+        &self.inner.app
+    }
+
+    /// A request to run this task again after `countdown` seconds (`None`: the task's
+    /// policy decides: backoff, or `default_retry_delay`). Return it: `Err(ctx.retry(..))`.
+    pub fn retry(&self, countdown: Option<f64>) -> TaskError {
+        TaskError::retry(countdown)
+    }
+
+    /// Like [`retry`](Self::retry), remembering `cause`: once retries run out, the task
+    /// fails with it.
+    pub fn retry_for(&self, cause: TaskError, countdown: Option<f64>) -> TaskError {
+        let cause = match cause {
+            TaskError::Failed(f) => Some(Box::new(f)),
+            TaskError::Retry(RetryRequest { cause, .. }) => cause,
+            other => Some(Box::new(Failure {
+                exception: celeriac_core::ExceptionInfo::new("RuntimeError", "builtins", other.to_string()),
+                traceback: None,
+                retryable: false,
+            })),
+        };
+        TaskError::Retry(RetryRequest {
+            countdown,
+            cause,
+            max_retries: None,
+        })
+    }
+
+    /// Sends a child task: its `parent_id` is this task and its `root_id` this task's root.
+    pub async fn send(&self, signature: Signature) -> Result<AsyncResult, Error> {
+        self.inner
+            .app
+            .send_signature(signature, Some((self.inner.id.clone(), self.inner.root_id.clone())))
+            .await
+    }
+}

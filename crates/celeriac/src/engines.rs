@@ -1,0 +1,84 @@
+//! The one place a URL becomes an engine: `memory://` today, and each broker crate behind
+//! its cargo feature as it lands. Every unknown, malformed or not-compiled-in URL fails
+//! here with one line naming the URL (credentials masked) and what was expected.
+
+use std::sync::Arc;
+
+use celeriac_core::memory::{MemoryBackend, MemoryBroker};
+use celeriac_core::url::{EngineUrl, UrlError};
+use celeriac_core::{Broker, ResultBackend};
+
+use crate::error::Error;
+
+/// The broker URL used when none is configured.
+pub const DEFAULT_BROKER_URL: &str = "memory://";
+
+fn not_compiled(url: &EngineUrl) -> Error {
+    let feature = match url.scheme() {
+        "rediss" | "unix" => "redis",
+        "amqps" | "pyamqp" | "rpc" => "amqp",
+        other => other,
+    };
+    Error::Url(UrlError::NotCompiled {
+        url: url.masked(),
+        scheme: url.scheme().to_string(),
+        feature: feature.to_string(),
+    })
+}
+
+/// Connects the broker for `url`.
+pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
+    let url = EngineUrl::parse(url)?;
+    match url.scheme() {
+        "memory" => Ok(Arc::new(MemoryBroker::from_url(&url)?)),
+        "rpc" | "disabled" => Err(Error::Url(UrlError::WrongRole {
+            url: url.masked(),
+            scheme: url.scheme().to_string(),
+            role: "broker".into(),
+        })),
+        _ => Err(not_compiled(&url)),
+    }
+}
+
+/// Connects the result backend for `url`; `disabled://` means none.
+pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>, Error> {
+    let url = EngineUrl::parse(url)?;
+    match url.scheme() {
+        "memory" => Ok(Some(Arc::new(MemoryBackend::from_url(&url)))),
+        "disabled" => Ok(None),
+        "unix" | "amqp" | "amqps" | "pyamqp" => Err(Error::Url(UrlError::WrongRole {
+            url: url.masked(),
+            scheme: url.scheme().to_string(),
+            role: "result backend".into(),
+        })),
+        _ => Err(not_compiled(&url)),
+    }
+}
+
+/// The backend URL to use when only a broker URL is configured: the same engine where it
+/// can store results (so results work out of the box), none otherwise.
+pub fn default_backend_for(broker_url: &str) -> String {
+    match EngineUrl::parse(broker_url) {
+        Ok(u) if matches!(u.scheme(), "memory" | "sqlite" | "redis" | "rediss") => broker_url.to_string(),
+        Ok(u) if matches!(u.scheme(), "amqp" | "amqps" | "pyamqp") => "rpc://".to_string(),
+        _ => "disabled://".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_urls_get_one_clear_line() {
+        let e = connect_broker("reddis://:pw@localhost").await.err().unwrap().to_string();
+        assert_eq!(e, "unknown scheme `reddis` in `reddis://:***@localhost`; did you mean `redis`?");
+        let e = connect_broker("rpc://").await.err().unwrap().to_string();
+        assert!(e.contains("cannot be used as a broker"), "{e}");
+        let e = connect_broker("memory://x?priority_order=sideways").await.err().unwrap().to_string();
+        assert!(e.contains("priority_order"), "{e}");
+        assert!(connect_backend("disabled://").await.unwrap().is_none());
+        assert_eq!(default_backend_for("memory://a"), "memory://a");
+        assert_eq!(default_backend_for("amqp://h"), "rpc://");
+    }
+}

@@ -1,0 +1,158 @@
+//! Running one task body and deciding what its outcome means — shared by the worker and
+//! eager mode so both apply the same retry policy and turn panics into the same FAILURE.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use serde_json::{json, Value};
+
+use celeriac_core::ExceptionInfo;
+
+use crate::context::TaskContext;
+use crate::error::{traceback_text, Failure, TaskError, EXC_MODULE};
+use crate::task::{Invocation, Task, TaskConfig, TaskOutput};
+
+/// Where task bodies run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pool {
+    /// `async fn` tasks on the async runtime, plain `fn` tasks on blocking threads.
+    #[default]
+    Async,
+    /// Every task on a thread of its own (async tasks are driven to completion there).
+    Threads,
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "async" => Ok(Pool::Async),
+            "threads" => Ok(Pool::Threads),
+            other => Err(format!("unknown pool `{other}` (expected async or threads)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pool::Async => "async",
+            Pool::Threads => "threads",
+        })
+    }
+}
+
+/// Runs the task body for `ctx` in `pool`; a panic becomes a `RustPanic` failure.
+pub(crate) async fn run(
+    task: &Arc<dyn Task>,
+    ctx: TaskContext,
+    args: Vec<Value>,
+    kwargs: serde_json::Map<String, Value>,
+    pool: Pool,
+) -> TaskOutput {
+    let name = task.name();
+    // Binding arguments runs user `Deserialize` impls, which may panic too.
+    let invocation = match std::panic::catch_unwind(AssertUnwindSafe(|| task.invoke(ctx, args, kwargs))) {
+        Ok(inv) => inv,
+        Err(payload) => return Err(panic_failure(name, payload.as_ref())),
+    };
+    match (invocation, pool) {
+        (Invocation::Ready(out), _) => out,
+        (Invocation::Async(fut), Pool::Async) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(panic_failure(name, p.as_ref()))),
+        (Invocation::Async(fut), Pool::Threads) => {
+            let handle = tokio::runtime::Handle::current();
+            blocking(name, move || handle.block_on(fut)).await
+        }
+        (Invocation::Blocking(f), _) => blocking(name, f).await,
+    }
+}
+
+async fn blocking(name: &'static str, f: impl FnOnce() -> TaskOutput + Send + 'static) -> TaskOutput {
+    match tokio::task::spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(f))).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(payload)) => Err(panic_failure(name, payload.as_ref())),
+        Err(join) => Err(TaskError::with_module(
+            "WorkerLostError",
+            "billiard.exceptions",
+            format!("task thread ended abnormally: {join}"),
+        )),
+    }
+}
+
+fn panic_failure(task: &str, payload: &(dyn Any + Send)) -> TaskError {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".to_string());
+    let exception = ExceptionInfo::new("RustPanic", EXC_MODULE, msg);
+    let traceback = Some(traceback_text(&exception, &[format!("task {task} panicked")]));
+    TaskError::Failed(Failure {
+        exception,
+        traceback,
+        retryable: false,
+    })
+}
+
+/// What the worker does with a finished task.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    /// Store SUCCESS.
+    Success(Value),
+    /// Re-send with `retries + 1` after `countdown` seconds; store RETRY.
+    Retry { countdown: f64, reason: String },
+    /// Store FAILURE.
+    Failure(Failure),
+    /// Refuse the message (requeue or drop).
+    Reject { requeue: bool, reason: String },
+    /// Acknowledge, store nothing.
+    Ignore,
+}
+
+/// Applies the task's retry policy to what the body returned.
+pub(crate) fn decide(output: TaskOutput, cfg: &TaskConfig, ctx: &TaskContext) -> Outcome {
+    let retries = ctx.retries();
+    let (countdown, cause, max) = match output {
+        Ok(v) => return Outcome::Success(v),
+        Err(TaskError::Failed(f)) if f.retryable || cfg.autoretry => (None, Some(f), cfg.max_retries),
+        Err(TaskError::Failed(f)) => return Outcome::Failure(f),
+        Err(TaskError::Retry(r)) => (r.countdown, r.cause.map(|c| *c), r.max_retries.or(cfg.max_retries)),
+        Err(TaskError::Reject { requeue, reason }) => return Outcome::Reject { requeue, reason },
+        Err(TaskError::Ignore) => return Outcome::Ignore,
+    };
+    if max.is_some_and(|m| retries >= m) {
+        return Outcome::Failure(cause.unwrap_or_else(|| {
+            let exception = ExceptionInfo::new(
+                "MaxRetriesExceededError",
+                "celery.exceptions",
+                format!("Can't retry {}[{}] args:() kwargs:{{}}", ctx.name(), ctx.id()),
+            );
+            Failure {
+                traceback: Some(traceback_text(&exception, &[])),
+                exception,
+                retryable: false,
+            }
+        }));
+    }
+    let countdown = countdown.unwrap_or_else(|| cfg.retry_delay(retries)).max(0.0);
+    let reason = match &cause {
+        Some(f) => format!("Retry in {countdown:.3}s: {}", f.exception),
+        None => format!("Retry in {countdown:.3}s"),
+    };
+    Outcome::Retry { countdown, reason }
+}
+
+/// The FAILURE exception for `Reject(requeue=False)`, as Celery stores it.
+pub(crate) fn reject_exception(reason: &str) -> ExceptionInfo {
+    ExceptionInfo {
+        exc_type: "Reject".into(),
+        exc_message: json!([reason, false]),
+        exc_module: Some("celery.exceptions".into()),
+    }
+}

@@ -1,0 +1,56 @@
+//! The startup banner, laid out as Celery's so operators recognise it.
+
+use super::Worker;
+
+pub(super) fn render(w: &Worker) -> String {
+    let app = &w.app;
+    let queues: String = w
+        .queues
+        .iter()
+        .map(|q| format!("                .> {q:<16} exchange={q}(direct) key={q}\n"))
+        .collect();
+    let tasks: String = app.task_names().iter().map(|t| format!("  . {t}\n")).collect();
+    let left = [
+        " -------------- ",
+        "--- ***** ----- ",
+        "-- ******* ---- ",
+        "- *** --- * --- ",
+        "- ** ---------- ",
+        "- ** ---------- ",
+        "- ** ---------- ",
+        "- ** ---------- ",
+        "- *** --- * --- ",
+        "-- ******* ---- ",
+        "--- ***** ----- ",
+        " -------------- ",
+    ];
+    let right = [
+        format!("{} v{} (celeriac)", w.name, env!("CARGO_PKG_VERSION")),
+        String::new(),
+        format!(
+            "{} {} {}",
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S")
+        ),
+        String::new(),
+        "[config]".to_string(),
+        format!(".> transport:   {}", app.broker_url()),
+        format!(".> results:     {}", app.backend_url()),
+        format!(".> concurrency: {} ({})", w.concurrency, w.pool),
+        format!(".> prefetch:    {}", if w.prefetch == 0 { "unlimited".to_string() } else { w.prefetch.to_string() }),
+        ".> task events: OFF".to_string(),
+        String::new(),
+        "[queues]".to_string(),
+    ];
+    let mut out = String::new();
+    for (l, r) in left.iter().zip(right.iter()) {
+        out.push_str(l);
+        out.push_str(r);
+        out.push('\n');
+    }
+    out.push_str(&queues);
+    out.push_str("\n[tasks]\n");
+    out.push_str(&tasks);
+    out
+}

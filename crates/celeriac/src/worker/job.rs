@@ -1,0 +1,309 @@
+//! One message's life inside the worker once it is accepted: acknowledgement (early or
+//! late), expiry, STARTED, running the body, and storing the outcome — SUCCESS, RETRY
+//! (re-sent first, then recorded, as Celery does), FAILURE, or a reject — plus the paths
+//! for messages that never run (undecodable, unregistered, expired).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::{debug, error, info, warn};
+
+use celeriac_core::protocol::{DecodeError, TaskMessage};
+use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
+
+use super::stats::{Event, WorkerStats};
+use super::Phase;
+use crate::app::App;
+use crate::context::{RequestDeliveryInfo, TaskContext};
+use crate::execute::{self, Outcome, Pool};
+use crate::task::Task;
+
+/// What every job needs from its worker.
+pub(super) struct Shared {
+    pub(super) app: App,
+    pub(super) hostname: String,
+    pub(super) pool: Pool,
+    pub(super) stats: Arc<WorkerStats>,
+    pub(super) phase: watch::Receiver<Phase>,
+}
+
+/// An accepted task message waiting for (or holding) a slot.
+pub(super) struct Job {
+    pub(super) delivery: Delivery,
+    pub(super) msg: TaskMessage,
+    pub(super) task: Arc<dyn Task>,
+}
+
+impl Job {
+    pub(super) fn label(&self) -> String {
+        label(&self.msg)
+    }
+}
+
+fn label(msg: &TaskMessage) -> String {
+    let name = msg.headers.shadow.as_deref().unwrap_or(&msg.headers.task);
+    format!("{name}[{}]", msg.headers.id)
+}
+
+/// Short display of a result for the log, as Celery's `saferepr` truncation.
+fn short(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > 200 {
+        let mut cut = 200;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+impl Shared {
+    /// Base record for `msg` in `status`, with Celery's group/parent and extended fields.
+    fn meta(&self, msg: &TaskMessage, status: State, result: Value) -> TaskMeta {
+        let mut m = TaskMeta::new(msg.headers.id.clone(), status, result);
+        m.group_id = msg.headers.group.clone();
+        m.parent_id = msg.headers.parent_id.clone();
+        if self.app.config().result_extended {
+            m.name = Some(msg.headers.task.clone());
+            m.args = Some(Value::Array(msg.args.clone()));
+            m.kwargs = Some(Value::Object(msg.kwargs.clone()));
+            m.worker = Some(self.hostname.clone());
+            m.retries = Some(msg.headers.retries);
+            m.queue = Some(msg.properties.delivery_info.routing_key.clone());
+        }
+        m
+    }
+
+    /// Stores a record, retrying with back-off while the backend is unreachable, so a
+    /// result is not lost to a backend outage (until a cold shutdown gives up).
+    pub(super) async fn store(&self, meta: TaskMeta) {
+        let Some(backend) = self.app.backend() else { return };
+        let expires = self.app.config().result_expires;
+        let mut pause = Duration::from_millis(100);
+        let mut warned = false;
+        loop {
+            match backend.store(&meta, expires).await {
+                Ok(()) => {
+                    if warned {
+                        info!("result of task {} stored after the backend came back", meta.task_id);
+                    }
+                    return;
+                }
+                Err(e) if e.is_retryable() && *self.phase.borrow() != Phase::Cold => {
+                    if !warned {
+                        warn!("cannot store result of task {} ({e}); retrying", meta.task_id);
+                        warned = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    error!("result of task {} ({}) not stored: {e}", meta.task_id, meta.status);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A message that is not a task message: log why, store FAILURE if it has an id,
+    /// and drop it (rejected, never requeued forever).
+    pub(super) async fn undecodable(self: Arc<Self>, delivery: Delivery, err: DecodeError) {
+        self.stats.record(None, Event::Received);
+        error!(
+            "Received invalid task message from queue `{}` (task id {}): {err}; message rejected",
+            delivery.queue(),
+            err.task_id.as_deref().unwrap_or("unknown")
+        );
+        if let Some(id) = &err.task_id {
+            let exc = ExceptionInfo::new(err.exc_type(), err.exc_module(), err.to_string());
+            let mut meta = TaskMeta::failure(id.clone(), &exc, None);
+            meta.children = Value::Null;
+            self.store(meta).await;
+        }
+        self.stats.record(err.task_name.as_deref(), Event::Failed);
+        self.stats.record(None, Event::Rejected);
+        settle("reject", delivery.reject(false).await);
+    }
+
+    /// A task name this worker does not have: FAILURE `NotRegistered`, message dropped.
+    pub(super) async fn unregistered(self: Arc<Self>, delivery: Delivery, msg: TaskMessage) {
+        error!(
+            "Received unregistered task of type '{}' (id {}) from queue `{}`; stored FAILURE NotRegistered and discarded the message",
+            msg.headers.task,
+            msg.headers.id,
+            delivery.queue()
+        );
+        let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", msg.headers.task.clone());
+        let mut meta = self.meta(&msg, State::Failure, exc.to_value());
+        meta.children = Value::Null;
+        self.store(meta).await;
+        self.stats.record(Some(&msg.headers.task), Event::Failed);
+        self.stats.record(None, Event::Rejected);
+        settle("reject", delivery.reject(false).await);
+    }
+
+    /// An expired task: REVOKED `["expired"]`, acknowledged, not run.
+    pub(super) async fn expired(self: Arc<Self>, delivery: Option<Delivery>, msg: TaskMessage, store: bool) {
+        warn!("Task {} expired at {:?}; not run, stored REVOKED", label(&msg), msg.headers.expires);
+        if store {
+            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
+            let mut meta = self.meta(&msg, State::Revoked, exc.to_value());
+            meta.children = Value::Null;
+            self.store(meta).await;
+        }
+        self.stats.record(Some(&msg.headers.task), Event::Revoked);
+        if let Some(d) = delivery {
+            settle("ack", d.ack().await);
+        }
+    }
+}
+
+fn settle(op: &str, r: Result<(), celeriac_core::BrokerError>) {
+    if let Err(e) = r {
+        // The broker redelivers what it did not hear an ack for (at-least-once).
+        warn!("{op} failed: {e}");
+    }
+}
+
+pub(super) fn is_expired(msg: &TaskMessage) -> bool {
+    msg.headers.expires.is_some_and(|e| e <= Utc::now())
+}
+
+/// Runs one accepted job in its slot and settles its message.
+pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphorePermit) {
+    let Job { delivery, msg, task } = job;
+    let cfg = task.config();
+    let app = &shared.app;
+    let acks_late = cfg.acks_late.unwrap_or(app.config().acks_late);
+    let store_results = !msg.headers.ignore_result.unwrap_or(cfg.ignore_result) && app.backend().is_some();
+    let queue = delivery.queue().to_string();
+    let delivery_info = RequestDeliveryInfo {
+        exchange: msg.properties.delivery_info.exchange.clone(),
+        routing_key: if msg.properties.delivery_info.routing_key.is_empty() {
+            queue.clone()
+        } else {
+            msg.properties.delivery_info.routing_key.clone()
+        },
+        priority: msg.properties.priority,
+        redelivered: delivery.redelivered(),
+    };
+    let mut delivery = Some(delivery);
+    if !acks_late {
+        if let Some(d) = delivery.take() {
+            settle("ack", d.ack().await);
+        }
+    }
+    // An ETA task can expire while it waits.
+    if is_expired(&msg) {
+        shared.clone().expired(delivery, msg, store_results).await;
+        return;
+    }
+    let task_name = msg.headers.task.clone();
+    let label = label(&msg);
+    if store_results && cfg.track_started.unwrap_or(app.config().track_started) {
+        let started = json!({"pid": std::process::id(), "hostname": shared.hostname});
+        let mut meta = shared.meta(&msg, State::Started, started);
+        meta.date_done = None;
+        shared.store(meta).await;
+    }
+    let ctx = TaskContext::new(app.clone(), &msg, delivery_info, shared.hostname.clone(), cfg.max_retries, false);
+    shared.stats.started();
+    let t0 = Instant::now();
+    let output = execute::run(&task, ctx.clone(), msg.args.clone(), msg.kwargs.clone(), shared.pool).await;
+    let runtime = t0.elapsed().as_secs_f64();
+    shared.stats.finished();
+    match execute::decide(output, &cfg, &ctx) {
+        Outcome::Success(value) => {
+            info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
+            shared.stats.record(Some(&task_name), Event::Succeeded);
+            if store_results {
+                shared.store(shared.meta(&msg, State::Success, value)).await;
+            }
+        }
+        Outcome::Retry { countdown, reason } => {
+            let mut next = msg.clone();
+            next.headers.retries += 1;
+            next.headers.eta = (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
+            next.headers.parent_id = Some(msg.headers.id.clone());
+            if next.properties.delivery_info.routing_key.is_empty() {
+                next.properties.delivery_info.routing_key = queue.clone();
+            }
+            match app.publish(&next).await {
+                Ok(()) => {
+                    info!("Task {label} retry: {reason}");
+                    shared.stats.record(Some(&task_name), Event::Retried);
+                    if store_results {
+                        let mut meta = shared.meta(&msg, State::Retry, Value::Null);
+                        meta.traceback = Some(format!("Traceback (most recent call last):\n  (Rust task)\ncelery.exceptions.Retry: {reason}\n"));
+                        meta.children = json!([[[msg.headers.id, null], null]]);
+                        meta.date_done = None;
+                        shared.store(meta).await;
+                    }
+                }
+                Err(e) => {
+                    error!("Task {label}: cannot send its retry ({e})");
+                    if let Some(d) = delivery.take() {
+                        // Late ack: the original goes back to the queue, nothing is lost.
+                        settle("restore", d.restore().await);
+                        return;
+                    }
+                    shared.stats.record(Some(&task_name), Event::Failed);
+                    if store_results {
+                        let exc = ExceptionInfo::new("RetryError", crate::error::EXC_MODULE, format!("cannot send retry: {e}"));
+                        shared.store(shared.meta_failure(&msg, &exc, None)).await;
+                    }
+                }
+            }
+        }
+        Outcome::Failure(f) => {
+            error!("Task {label} raised unexpected: {}", f.exception);
+            if let Some(tb) = &f.traceback {
+                debug!("Task {label} traceback:\n{tb}");
+            }
+            shared.stats.record(Some(&task_name), Event::Failed);
+            if store_results {
+                shared.store(shared.meta_failure(&msg, &f.exception, f.traceback.clone())).await;
+            }
+        }
+        Outcome::Reject { requeue: true, reason } => {
+            warn!("Task {label} rejected its message ({reason}); requeued");
+            shared.stats.record(None, Event::Rejected);
+            match delivery.take() {
+                Some(d) => settle("reject", d.reject(true).await),
+                None => {
+                    // Early ack already removed the original: send it again instead.
+                    if let Err(e) = app.publish(&msg).await {
+                        error!("Task {label}: cannot requeue ({e})");
+                    }
+                }
+            }
+            return;
+        }
+        Outcome::Reject { requeue: false, reason } => {
+            warn!("Task {label} rejected its message ({reason}); dropped");
+            shared.stats.record(None, Event::Rejected);
+            if store_results {
+                let mut meta = shared.meta_failure(&msg, &execute::reject_exception(&reason), None);
+                meta.traceback = None;
+                shared.store(meta).await;
+            }
+        }
+        Outcome::Ignore => info!("Task {label} ignored"),
+    }
+    if let Some(d) = delivery.take() {
+        settle("ack", d.ack().await);
+    }
+}
+
+impl Shared {
+    fn meta_failure(&self, msg: &TaskMessage, exc: &ExceptionInfo, traceback: Option<String>) -> TaskMeta {
+        let mut meta = self.meta(msg, State::Failure, exc.to_value());
+        meta.traceback = traceback;
+        meta
+    }
+}

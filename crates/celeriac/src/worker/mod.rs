@@ -1,0 +1,466 @@
+//! The worker: consumes queues, runs tasks in a bounded pool, stores results, and shuts
+//! down warm, then cold.
+//!
+//! One loop owns all bookkeeping — the consumer, the messages waiting for a slot, the ETA
+//! messages being held, and the running jobs — and each job runs as its own tokio task
+//! holding one of `concurrency` slots. That keeps the shutdown rules easy to state:
+//!
+//! - **warm** (first SIGINT/SIGTERM, or [`ShutdownHandle::warm`]): stop consuming; every
+//!   message fetched but not started (waiting for a slot, or held for its ETA) goes back to
+//!   the front of its queue; running tasks get `shutdown_timeout` to finish;
+//! - **cold** (second signal, [`ShutdownHandle::cold`], or the timeout): running tasks are
+//!   abandoned; late-ack messages go back to their queue (their delivery is dropped
+//!   unsettled), early-ack ones were already acknowledged, as in Celery.
+
+mod banner;
+mod job;
+mod stats;
+
+pub use stats::{StatsSnapshot, TaskCounts, WorkerStats};
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::time::DelayQueue;
+use tracing::{error, info, warn};
+
+use celeriac_core::broker::ConsumeOptions;
+use celeriac_core::protocol::TaskMessage;
+use celeriac_core::Delivery;
+
+use crate::app::App;
+use crate::error::Error;
+use crate::execute::Pool;
+use job::{Job, Shared};
+use stats::Event;
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Consuming and running tasks.
+    Running,
+    /// Not consuming; letting running tasks finish.
+    Warm,
+    /// Abandoning running tasks.
+    Cold,
+}
+
+/// Asks a running worker to stop. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<Phase>>,
+}
+
+impl ShutdownHandle {
+    /// Warm shutdown: stop consuming, return unstarted messages, let running tasks finish.
+    pub fn warm(&self) {
+        self.tx.send_if_modified(|p| {
+            let change = *p == Phase::Running;
+            if change {
+                *p = Phase::Warm;
+            }
+            change
+        });
+    }
+
+    /// Cold shutdown: stop now; late-ack messages of running tasks go back to the queue.
+    pub fn cold(&self) {
+        self.tx.send_if_modified(|p| {
+            let change = *p != Phase::Cold;
+            *p = Phase::Cold;
+            change
+        });
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.tx.borrow()
+    }
+}
+
+/// Configures a [`Worker`]; get one from [`App::worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    app: App,
+    queues: Vec<String>,
+    concurrency: usize,
+    prefetch: Option<usize>,
+    pool: Pool,
+    name: Option<String>,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+}
+
+impl WorkerBuilder {
+    pub(crate) fn new(app: App) -> Self {
+        let concurrency = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            queues: vec![app.config().default_queue.clone()],
+            app,
+            concurrency,
+            prefetch: None,
+            pool: Pool::Async,
+            name: None,
+            shutdown_timeout: Duration::from_secs(30),
+            handle_signals: false,
+        }
+    }
+
+    /// Queues to consume, in order of preference (default: the app's default queue).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Most tasks running at once (default: number of CPUs).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Most messages fetched and not yet acknowledged (default: concurrency × the app's
+    /// prefetch multiplier; 0 = no limit).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Where task bodies run.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Node name (default `celery@<hostname>`; `%h` is replaced by the host name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How long a warm shutdown waits for running tasks before going cold (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Installs SIGINT/SIGTERM handlers: the first signal is a warm shutdown, the second
+    /// a cold one (default off for library use; the CLI turns it on).
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(self) -> Worker {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let name = self
+            .name
+            .map(|n| n.replace("%h", &host))
+            .unwrap_or_else(|| format!("celery@{host}"));
+        let prefetch = self
+            .prefetch
+            .unwrap_or(self.concurrency * self.app.config().prefetch_multiplier);
+        let (tx, _) = watch::channel(Phase::Running);
+        Worker {
+            app: self.app,
+            queues: self.queues,
+            concurrency: self.concurrency,
+            prefetch,
+            pool: self.pool,
+            name,
+            shutdown_timeout: self.shutdown_timeout,
+            handle_signals: self.handle_signals,
+            shutdown: ShutdownHandle { tx: Arc::new(tx) },
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+}
+
+/// A worker: run it with [`Worker::run`]; stop it with its [`ShutdownHandle`] or a signal.
+#[derive(Debug)]
+pub struct Worker {
+    app: App,
+    queues: Vec<String>,
+    concurrency: usize,
+    prefetch: usize,
+    pool: Pool,
+    name: String,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+    shutdown: ShutdownHandle,
+    stats: Arc<WorkerStats>,
+}
+
+/// What a finished worker reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Final counters.
+    pub stats: StatsSnapshot,
+    /// Messages returned to their queues at shutdown, unstarted.
+    pub returned: usize,
+    /// Running tasks abandoned by a cold shutdown.
+    pub abandoned: usize,
+}
+
+impl Worker {
+    /// The handle that stops this worker.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// The node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The startup banner: node, broker, backend (credentials masked), concurrency,
+    /// queues and tasks, in Celery's layout.
+    pub fn banner(&self) -> String {
+        banner::render(self)
+    }
+
+    /// Runs until shut down; returns the final counters.
+    pub async fn run(self) -> Result<WorkerReport, Error> {
+        let broker = self.app.broker().clone();
+        for q in &self.queues {
+            broker.declare_queue(q).await?;
+        }
+        let consumer = broker
+            .consume(ConsumeOptions::new(self.queues.clone(), self.prefetch))
+            .await?;
+        let signals = self.handle_signals.then(|| spawn_signal_listener(self.shutdown.clone()));
+        info!("{} ready.", self.name);
+        let shared = Arc::new(Shared {
+            app: self.app.clone(),
+            hostname: self.name.clone(),
+            pool: self.pool,
+            stats: self.stats.clone(),
+            phase: self.shutdown.tx.subscribe(),
+        });
+        let mut state = LoopState {
+            shared,
+            slots: Arc::new(Semaphore::new(self.concurrency)),
+            pending: VecDeque::new(),
+            held: DelayQueue::new(),
+            held_jobs: HashMap::new(),
+            next_hold: 0,
+            running: JoinSet::new(),
+        };
+        let mut phase = self.shutdown.tx.subscribe();
+        let mut consumer = Some(consumer);
+        let mut broker_down = false;
+        loop {
+            state.start_pending();
+            if *phase.borrow_and_update() != Phase::Running {
+                break;
+            }
+            let Some(c) = consumer.as_mut() else { break };
+            tokio::select! {
+                _ = phase.changed() => {}
+                Some(joined) = state.running.join_next(), if !state.running.is_empty() => {
+                    if let Err(e) = joined {
+                        error!("worker job ended abnormally: {e}");
+                    }
+                }
+                Some(due) = state.held.next(), if !state.held.is_empty() => {
+                    if let Some(job) = state.held_jobs.remove(due.get_ref()) {
+                        state.pending.push_back(job);
+                    }
+                }
+                next = c.next() => match next {
+                    Some(Ok(delivery)) => {
+                        if broker_down {
+                            info!("broker connection restored");
+                            broker_down = false;
+                        }
+                        state.accept(delivery);
+                    }
+                    Some(Err(e)) => {
+                        if !broker_down {
+                            error!("consumer error: {e}; retrying with back-off");
+                            broker_down = true;
+                        }
+                    }
+                    None => {
+                        error!("the broker ended consumption; shutting down");
+                        consumer = None;
+                    }
+                },
+            }
+        }
+        let report = state
+            .shutdown(consumer, &mut phase, self.shutdown_timeout, &self.stats)
+            .await;
+        if let Some(s) = signals {
+            s.abort();
+        }
+        Ok(report)
+    }
+}
+
+struct LoopState {
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    pending: VecDeque<Job>,
+    held: DelayQueue<u64>,
+    held_jobs: HashMap<u64, Job>,
+    next_hold: u64,
+    running: JoinSet<()>,
+}
+
+impl LoopState {
+    /// Starts waiting jobs while slots are free.
+    fn start_pending(&mut self) {
+        while !self.pending.is_empty() {
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else { return };
+            let Some(job) = self.pending.pop_front() else { return };
+            self.running.spawn(job::execute(self.shared.clone(), job, slot));
+        }
+    }
+
+    /// Sorts a fresh delivery: invalid, unregistered, expired, held for its ETA, or ready.
+    fn accept(&mut self, delivery: Delivery) {
+        let shared = self.shared.clone();
+        let msg = match TaskMessage::decode(delivery.message()) {
+            Ok(m) => m,
+            Err(e) => {
+                self.running.spawn(shared.undecodable(delivery, e));
+                return;
+            }
+        };
+        self.shared.stats.record(None, Event::Received);
+        let Some(task) = shared.app.task(&msg.headers.task).cloned() else {
+            self.running.spawn(shared.unregistered(delivery, msg));
+            return;
+        };
+        let job = Job { delivery, msg, task };
+        info!("Task {} received", job.label());
+        if job::is_expired(&job.msg) {
+            let store = !job.msg.headers.ignore_result.unwrap_or(job.task.config().ignore_result);
+            self.running.spawn(shared.expired(Some(job.delivery), job.msg, store));
+            return;
+        }
+        match job.msg.headers.eta.filter(|eta| *eta > Utc::now()) {
+            Some(eta) => {
+                // Held without a slot and without counting against prefetch.
+                let mut job = job;
+                job.delivery.release_prefetch();
+                self.next_hold += 1;
+                self.held.insert(self.next_hold, celeriac_core::time::until(&eta));
+                self.held_jobs.insert(self.next_hold, job);
+            }
+            None => self.pending.push_back(job),
+        }
+    }
+
+    async fn shutdown(
+        mut self,
+        consumer: Option<celeriac_core::Consumer>,
+        phase: &mut watch::Receiver<Phase>,
+        timeout: Duration,
+        stats: &WorkerStats,
+    ) -> WorkerReport {
+        let cold_now = *phase.borrow() == Phase::Cold;
+        info!(
+            "{} shutdown: returning unstarted messages, {} task(s) running",
+            if cold_now { "Cold" } else { "Warm" },
+            self.running.len()
+        );
+        let mut unstarted: Vec<Delivery> = consumer.map(celeriac_core::Consumer::close).unwrap_or_default();
+        unstarted.extend(self.pending.drain(..).map(|j| j.delivery));
+        unstarted.extend(self.held_jobs.drain().map(|(_, j)| j.delivery));
+        self.held.clear();
+        let returned = unstarted.len();
+        for d in unstarted {
+            if let Err(e) = d.restore().await {
+                warn!("could not return a message to its queue: {e}");
+            }
+        }
+        if returned > 0 {
+            info!("returned {returned} unstarted message(s) to their queues");
+        }
+        if !cold_now {
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    joined = self.running.join_next() => if joined.is_none() { break },
+                    _ = &mut deadline => {
+                        warn!("warm shutdown timed out after {timeout:?}; going cold");
+                        break;
+                    }
+                    changed = phase.changed() => {
+                        if changed.is_err() || *phase.borrow() == Phase::Cold {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let abandoned = self.running.len();
+        if abandoned > 0 {
+            warn!("cold shutdown: abandoning {abandoned} running task(s); late-ack messages go back to their queues");
+            self.running.abort_all();
+            while self.running.join_next().await.is_some() {}
+        }
+        WorkerReport {
+            stats: stats.snapshot(),
+            returned,
+            abandoned,
+        }
+    }
+}
+
+fn spawn_signal_listener(handle: ShutdownHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                error!("cannot install signal handlers; stop the worker another way");
+                return;
+            };
+            let mut count = 0;
+            loop {
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                count += 1;
+                if count == 1 {
+                    warn!("{name} received: warm shutdown (a second signal forces a cold shutdown)");
+                    handle.warm();
+                } else {
+                    warn!("{name} received again: cold shutdown");
+                    handle.cold();
+                    return;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                handle.warm();
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                handle.cold();
+            }
+        }
+    })
+}
