@@ -1,1 +1,8 @@
-fn main(){}
+//! Whole-system tests: one test binary for the workspace (fast to link), one module per area.
+
+mod cli;
+mod conformance;
+mod eager;
+mod shutdown;
+mod support;
+mod worker;

@@ -205,22 +205,25 @@ impl Delivery {
 
     /// Acknowledges: the broker forgets the message.
     pub async fn ack(mut self) -> Result<(), BrokerError> {
+        // The prefetch slot is released when `self` drops, after the broker settled the
+        // message: a consumer waiting for the slot then sees the queue as it now is.
         self.settled = true;
-        self.slot = None;
         self.acker.ack(&self.tag).await
     }
 
     /// Rejects: drops the message, or with `requeue` puts it at the end of its queue.
     pub async fn reject(mut self, requeue: bool) -> Result<(), BrokerError> {
+        // The prefetch slot is released when `self` drops, after the broker settled the
+        // message: a consumer waiting for the slot then sees the queue as it now is.
         self.settled = true;
-        self.slot = None;
         self.acker.reject(&self.tag, requeue).await
     }
 
     /// Returns the message unhandled to the front of its queue, marked redelivered.
     pub async fn restore(mut self) -> Result<(), BrokerError> {
+        // The prefetch slot is released when `self` drops, after the broker settled the
+        // message: a consumer waiting for the slot then sees the queue as it now is.
         self.settled = true;
-        self.slot = None;
         self.acker.restore(&self.tag).await
     }
 

@@ -71,12 +71,12 @@ struct WorkerArgs {
     /// Most unacknowledged messages held [default: concurrency × 4].
     #[arg(long)]
     prefetch: Option<usize>,
-    /// Where tasks run.
-    #[arg(long, default_value = "async", value_parser = ["async", "threads"])]
-    pool: String,
+    /// Where tasks run: async or threads.
+    #[arg(long, default_value = "async")]
+    pool: Pool,
     /// Seconds a warm shutdown waits for running tasks.
-    #[arg(long, default_value_t = 30.0)]
-    shutdown_timeout: f64,
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    shutdown_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -84,23 +84,23 @@ struct CallArgs {
     /// Task name.
     name: String,
     /// Positional arguments as a JSON array.
-    #[arg(long, default_value = "[]")]
-    args: String,
+    #[arg(long, default_value = "[]", value_parser = json_array)]
+    args: JsonArray,
     /// Keyword arguments as a JSON object.
-    #[arg(long, default_value = "{}")]
-    kwargs: String,
+    #[arg(long, default_value = "{}", value_parser = json_object)]
+    kwargs: serde_json::Map<String, Value>,
     /// Queue to send to instead of the routed one.
     #[arg(long)]
     queue: Option<String>,
     /// Seconds to wait before the task may run.
-    #[arg(long)]
-    countdown: Option<f64>,
+    #[arg(long, value_parser = seconds)]
+    countdown: Option<Duration>,
     /// Priority 0..=9.
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     priority: Option<u8>,
     /// Wait up to this many seconds for the result and print it.
-    #[arg(long)]
-    wait: Option<f64>,
+    #[arg(long, value_parser = seconds)]
+    wait: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -108,8 +108,8 @@ struct ResultArgs {
     /// Task id.
     id: String,
     /// Wait up to this many seconds for the task to finish.
-    #[arg(long)]
-    wait: Option<f64>,
+    #[arg(long, value_parser = seconds)]
+    wait: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -196,12 +196,31 @@ fn init_logging(level: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_json(what: &str, text: &str) -> Result<Value, Error> {
-    serde_json::from_str(text).map_err(|e| Error::Config(format!("--{what} is not valid JSON: {e}")))
+/// A JSON array argument (a newtype, so clap does not read `Vec` as "repeatable").
+#[derive(Clone, Debug)]
+struct JsonArray(Vec<Value>);
+
+fn json_array(text: &str) -> Result<JsonArray, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Array(a)) => Ok(JsonArray(a)),
+        Ok(_) => Err("expected a JSON array, like '[2, 3]'".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
 }
 
-fn secs(what: &str, s: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(s).map_err(|_| Error::Config(format!("--{what} must be a non-negative number of seconds")))
+fn json_object(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err("expected a JSON object, like '{\"x\": 1}'".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "expected a non-negative number of seconds".to_string())
 }
 
 async fn execute(builder: AppBuilder, command: Command) -> Result<i32, Error> {
@@ -211,7 +230,7 @@ async fn execute(builder: AppBuilder, command: Command) -> Result<i32, Error> {
         Command::Call(c) => call(app, c).await,
         Command::Result(r) => {
             let res = app.async_result(r.id);
-            show(&res, r.wait.map(|w| secs("wait", w)).transpose()?).await
+            show(&res, r.wait).await
         }
         Command::Purge(p) => {
             let n = app.broker().purge(&p.queue).await?;
@@ -230,12 +249,11 @@ async fn execute(builder: AppBuilder, command: Command) -> Result<i32, Error> {
 }
 
 async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
-    let pool: Pool = w.pool.parse().map_err(Error::Config)?;
     let mut builder = app
         .worker()
-        .pool(pool)
+        .pool(w.pool)
         .handle_signals(true)
-        .shutdown_timeout(secs("shutdown-timeout", w.shutdown_timeout)?);
+        .shutdown_timeout(w.shutdown_timeout);
     if !w.queues.is_empty() {
         builder = builder.queues(w.queues);
     }
@@ -260,17 +278,12 @@ async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
 }
 
 async fn call(app: App, c: CallArgs) -> Result<i32, Error> {
-    let args = parse_json("args", &c.args)?;
-    let kwargs = parse_json("kwargs", &c.kwargs)?;
-    let (Value::Array(args), Value::Object(kwargs)) = (args, kwargs) else {
-        return Err(Error::Config("--args must be a JSON array and --kwargs a JSON object".into()));
-    };
-    let mut sig = crate::Signature::new(c.name).args(args).kwargs(kwargs);
+    let mut sig = crate::Signature::new(c.name).args(c.args.0).kwargs(c.kwargs);
     if let Some(q) = c.queue {
         sig = sig.queue(q);
     }
     if let Some(cd) = c.countdown {
-        sig = sig.countdown(cd);
+        sig = sig.countdown(cd.as_secs_f64());
     }
     if let Some(p) = c.priority {
         sig = sig.priority(p);
@@ -283,7 +296,7 @@ async fn call(app: App, c: CallArgs) -> Result<i32, Error> {
         }
         Some(w) => {
             eprintln!("sent {}", res.id());
-            show(&res, Some(secs("wait", w)?)).await
+            show(&res, Some(w)).await
         }
     }
 }
@@ -294,19 +307,20 @@ async fn show(res: &AsyncResult, wait: Option<Duration>) -> Result<i32, Error> {
         Some(w) => res.wait(w).await?,
         None => res.info().await?,
     };
-    match crate::result::into_result::<Value>(meta.clone()) {
+    if !meta.status.is_ready() {
+        println!("{}", meta.status);
+        return Ok(0);
+    }
+    let status = meta.status.clone();
+    match crate::result::into_result::<Value>(meta) {
         Ok(v) => {
             println!("{v}");
             Ok(0)
         }
-        Err(e @ (Error::TaskFailed { .. } | Error::TaskRevoked { .. })) => {
-            println!("{}", meta.status);
+        Err(e) => {
+            println!("{status}");
             eprintln!("error: {e}");
             Ok(1)
-        }
-        Err(_) => {
-            println!("{}", meta.status);
-            Ok(0)
         }
     }
 }

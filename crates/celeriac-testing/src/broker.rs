@@ -1,0 +1,322 @@
+//! The broker conformance suite: what every `Broker` must do, one function per behaviour.
+//! Each takes a [`BrokerUnderTest`] and panics with a message naming what broke.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use celeriac_core::broker::{ConsumeOptions, Consumer, Delivery, PublishOptions};
+use celeriac_core::message::{DeliveryInfo, Message, Properties};
+use celeriac_core::Broker;
+use serde_json::{json, Map, Value};
+
+use crate::BrokerUnderTest;
+
+/// Long enough for any engine to hand out a waiting message.
+const ARRIVE: Duration = Duration::from_secs(5);
+/// How long to watch for a message that must not arrive.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A message for `queue` carrying `n` in its headers and body.
+pub fn message(queue: &str, n: u64, priority: Option<u8>) -> Message {
+    let mut headers = Map::new();
+    headers.insert("n".into(), json!(n));
+    headers.insert("x-text".into(), json!("héllo ☃"));
+    Message {
+        headers,
+        properties: Properties {
+            correlation_id: Some(format!("id-{n}")),
+            reply_to: Some("reply".into()),
+            delivery_info: DeliveryInfo {
+                exchange: String::new(),
+                routing_key: queue.to_string(),
+            },
+            priority,
+            ..Properties::default()
+        },
+        content_type: "application/json".into(),
+        content_encoding: "utf-8".into(),
+        body: Bytes::from(format!("[[{n}], {{}}, {{}}]")),
+    }
+}
+
+fn n_of(d: &Delivery) -> u64 {
+    d.message().headers.get("n").and_then(Value::as_u64).unwrap_or(u64::MAX)
+}
+
+async fn publish(b: &Arc<dyn Broker>, queue: &str, n: u64, priority: Option<u8>) {
+    b.publish(message(queue, n, priority), PublishOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("publish to {queue} failed: {e}"));
+}
+
+async fn consume(b: &Arc<dyn Broker>, queues: &[&str], prefetch: usize) -> Consumer {
+    b.consume(ConsumeOptions::new(queues.iter().map(|q| q.to_string()).collect(), prefetch))
+        .await
+        .unwrap_or_else(|e| panic!("consume {queues:?} failed: {e}"))
+}
+
+/// The next delivery, failing the test if none arrives in time.
+pub async fn next(c: &mut Consumer) -> Delivery {
+    match tokio::time::timeout(ARRIVE, c.next()).await {
+        Ok(Some(Ok(d))) => d,
+        Ok(Some(Err(e))) => panic!("consumer error: {e}"),
+        Ok(None) => panic!("consumer ended"),
+        Err(_) => panic!("no delivery within {ARRIVE:?}"),
+    }
+}
+
+async fn nothing(c: &mut Consumer) {
+    if let Ok(Some(item)) = tokio::time::timeout(QUIET, c.next()).await {
+        panic!("expected no delivery, got {item:?}");
+    }
+}
+
+fn q(b: &BrokerUnderTest, name: &str) -> String {
+    format!("{}{name}", b.prefix)
+}
+
+/// A published message is delivered with the same headers, properties and body.
+pub async fn round_trips_a_message_unchanged(b: BrokerUnderTest) {
+    let queue = q(&b, "roundtrip");
+    let sent = message(&queue, 7, Some(3));
+    b.broker.publish(sent.clone(), PublishOptions::default()).await.unwrap();
+    let mut c = consume(&b.broker, &[&queue], 10).await;
+    let d = next(&mut c).await;
+    assert_eq!(d.message(), &sent, "message changed in transit");
+    assert_eq!(d.queue(), queue);
+    assert!(!d.redelivered());
+    d.ack().await.unwrap();
+}
+
+/// Messages of one priority come out in the order they went in.
+pub async fn fifo_within_a_priority(b: BrokerUnderTest) {
+    let queue = q(&b, "fifo");
+    for n in 0..20 {
+        publish(&b.broker, &queue, n, None).await;
+    }
+    let mut c = consume(&b.broker, &[&queue], 0).await;
+    for n in 0..20 {
+        let d = next(&mut c).await;
+        assert_eq!(n_of(&d), n, "out of order");
+        d.ack().await.unwrap();
+    }
+}
+
+/// Priority 0 is served before 9 (Celery's Redis semantics), whatever the publish order.
+pub async fn lower_priority_number_is_served_first(b: BrokerUnderTest) {
+    if !b.broker.capabilities().priorities {
+        eprintln!("conformance: {} has no priorities; check skipped", b.broker.url());
+        return;
+    }
+    let queue = q(&b, "prio");
+    publish(&b.broker, &queue, 9, Some(9)).await;
+    publish(&b.broker, &queue, 5, Some(5)).await;
+    publish(&b.broker, &queue, 0, Some(0)).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut c).await;
+        order.push(n_of(&d));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(order, [0, 5, 9]);
+}
+
+/// An acknowledged message is gone: not redelivered, not counted.
+pub async fn ack_removes_the_message(b: BrokerUnderTest) {
+    let queue = q(&b, "ack");
+    publish(&b.broker, &queue, 1, None).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    next(&mut c).await.ack().await.unwrap();
+    nothing(&mut c).await;
+    drop(c);
+    assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 0);
+}
+
+/// `reject(false)` drops the message.
+pub async fn reject_without_requeue_drops(b: BrokerUnderTest) {
+    let queue = q(&b, "rejdrop");
+    publish(&b.broker, &queue, 1, None).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    next(&mut c).await.reject(false).await.unwrap();
+    nothing(&mut c).await;
+}
+
+/// `reject(true)` puts the message back behind those already waiting, marked redelivered.
+pub async fn reject_with_requeue_goes_to_the_back(b: BrokerUnderTest) {
+    let queue = q(&b, "rejback");
+    publish(&b.broker, &queue, 1, None).await;
+    publish(&b.broker, &queue, 2, None).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    let first = next(&mut c).await;
+    assert_eq!(n_of(&first), 1);
+    first.reject(true).await.unwrap();
+    let d = next(&mut c).await;
+    assert_eq!(n_of(&d), 2, "a requeued message must go behind waiting ones");
+    d.ack().await.unwrap();
+    let again = next(&mut c).await;
+    assert_eq!(n_of(&again), 1);
+    assert!(again.redelivered(), "a requeued message is marked redelivered");
+    again.ack().await.unwrap();
+}
+
+/// `restore()` puts the message back in front of those waiting, marked redelivered.
+pub async fn restore_goes_to_the_front_marked_redelivered(b: BrokerUnderTest) {
+    let queue = q(&b, "restore");
+    publish(&b.broker, &queue, 1, None).await;
+    publish(&b.broker, &queue, 2, None).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    let first = next(&mut c).await;
+    first.restore().await.unwrap();
+    let d = next(&mut c).await;
+    assert_eq!(n_of(&d), 1, "a restored message must be delivered first");
+    assert!(d.redelivered());
+    d.ack().await.unwrap();
+}
+
+/// A delivery dropped without being settled comes back (as on a closed channel).
+pub async fn dropped_delivery_is_restored(b: BrokerUnderTest) {
+    let queue = q(&b, "dropped");
+    publish(&b.broker, &queue, 1, None).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    drop(next(&mut c).await);
+    let d = next(&mut c).await;
+    assert_eq!(n_of(&d), 1);
+    assert!(d.redelivered());
+    d.ack().await.unwrap();
+}
+
+/// No more than `prefetch` deliveries are out unsettled; settling one lets the next in.
+pub async fn prefetch_limits_unsettled_deliveries(b: BrokerUnderTest) {
+    let queue = q(&b, "prefetch");
+    for n in 0..5 {
+        publish(&b.broker, &queue, n, None).await;
+    }
+    let mut c = consume(&b.broker, &[&queue], 2).await;
+    let d0 = next(&mut c).await;
+    let _d1 = next(&mut c).await;
+    nothing(&mut c).await;
+    d0.ack().await.unwrap();
+    let d2 = next(&mut c).await;
+    assert_eq!(n_of(&d2), 2);
+}
+
+/// `release_prefetch` frees the slot while the delivery stays unsettled (ETA holding).
+pub async fn released_prefetch_frees_a_slot(b: BrokerUnderTest) {
+    let queue = q(&b, "release");
+    publish(&b.broker, &queue, 0, None).await;
+    publish(&b.broker, &queue, 1, None).await;
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    let mut held = next(&mut c).await;
+    nothing(&mut c).await;
+    held.release_prefetch();
+    let d = next(&mut c).await;
+    assert_eq!(n_of(&d), 1);
+    held.ack().await.unwrap();
+    d.ack().await.unwrap();
+}
+
+/// One consumer takes from every queue it was given.
+pub async fn consumes_several_queues(b: BrokerUnderTest) {
+    let (qa, qb) = (q(&b, "multi-a"), q(&b, "multi-b"));
+    publish(&b.broker, &qa, 1, None).await;
+    publish(&b.broker, &qb, 2, None).await;
+    let mut c = consume(&b.broker, &[&qa, &qb], 0).await;
+    let mut got = vec![n_of(&next(&mut c).await), n_of(&next(&mut c).await)];
+    got.sort_unstable();
+    assert_eq!(got, [1, 2]);
+}
+
+/// Purge deletes waiting messages and says how many; the queue is listed.
+pub async fn purge_empties_and_counts(b: BrokerUnderTest) {
+    let queue = q(&b, "purge");
+    for n in 0..3 {
+        publish(&b.broker, &queue, n, None).await;
+    }
+    assert_eq!(b.broker.purge(&queue).await.unwrap(), 3);
+    assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 0);
+    assert_eq!(b.broker.purge(&queue).await.unwrap(), 0);
+}
+
+/// Depth counts messages waiting (not delivered ones); the queue shows in `queues()`.
+pub async fn depth_counts_waiting_messages(b: BrokerUnderTest) {
+    let queue = q(&b, "depth");
+    for n in 0..4 {
+        publish(&b.broker, &queue, n, Some((n % 3) as u8 * 3)).await;
+    }
+    assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 4);
+    assert!(b.broker.queues().await.unwrap().contains(&queue), "queue not listed");
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    let d = next(&mut c).await;
+    assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 3);
+    d.ack().await.unwrap();
+}
+
+/// A message published with `deliver_at` is not delivered before it is due.
+pub async fn delayed_delivery_waits_until_due(b: BrokerUnderTest) {
+    if !b.broker.capabilities().native_delay {
+        eprintln!("conformance: {} has no native delay; check skipped", b.broker.url());
+        return;
+    }
+    let queue = q(&b, "delay");
+    let due = chrono::Utc::now() + chrono::Duration::milliseconds(600);
+    b.broker
+        .publish(message(&queue, 1, None), PublishOptions::deliver_at(Some(due)))
+        .await
+        .unwrap();
+    publish(&b.broker, &queue, 2, None).await;
+    let mut c = consume(&b.broker, &[&queue], 0).await;
+    let d = next(&mut c).await;
+    assert_eq!(n_of(&d), 2, "the delayed message overtook an immediate one");
+    let d = next(&mut c).await;
+    assert_eq!(n_of(&d), 1);
+    assert!(chrono::Utc::now() >= due, "delivered before it was due");
+}
+
+/// `publish_many` publishes every message, in order.
+pub async fn publish_many_publishes_in_order(b: BrokerUnderTest) {
+    let queue = q(&b, "many");
+    let batch = (0..50).map(|n| (message(&queue, n, None), PublishOptions::default())).collect();
+    b.broker.publish_many(batch).await.unwrap();
+    assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 50);
+    let mut c = consume(&b.broker, &[&queue], 0).await;
+    for n in 0..50 {
+        assert_eq!(n_of(&next(&mut c).await), n);
+    }
+}
+
+/// Closing a consumer hands back what it fetched but had not handed out; nothing is lost.
+pub async fn closed_consumer_returns_fetched_messages(b: BrokerUnderTest) {
+    let queue = q(&b, "close");
+    for n in 0..5 {
+        publish(&b.broker, &queue, n, None).await;
+    }
+    let mut c = consume(&b.broker, &[&queue], 5).await;
+    let first = next(&mut c).await;
+    // Give the consumer time to fetch the rest into its buffer.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let left = c.close();
+    drop(first);
+    for d in left {
+        d.restore().await.unwrap();
+    }
+    let mut c = consume(&b.broker, &[&queue], 0).await;
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..5 {
+        let d = next(&mut c).await;
+        seen.push(n_of(&d));
+        d.ack().await.unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2, 3, 4], "a message was lost or duplicated");
+}
+
+/// A consumer waiting on an empty queue gets a message published later.
+pub async fn idle_consumer_wakes_for_a_new_message(b: BrokerUnderTest) {
+    let queue = q(&b, "wake");
+    let mut c = consume(&b.broker, &[&queue], 1).await;
+    nothing(&mut c).await;
+    publish(&b.broker, &queue, 42, None).await;
+    assert_eq!(n_of(&next(&mut c).await), 42);
+}
