@@ -16,7 +16,10 @@ async fn add(x: i64, y: i64) -> TaskResult<i64> {
 #[celeriac::task(name = "tasks.word_count")]
 fn word_count(ctx: &TaskContext, text: String) -> TaskResult<usize> {
     if text.is_empty() {
-        return Err(TaskError::value_error(format!("task {} got empty text", ctx.id())));
+        return Err(TaskError::value_error(format!(
+            "task {} got empty text",
+            ctx.id()
+        )));
     }
     Ok(text.split_whitespace().count())
 }
@@ -35,10 +38,18 @@ async fn main() -> Result<(), celeriac::Error> {
     let running = tokio::spawn(worker.run());
 
     let sum = add::new(2, 3).apply_async(&app).await?;
-    println!("add(2, 3) = {}", sum.get::<i64>(Duration::from_secs(5)).await?);
+    println!(
+        "add(2, 3) = {}",
+        sum.get::<i64>(Duration::from_secs(5)).await?
+    );
 
-    let words = word_count::new("the quick brown fox".into()).delay(&app).await?;
-    println!("word_count = {}", words.get::<usize>(Duration::from_secs(5)).await?);
+    let words = word_count::new("the quick brown fox".into())
+        .delay(&app)
+        .await?;
+    println!(
+        "word_count = {}",
+        words.get::<usize>(Duration::from_secs(5)).await?
+    );
 
     let failed = word_count::new(String::new()).delay(&app).await?;
     match failed.get::<usize>(Duration::from_secs(5)).await {
@@ -48,6 +59,9 @@ async fn main() -> Result<(), celeriac::Error> {
 
     stop.warm();
     let report = running.await.expect("worker task")?;
-    println!("worker processed {} tasks", report.stats.succeeded + report.stats.failed);
+    println!(
+        "worker processed {} tasks",
+        report.stats.succeeded + report.stats.failed
+    );
     Ok(())
 }

@@ -22,11 +22,11 @@ fn app() -> Command {
 
 #[test]
 fn help_lists_the_commands() {
-    app()
-        .arg("--help")
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("worker").and(predicate::str::contains("call")).and(predicate::str::contains("inspect")));
+    app().arg("--help").assert().success().stdout(
+        predicate::str::contains("worker")
+            .and(predicate::str::contains("call"))
+            .and(predicate::str::contains("inspect")),
+    );
 }
 
 #[test]
@@ -36,7 +36,11 @@ fn bad_arguments_print_usage_and_exit_2() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("invalid value 'bogus'"));
-    app().arg("call").assert().code(2).stderr(predicate::str::contains("Usage"));
+    app()
+        .arg("call")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("Usage"));
     app()
         .args(["call", "tasks.add", "--priority", "12"])
         .assert()
@@ -51,7 +55,12 @@ fn bad_arguments_print_usage_and_exit_2() {
 #[test]
 fn runtime_errors_print_one_line_and_exit_1() {
     let out = app()
-        .args(["--broker", "reddis://:secret@localhost", "inspect", "queues"])
+        .args([
+            "--broker",
+            "reddis://:secret@localhost",
+            "inspect",
+            "queues",
+        ])
         .assert()
         .code(1)
         .get_output()
@@ -69,7 +78,9 @@ fn bad_argument_values_are_usage_errors() {
         .args(["call", "tasks.add", "--args", "[2, 3"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("invalid value '[2, 3' for '--args <ARGS>': not valid JSON"));
+        .stderr(predicate::str::contains(
+            "invalid value '[2, 3' for '--args <ARGS>': not valid JSON",
+        ));
     app()
         .args(["call", "tasks.add", "--args", "{}"])
         .assert()
@@ -84,7 +95,9 @@ fn bad_argument_values_are_usage_errors() {
         .args(["call", "tasks.add", "--wait=-1"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("expected a non-negative number of seconds"));
+        .stderr(predicate::str::contains(
+            "expected a non-negative number of seconds",
+        ));
 }
 
 #[test]
@@ -106,11 +119,20 @@ fn broker_url_comes_from_the_environment_celeriac_first() {
 
 #[test]
 fn call_prints_the_task_id_and_result_shows_its_state() {
-    let out = app().args(["call", "tasks.add", "--args", "[2, 3]", "--countdown", "5"]).assert().success().get_output().clone();
+    let out = app()
+        .args(["call", "tasks.add", "--args", "[2, 3]", "--countdown", "5"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "not a task id: {id:?}");
     // memory:// lives in one process: another process sees no result.
-    app().args(["result", &id]).assert().success().stdout("PENDING\n");
+    app()
+        .args(["result", &id])
+        .assert()
+        .success()
+        .stdout("PENDING\n");
     app()
         .args(["result", &id, "--wait", "0.2"])
         .assert()
@@ -120,7 +142,11 @@ fn call_prints_the_task_id_and_result_shows_its_state() {
 
 #[test]
 fn purge_and_inspect_queues() {
-    app().args(["purge", "celery"]).assert().success().stdout("purged 0 messages from `celery`\n");
+    app()
+        .args(["purge", "celery"])
+        .assert()
+        .success()
+        .stdout("purged 0 messages from `celery`\n");
     app()
         .args(["inspect", "queues"])
         .assert()
@@ -131,7 +157,19 @@ fn purge_and_inspect_queues() {
 #[test]
 fn worker_prints_the_banner_and_stops_warm_on_sigterm() {
     let mut child = StdCommand::new(BIN)
-        .args(["--broker", "memory://cli-worker", "worker", "-Q", "celery,q2", "-c", "3", "-n", "w1@%h", "-l", "info"])
+        .args([
+            "--broker",
+            "memory://cli-worker",
+            "worker",
+            "-Q",
+            "celery,q2",
+            "-c",
+            "3",
+            "-n",
+            "w1@%h",
+            "-l",
+            "info",
+        ])
         .env_remove("CELERIAC_BROKER_URL")
         .env_remove("CELERY_BROKER_URL")
         .stdout(Stdio::piped())
@@ -164,11 +202,18 @@ fn worker_prints_the_banner_and_stops_warm_on_sigterm() {
         assert!(banner.contains(want), "banner lacks {want:?}:\n{banner}");
     }
     assert!(!banner.contains("%h"), "{banner}");
-    let status = StdCommand::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = StdCommand::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "worker exit {:?}: {stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "worker exit {:?}: {stderr}",
+        out.status
+    );
     assert!(stderr.contains("warm shutdown"), "{stderr}");
     assert!(stderr.contains("worker stopped"), "{stderr}");
 }

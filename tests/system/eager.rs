@@ -12,17 +12,45 @@ async fn eager_runs_inline_with_results_failures_and_retries() {
     assert!(r.ready().await.unwrap());
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 5);
 
-    let err = fail::new("nope".into()).delay(&app).await.unwrap().get::<()>(WAIT).await.unwrap_err();
+    let err = fail::new("nope".into())
+        .delay(&app)
+        .await
+        .unwrap()
+        .get::<()>(WAIT)
+        .await
+        .unwrap_err();
     assert_eq!(err.exception().unwrap().exc_type, "ValueError");
 
     let k = key();
-    let v: Value = flaky::new(k.clone(), 2).delay(&app).await.unwrap().get(WAIT).await.unwrap();
+    let v: Value = flaky::new(k.clone(), 2)
+        .delay(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
     assert_eq!(v, json!({"attempt": 3, "retries": 2}));
 
-    let ctx: Value = context::new().delay(&app).await.unwrap().get(WAIT).await.unwrap();
+    let ctx: Value = context::new()
+        .delay(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
     assert_eq!(ctx["eager"], json!(true));
 
-    let err = app.send_task("tasks.unknown", json!([]), json!({})).await.unwrap_err();
-    assert!(matches!(err, Error::NotRegistered(ref n) if n == "tasks.unknown"), "{err:?}");
-    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0, "eager mode published");
+    let err = app
+        .send_task("tasks.unknown", json!([]), json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotRegistered(ref n) if n == "tasks.unknown"),
+        "{err:?}"
+    );
+    assert_eq!(
+        app.broker().queue_depth("celery").await.unwrap(),
+        0,
+        "eager mode published"
+    );
 }

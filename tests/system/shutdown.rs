@@ -14,7 +14,10 @@ async fn warm_shutdown_returns_unstarted_messages_and_finishes_running_ones() {
     let sigs: Vec<Signature> = (0..5).map(|_| hold::new(k.clone(), 300)).collect();
     let results = app.send_many(sigs).await.unwrap();
     let w = start(&app, |b| b.concurrency(1).prefetch(10));
-    until("first task started", || async { count(&format!("{k}:started")) == 1 }).await;
+    until("first task started", || async {
+        count(&format!("{k}:started")) == 1
+    })
+    .await;
     let report = w.warm().await;
     assert_eq!(report.returned, 4, "prefetched, unstarted messages go back");
     assert_eq!(report.abandoned, 0);
@@ -33,12 +36,22 @@ async fn warm_shutdown_returns_unstarted_messages_and_finishes_running_ones() {
 async fn cold_shutdown_requeues_a_running_late_ack_task() {
     let app = app().await;
     let k = key();
-    let r = hold_late::new(k.clone(), 60_000).apply_async(&app).await.unwrap();
+    let r = hold_late::new(k.clone(), 60_000)
+        .apply_async(&app)
+        .await
+        .unwrap();
     let w = start(&app, |b| b);
-    until("task started", || async { count(&format!("{k}:started")) == 1 }).await;
+    until("task started", || async {
+        count(&format!("{k}:started")) == 1
+    })
+    .await;
     let report = w.cold().await;
     assert_eq!(report.abandoned, 1);
-    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 1, "late-ack message not requeued");
+    assert_eq!(
+        app.broker().queue_depth("celery").await.unwrap(),
+        1,
+        "late-ack message not requeued"
+    );
     assert_eq!(r.state().await.unwrap(), celeriac::State::Pending);
     // Redelivered (and, seeing that, the task skips its sleep).
     let _w2 = start(&app, |b| b);
@@ -49,9 +62,15 @@ async fn cold_shutdown_requeues_a_running_late_ack_task() {
 async fn warm_shutdown_goes_cold_after_its_timeout() {
     let app = app().await;
     let k = key();
-    hold_late::new(k.clone(), 60_000).apply_async(&app).await.unwrap();
+    hold_late::new(k.clone(), 60_000)
+        .apply_async(&app)
+        .await
+        .unwrap();
     let w = start(&app, |b| b.shutdown_timeout(Duration::from_millis(200)));
-    until("task started", || async { count(&format!("{k}:started")) == 1 }).await;
+    until("task started", || async {
+        count(&format!("{k}:started")) == 1
+    })
+    .await;
     let report = w.warm().await;
     assert_eq!(report.abandoned, 1);
     assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 1);
@@ -74,7 +93,10 @@ async fn shutdown_returns_held_eta_messages() {
         .await
         .unwrap();
     let w = start(&app, |b| b);
-    until("message taken", || async { app.broker().queue_depth("celery").await.unwrap() == 0 }).await;
+    until("message taken", || async {
+        app.broker().queue_depth("celery").await.unwrap() == 0
+    })
+    .await;
     let report = w.warm().await;
     assert_eq!(report.returned, 1);
     assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 1);

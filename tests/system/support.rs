@@ -44,7 +44,12 @@ fn raise(key: &str, v: i64) {
 
 /// Appends to log `key`.
 pub(crate) fn log(key: &str, v: Value) {
-    logs().lock().unwrap().entry(key.to_string()).or_default().push(v);
+    logs()
+        .lock()
+        .unwrap()
+        .entry(key.to_string())
+        .or_default()
+        .push(v);
 }
 
 /// The entries of log `key`.
@@ -94,14 +99,23 @@ pub(crate) async fn flaky(ctx: &TaskContext, key: String, failures: i64) -> Task
 }
 
 /// Always fails with a retryable error naming its attempt; gives up after 2 retries.
-#[celeriac::task(name = "tasks.always_flaky", max_retries = 2, default_retry_delay = 0.01)]
+#[celeriac::task(
+    name = "tasks.always_flaky",
+    max_retries = 2,
+    default_retry_delay = 0.01
+)]
 pub(crate) async fn always_flaky(key: String) -> TaskResult<()> {
     let attempt = bump(&key, 1);
     Err(TaskError::new("FlakyError", format!("attempt {attempt}")).retryable())
 }
 
 /// Fails retryably until the last allowed try; logs when each attempt ran (backoff test).
-#[celeriac::task(name = "tasks.backoff", max_retries = 3, retry_backoff = 0.1, retry_jitter = false)]
+#[celeriac::task(
+    name = "tasks.backoff",
+    max_retries = 3,
+    retry_backoff = 0.1,
+    retry_jitter = false
+)]
 pub(crate) fn backoff(ctx: &TaskContext, key: String) -> TaskResult<u32> {
     log(&key, json!(chrono::Utc::now().timestamp_micros()));
     if ctx.retries() < 3 {
@@ -268,7 +282,10 @@ impl Running {
 }
 
 /// Starts a worker configured by `f`.
-pub(crate) fn start(app: &App, f: impl FnOnce(celeriac::WorkerBuilder) -> celeriac::WorkerBuilder) -> Running {
+pub(crate) fn start(
+    app: &App,
+    f: impl FnOnce(celeriac::WorkerBuilder) -> celeriac::WorkerBuilder,
+) -> Running {
     let worker = f(app.worker().concurrency(4)).build();
     Running {
         stop: worker.shutdown_handle(),

@@ -34,7 +34,11 @@ pub trait ResultBackend: Send + Sync + 'static {
     /// returns it; returns the latest record (or `None`) if `timeout` passes first.
     ///
     /// The default polls [`get`](Self::get), starting at 5 ms and backing off to 500 ms.
-    async fn wait_ready(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskMeta>, BackendError> {
+    async fn wait_ready(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<TaskMeta>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         loop {

@@ -95,7 +95,10 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// Stops at the first failure, which hands back that message; the ones before it were
     /// published, the ones after it were not (they are in `remaining`).
-    async fn publish_many(&self, messages: Vec<(Message, PublishOptions)>) -> Result<(), PublishManyError> {
+    async fn publish_many(
+        &self,
+        messages: Vec<(Message, PublishOptions)>,
+    ) -> Result<(), PublishManyError> {
         let mut iter = messages.into_iter();
         while let Some((m, o)) = iter.next() {
             if let Err(error) = self.publish(m, o).await {
@@ -171,7 +174,13 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     /// A delivery settled through `acker` under `tag` (for engines).
-    pub fn new(message: Arc<Message>, queue: String, redelivered: bool, tag: String, acker: Arc<dyn Acker>) -> Self {
+    pub fn new(
+        message: Arc<Message>,
+        queue: String,
+        redelivered: bool,
+        tag: String,
+        acker: Arc<dyn Acker>,
+    ) -> Self {
         Self {
             message,
             queue,

@@ -49,7 +49,11 @@ pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consu
                     slots.push(more);
                 }
             }
-            let max = if qos.is_some() { slots.len() } else { UNLIMITED_BATCH };
+            let max = if qos.is_some() {
+                slots.len()
+            } else {
+                UNLIMITED_BATCH
+            };
             let fetched = tokio::select! {
                 _ = tx.closed() => return,
                 r = fetcher.fetch(&queues, max) => r,

@@ -90,7 +90,8 @@ fn persistent() -> u8 {
 /// is clamped rather than failing the whole envelope.
 fn lenient_priority<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     let v = Option::<Value>::deserialize(d)?;
-    Ok(v.and_then(|v| v.as_f64()).map(|p| p.clamp(0.0, 255.0) as u8))
+    Ok(v.and_then(|v| v.as_f64())
+        .map(|p| p.clamp(0.0, 255.0) as u8))
 }
 
 impl Default for Properties {

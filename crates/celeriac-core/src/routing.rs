@@ -156,6 +156,13 @@ mod tests {
         assert_eq!(r.route(&sig).queue, "images");
         let sig = sig.queue("q2").priority(3);
         let route = r.route(&sig);
-        assert_eq!((route.queue.as_str(), route.routing_key.as_str(), route.priority), ("q2", "q2", Some(3)));
+        assert_eq!(
+            (
+                route.queue.as_str(),
+                route.routing_key.as_str(),
+                route.priority
+            ),
+            ("q2", "q2", Some(3))
+        );
     }
 }

@@ -59,7 +59,10 @@ pub trait Apply {
     /// What can go wrong.
     type Error;
     /// Sends `signature` and returns a handle to its result.
-    fn apply_signature(&self, signature: Signature) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+    fn apply_signature(
+        &self,
+        signature: Signature,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 }
 
 impl Signature {
@@ -190,7 +193,8 @@ impl Signature {
         match self.options.get_mut(key) {
             Some(Value::Array(items)) => items.push(value),
             _ => {
-                self.options.insert(key.to_string(), Value::Array(vec![value]));
+                self.options
+                    .insert(key.to_string(), Value::Array(vec![value]));
             }
         }
         self

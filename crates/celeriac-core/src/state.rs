@@ -117,7 +117,11 @@ pub struct ExceptionInfo {
 
 impl ExceptionInfo {
     /// An exception with one message argument.
-    pub fn new(exc_type: impl Into<String>, module: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        exc_type: impl Into<String>,
+        module: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             exc_type: exc_type.into(),
             exc_message: json!([message.into()]),
@@ -160,7 +164,10 @@ impl ExceptionInfo {
         m.insert("exc_message".into(), self.exc_message.clone());
         m.insert(
             "exc_module".into(),
-            self.exc_module.clone().map(Value::String).unwrap_or(Value::Null),
+            self.exc_module
+                .clone()
+                .map(Value::String)
+                .unwrap_or(Value::Null),
         );
         Value::Object(m)
     }
@@ -252,7 +259,11 @@ impl TaskMeta {
     }
 
     /// A FAILURE record for an exception.
-    pub fn failure(task_id: impl Into<String>, exc: &ExceptionInfo, traceback: Option<String>) -> Self {
+    pub fn failure(
+        task_id: impl Into<String>,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+    ) -> Self {
         let mut m = Self::new(task_id, State::Failure, exc.to_value());
         m.traceback = traceback;
         m
@@ -286,14 +297,19 @@ impl TaskMeta {
 mod opt_iso {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(v: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(t) => s.serialize_str(&time::isoformat(t)),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
         let v = Option::<String>::deserialize(d)?;
         Ok(v.and_then(|s| time::parse_iso(&s)))
     }
@@ -315,7 +331,10 @@ mod tests {
         m.group_id = Some("g".into());
         m.parent_id = Some("p".into());
         let text = String::from_utf8(m.to_json()).unwrap();
-        assert!(text.ends_with(r#""group_id":"g","parent_id":"p","task_id":"5ddf1b36"}"#), "{text}");
+        assert!(
+            text.ends_with(r#""group_id":"g","parent_id":"p","task_id":"5ddf1b36"}"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -327,7 +346,10 @@ mod tests {
         assert_eq!(exc.exc_type, "ValueError");
         assert_eq!(exc.message(), "boom");
         assert_eq!(exc.to_string(), "ValueError: boom");
-        let custom = TaskMeta::from_json(br#"{"status": "PROGRESS", "result": {"done": 3}, "task_id": "x"}"#).unwrap();
+        let custom = TaskMeta::from_json(
+            br#"{"status": "PROGRESS", "result": {"done": 3}, "task_id": "x"}"#,
+        )
+        .unwrap();
         assert_eq!(custom.status, State::Custom("PROGRESS".into()));
         assert!(!custom.status.is_ready());
     }

@@ -255,7 +255,9 @@ mod tests {
 
     #[test]
     fn invalid_url_names_it_masked() {
-        let e = EngineUrl::parse("redis://:pw@[bad").unwrap_err().to_string();
+        let e = EngineUrl::parse("redis://:pw@[bad")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("redis://:***@[bad"), "{e}");
         assert!(!e.contains("pw"), "{e}");
         assert!(EngineUrl::parse("not a url").is_err());

@@ -131,14 +131,22 @@ impl Options {
 
 fn is_context(ty: &Type) -> bool {
     let Type::Reference(r) = ty else { return false };
-    let Type::Path(p) = &*r.elem else { return false };
-    p.path.segments.last().is_some_and(|s| s.ident == "TaskContext")
+    let Type::Path(p) = &*r.elem else {
+        return false;
+    };
+    p.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "TaskContext")
 }
 
 fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(sig.generics.span(), "task functions cannot be generic"));
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "task functions cannot be generic",
+        ));
     }
     if let Some(c) = &sig.constness {
         return Err(syn::Error::new(c.span(), "task functions cannot be const"));
@@ -147,7 +155,10 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         return Err(syn::Error::new(u.span(), "task functions cannot be unsafe"));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new(v.span(), "task functions cannot be variadic"));
+        return Err(syn::Error::new(
+            v.span(),
+            "task functions cannot be variadic",
+        ));
     }
     let ReturnType::Type(_, ret) = &sig.output else {
         return Err(syn::Error::new(
@@ -171,13 +182,24 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
     let mut types = Vec::new();
     for input in inputs {
         match input {
-            FnArg::Receiver(r) => return Err(syn::Error::new(r.span(), "task functions cannot take `self`")),
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new(
+                    r.span(),
+                    "task functions cannot take `self`",
+                ))
+            }
             FnArg::Typed(pt) => {
                 let Pat::Ident(pi) = &*pt.pat else {
-                    return Err(syn::Error::new(pt.pat.span(), "task parameters must be plain names (`x: i64`)"));
+                    return Err(syn::Error::new(
+                        pt.pat.span(),
+                        "task parameters must be plain names (`x: i64`)",
+                    ));
                 };
                 if is_context(&pt.ty) {
-                    return Err(syn::Error::new(pt.ty.span(), "`&TaskContext` must be the first parameter"));
+                    return Err(syn::Error::new(
+                        pt.ty.span(),
+                        "`&TaskContext` must be the first parameter",
+                    ));
                 }
                 if matches!(&*pt.ty, Type::Reference(_)) {
                     return Err(syn::Error::new(
@@ -186,14 +208,20 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
                     ));
                 }
                 if matches!(&*pt.ty, Type::ImplTrait(_)) {
-                    return Err(syn::Error::new(pt.ty.span(), "task arguments cannot be `impl Trait`"));
+                    return Err(syn::Error::new(
+                        pt.ty.span(),
+                        "task arguments cannot be `impl Trait`",
+                    ));
                 }
                 names.push(pi.ident.clone());
                 types.push((*pt.ty).clone());
             }
         }
     }
-    let param_names: Vec<String> = names.iter().map(|n| n.to_string().trim_start_matches("r#").to_string()).collect();
+    let param_names: Vec<String> = names
+        .iter()
+        .map(|n| n.to_string().trim_start_matches("r#").to_string())
+        .collect();
     let indexes: Vec<usize> = (0..names.len()).collect();
 
     let name_expr = match &options.name {
@@ -213,8 +241,16 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         quote!(::celeriac::TaskKind::Blocking)
     };
 
-    let docs: Vec<_> = func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
-    let other_attrs: Vec<_> = func.attrs.iter().filter(|a| !a.path().is_ident("doc")).collect();
+    let docs: Vec<_> = func
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .collect();
+    let other_attrs: Vec<_> = func
+        .attrs
+        .iter()
+        .filter(|a| !a.path().is_ident("doc"))
+        .collect();
     let body = &func.block;
     let asyncness = &sig.asyncness;
     let run_ctx = ctx_param.as_ref().map(|p| quote!(#p,));

@@ -19,7 +19,11 @@ pub async fn missing_record_is_none(b: Arc<dyn ResultBackend>) {
 
 /// What is stored is read back identically, field for field and in Celery's key order.
 pub async fn stores_celerys_record_exactly(b: Arc<dyn ResultBackend>) {
-    let mut meta = TaskMeta::failure(id(), &ExceptionInfo::new("ValueError", "builtins", "boom ☃"), Some("tb".into()));
+    let mut meta = TaskMeta::failure(
+        id(),
+        &ExceptionInfo::new("ValueError", "builtins", "boom ☃"),
+        Some("tb".into()),
+    );
     meta.group_id = Some("g".into());
     meta.parent_id = Some("p".into());
     b.store(&meta, DAY).await.unwrap();
@@ -33,7 +37,9 @@ pub async fn stores_celerys_record_exactly(b: Arc<dyn ResultBackend>) {
 /// A SUCCESS record is never replaced (a late duplicate cannot change a read result).
 pub async fn success_is_never_overwritten(b: Arc<dyn ResultBackend>) {
     let tid = id();
-    b.store(&TaskMeta::success(tid.clone(), json!(1)), DAY).await.unwrap();
+    b.store(&TaskMeta::success(tid.clone(), json!(1)), DAY)
+        .await
+        .unwrap();
     let failure = TaskMeta::failure(tid.clone(), &ExceptionInfo::new("E", "m", "late"), None);
     b.store(&failure, DAY).await.unwrap();
     let got = b.get(&tid).await.unwrap().unwrap();
@@ -44,9 +50,12 @@ pub async fn success_is_never_overwritten(b: Arc<dyn ResultBackend>) {
 pub async fn other_states_are_overwritten(b: Arc<dyn ResultBackend>) {
     let tid = id();
     for status in [State::Started, State::Retry, State::Failure, State::Success] {
-        b.store(&TaskMeta::new(tid.clone(), status.clone(), Value::Null), DAY)
-            .await
-            .unwrap();
+        b.store(
+            &TaskMeta::new(tid.clone(), status.clone(), Value::Null),
+            DAY,
+        )
+        .await
+        .unwrap();
         assert_eq!(b.get(&tid).await.unwrap().unwrap().status, status);
     }
 }
@@ -58,28 +67,50 @@ pub async fn wait_wakes_when_the_result_lands(b: Arc<dyn ResultBackend>) {
         let (b, tid) = (b.clone(), tid.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            b.store(&TaskMeta::new(tid.clone(), State::Started, Value::Null), DAY)
+            b.store(
+                &TaskMeta::new(tid.clone(), State::Started, Value::Null),
+                DAY,
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            b.store(&TaskMeta::success(tid, json!("done")), DAY)
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            b.store(&TaskMeta::success(tid, json!("done")), DAY).await.unwrap();
         })
     };
     let t0 = Instant::now();
-    let got = b.wait_ready(&tid, Duration::from_secs(20)).await.unwrap().expect("record");
+    let got = b
+        .wait_ready(&tid, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("record");
     assert_eq!(got.status, State::Success);
-    assert!(t0.elapsed() < Duration::from_secs(15), "waited for the timeout, not the result");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "waited for the timeout, not the result"
+    );
     writer.await.unwrap();
 }
 
 /// Without a ready state, the wait ends at its timeout with the latest record.
 pub async fn wait_times_out_with_the_latest_record(b: Arc<dyn ResultBackend>) {
     let tid = id();
-    assert!(b.wait_ready(&tid, Duration::from_millis(100)).await.unwrap().is_none());
-    b.store(&TaskMeta::new(tid.clone(), State::Started, Value::Null), DAY)
+    assert!(b
+        .wait_ready(&tid, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_none());
+    b.store(
+        &TaskMeta::new(tid.clone(), State::Started, Value::Null),
+        DAY,
+    )
+    .await
+    .unwrap();
+    let got = b
+        .wait_ready(&tid, Duration::from_millis(100))
         .await
         .unwrap();
-    let got = b.wait_ready(&tid, Duration::from_millis(100)).await.unwrap();
     assert_eq!(got.map(|m| m.status), Some(State::Started));
 }
 
@@ -90,12 +121,16 @@ pub async fn many_waiters_are_all_released(b: Arc<dyn ResultBackend>) {
     for tid in &ids {
         for _ in 0..4 {
             let (b, tid) = (b.clone(), tid.clone());
-            waiters.push(tokio::spawn(async move { b.wait_ready(&tid, Duration::from_secs(20)).await }));
+            waiters.push(tokio::spawn(async move {
+                b.wait_ready(&tid, Duration::from_secs(20)).await
+            }));
         }
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     for (i, tid) in ids.iter().enumerate() {
-        b.store(&TaskMeta::success(tid.clone(), json!(i)), DAY).await.unwrap();
+        b.store(&TaskMeta::success(tid.clone(), json!(i)), DAY)
+            .await
+            .unwrap();
     }
     for w in waiters {
         let got = w.await.unwrap().unwrap().expect("released with a record");
@@ -106,7 +141,9 @@ pub async fn many_waiters_are_all_released(b: Arc<dyn ResultBackend>) {
 /// `forget` deletes the record.
 pub async fn forget_deletes(b: Arc<dyn ResultBackend>) {
     let tid = id();
-    b.store(&TaskMeta::success(tid.clone(), json!(1)), DAY).await.unwrap();
+    b.store(&TaskMeta::success(tid.clone(), json!(1)), DAY)
+        .await
+        .unwrap();
     b.forget(&tid).await.unwrap();
     assert!(b.get(&tid).await.unwrap().is_none());
 }
@@ -114,10 +151,16 @@ pub async fn forget_deletes(b: Arc<dyn ResultBackend>) {
 /// A record stored with an expiry is gone after it.
 pub async fn records_expire(b: Arc<dyn ResultBackend>) {
     let tid = id();
-    b.store(&TaskMeta::success(tid.clone(), json!(1)), Some(Duration::from_millis(1100)))
-        .await
-        .unwrap();
+    b.store(
+        &TaskMeta::success(tid.clone(), json!(1)),
+        Some(Duration::from_millis(1100)),
+    )
+    .await
+    .unwrap();
     assert!(b.get(&tid).await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert!(b.get(&tid).await.unwrap().is_none(), "record outlived its expiry");
+    assert!(
+        b.get(&tid).await.unwrap().is_none(),
+        "record outlived its expiry"
+    );
 }

@@ -41,7 +41,11 @@ pub fn message(queue: &str, n: u64, priority: Option<u8>) -> Message {
 }
 
 fn n_of(d: &Delivery) -> u64 {
-    d.message().headers.get("n").and_then(Value::as_u64).unwrap_or(u64::MAX)
+    d.message()
+        .headers
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::MAX)
 }
 
 async fn publish(b: &Arc<dyn Broker>, queue: &str, n: u64, priority: Option<u8>) {
@@ -51,9 +55,12 @@ async fn publish(b: &Arc<dyn Broker>, queue: &str, n: u64, priority: Option<u8>)
 }
 
 async fn consume(b: &Arc<dyn Broker>, queues: &[&str], prefetch: usize) -> Consumer {
-    b.consume(ConsumeOptions::new(queues.iter().map(|q| q.to_string()).collect(), prefetch))
-        .await
-        .unwrap_or_else(|e| panic!("consume {queues:?} failed: {e}"))
+    b.consume(ConsumeOptions::new(
+        queues.iter().map(|q| q.to_string()).collect(),
+        prefetch,
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("consume {queues:?} failed: {e}"))
 }
 
 /// The next delivery, failing the test if none arrives in time.
@@ -80,7 +87,10 @@ fn q(b: &BrokerUnderTest, name: &str) -> String {
 pub async fn round_trips_a_message_unchanged(b: BrokerUnderTest) {
     let queue = q(&b, "roundtrip");
     let sent = message(&queue, 7, Some(3));
-    b.broker.publish(sent.clone(), PublishOptions::default()).await.unwrap();
+    b.broker
+        .publish(sent.clone(), PublishOptions::default())
+        .await
+        .unwrap();
     let mut c = consume(&b.broker, &[&queue], 10).await;
     let d = next(&mut c).await;
     assert_eq!(d.message(), &sent, "message changed in transit");
@@ -106,7 +116,10 @@ pub async fn fifo_within_a_priority(b: BrokerUnderTest) {
 /// Priority 0 is served before 9 (Celery's Redis semantics), whatever the publish order.
 pub async fn lower_priority_number_is_served_first(b: BrokerUnderTest) {
     if !b.broker.capabilities().priorities {
-        eprintln!("conformance: {} has no priorities; check skipped", b.broker.url());
+        eprintln!(
+            "conformance: {} has no priorities; check skipped",
+            b.broker.url()
+        );
         return;
     }
     let queue = q(&b, "prio");
@@ -153,11 +166,18 @@ pub async fn reject_with_requeue_goes_to_the_back(b: BrokerUnderTest) {
     assert_eq!(n_of(&first), 1);
     first.reject(true).await.unwrap();
     let d = next(&mut c).await;
-    assert_eq!(n_of(&d), 2, "a requeued message must go behind waiting ones");
+    assert_eq!(
+        n_of(&d),
+        2,
+        "a requeued message must go behind waiting ones"
+    );
     d.ack().await.unwrap();
     let again = next(&mut c).await;
     assert_eq!(n_of(&again), 1);
-    assert!(again.redelivered(), "a requeued message is marked redelivered");
+    assert!(
+        again.redelivered(),
+        "a requeued message is marked redelivered"
+    );
     again.ack().await.unwrap();
 }
 
@@ -246,7 +266,10 @@ pub async fn depth_counts_waiting_messages(b: BrokerUnderTest) {
         publish(&b.broker, &queue, n, Some((n % 3) as u8 * 3)).await;
     }
     assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 4);
-    assert!(b.broker.queues().await.unwrap().contains(&queue), "queue not listed");
+    assert!(
+        b.broker.queues().await.unwrap().contains(&queue),
+        "queue not listed"
+    );
     let mut c = consume(&b.broker, &[&queue], 1).await;
     let d = next(&mut c).await;
     assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 3);
@@ -256,13 +279,19 @@ pub async fn depth_counts_waiting_messages(b: BrokerUnderTest) {
 /// A message published with `deliver_at` is not delivered before it is due.
 pub async fn delayed_delivery_waits_until_due(b: BrokerUnderTest) {
     if !b.broker.capabilities().native_delay {
-        eprintln!("conformance: {} has no native delay; check skipped", b.broker.url());
+        eprintln!(
+            "conformance: {} has no native delay; check skipped",
+            b.broker.url()
+        );
         return;
     }
     let queue = q(&b, "delay");
     let due = chrono::Utc::now() + chrono::Duration::milliseconds(600);
     b.broker
-        .publish(message(&queue, 1, None), PublishOptions::deliver_at(Some(due)))
+        .publish(
+            message(&queue, 1, None),
+            PublishOptions::deliver_at(Some(due)),
+        )
         .await
         .unwrap();
     publish(&b.broker, &queue, 2, None).await;
@@ -277,7 +306,9 @@ pub async fn delayed_delivery_waits_until_due(b: BrokerUnderTest) {
 /// `publish_many` publishes every message, in order.
 pub async fn publish_many_publishes_in_order(b: BrokerUnderTest) {
     let queue = q(&b, "many");
-    let batch = (0..50).map(|n| (message(&queue, n, None), PublishOptions::default())).collect();
+    let batch = (0..50)
+        .map(|n| (message(&queue, n, None), PublishOptions::default()))
+        .collect();
     b.broker.publish_many(batch).await.unwrap();
     assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 50);
     let mut c = consume(&b.broker, &[&queue], 0).await;

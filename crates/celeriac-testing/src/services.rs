@@ -17,12 +17,14 @@ pub fn redis_url() -> String {
 
 /// RabbitMQ for tests.
 pub fn amqp_url() -> String {
-    std::env::var("CELERIAC_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("CELERIAC_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Whether absent services fail tests instead of skipping them.
 pub fn services_required() -> bool {
-    std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    std::env::var("CELERIAC_REQUIRE_SERVICES")
+        .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// Returns `Some(url)` if the service at `url` accepts a TCP connection; otherwise panics
@@ -37,7 +39,9 @@ pub fn require(test: &str, service: &str, url: &str, hint: &str) -> Option<Strin
         })?;
         (host.as_str(), port).to_socket_addrs().ok()?.next()
     });
-    let ok = reachable.is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
+    let ok = reachable.is_some_and(|addr| {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    });
     if ok {
         return Some(url.to_string());
     }

@@ -118,7 +118,10 @@ impl std::fmt::Debug for AppBuilder {
         f.debug_struct("AppBuilder")
             .field("broker_url", &self.broker_url.as_deref().map(mask))
             .field("backend_url", &self.backend_url.as_deref().map(mask))
-            .field("tasks", &self.tasks.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .field(
+                "tasks",
+                &self.tasks.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -234,7 +237,10 @@ impl AppBuilder {
         let mut tasks = HashMap::new();
         for t in self.tasks {
             if tasks.insert(t.name().to_string(), t.clone()).is_some() {
-                return Err(Error::Config(format!("task `{}` is registered twice", t.name())));
+                return Err(Error::Config(format!(
+                    "task `{}` is registered twice",
+                    t.name()
+                )));
             }
         }
         let mut router = Router::new(self.config.default_queue.clone());
@@ -247,7 +253,9 @@ impl AppBuilder {
         Ok(App {
             inner: Arc::new(Inner {
                 broker_url: broker.url(),
-                backend_url: backend.as_ref().map_or_else(|| "disabled://".to_string(), |b| b.url()),
+                backend_url: backend
+                    .as_ref()
+                    .map_or_else(|| "disabled://".to_string(), |b| b.url()),
                 broker,
                 backend,
                 tasks,
@@ -325,7 +333,12 @@ impl App {
 
     /// Sends a task by name, for tasks this binary does not contain; `args` must be a JSON
     /// array and `kwargs` an object (or null).
-    pub async fn send_task(&self, name: &str, args: Value, kwargs: Value) -> Result<AsyncResult, Error> {
+    pub async fn send_task(
+        &self,
+        name: &str,
+        args: Value,
+        kwargs: Value,
+    ) -> Result<AsyncResult, Error> {
         let invalid = |reason: &str| Error::InvalidArguments {
             task: name.to_string(),
             reason: reason.to_string(),
@@ -358,7 +371,10 @@ impl App {
         let mut results = Vec::with_capacity(signatures.len());
         for sig in &signatures {
             let (msg, options) = self.prepare(sig, None)?;
-            results.push(AsyncResult::new(msg.headers.id.clone(), self.inner.backend.clone()));
+            results.push(AsyncResult::new(
+                msg.headers.id.clone(),
+                self.inner.backend.clone(),
+            ));
             batch.push((msg.encode(), options));
         }
         self.inner

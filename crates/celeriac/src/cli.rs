@@ -152,7 +152,10 @@ where
         eprintln!("error: {e}");
         return 2;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -185,7 +188,11 @@ fn init_logging(level: &str) -> Result<(), String> {
         "warning" | "warn" => "warn",
         "critical" | "fatal" => "error",
         l @ ("trace" | "debug" | "info" | "error") => l,
-        other => return Err(format!("unknown log level `{other}` (expected debug, info, warning, error)")),
+        other => {
+            return Err(format!(
+                "unknown log level `{other}` (expected debug, info, warning, error)"
+            ))
+        }
     }
     .to_string();
     let filter = std::env::var("RUST_LOG").unwrap_or(level);
@@ -234,7 +241,11 @@ async fn execute(builder: AppBuilder, command: Command) -> Result<i32, Error> {
         }
         Command::Purge(p) => {
             let n = app.broker().purge(&p.queue).await?;
-            println!("purged {n} message{} from `{}`", if n == 1 { "" } else { "s" }, p.queue);
+            println!(
+                "purged {n} message{} from `{}`",
+                if n == 1 { "" } else { "s" },
+                p.queue
+            );
             Ok(0)
         }
         Command::Inspect(InspectCommand::Queues) => {
@@ -278,7 +289,9 @@ async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
 }
 
 async fn call(app: App, c: CallArgs) -> Result<i32, Error> {
-    let mut sig = crate::Signature::new(c.name).args(c.args.0).kwargs(c.kwargs);
+    let mut sig = crate::Signature::new(c.name)
+        .args(c.args.0)
+        .kwargs(c.kwargs);
     if let Some(q) = c.queue {
         sig = sig.queue(q);
     }

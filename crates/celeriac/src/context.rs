@@ -200,7 +200,11 @@ impl TaskContext {
             TaskError::Failed(f) => Some(Box::new(f)),
             TaskError::Retry(RetryRequest { cause, .. }) => cause,
             other => Some(Box::new(Failure {
-                exception: celeriac_core::ExceptionInfo::new("RuntimeError", "builtins", other.to_string()),
+                exception: celeriac_core::ExceptionInfo::new(
+                    "RuntimeError",
+                    "builtins",
+                    other.to_string(),
+                ),
                 traceback: None,
                 retryable: false,
             })),
@@ -216,7 +220,10 @@ impl TaskContext {
     pub async fn send(&self, signature: Signature) -> Result<AsyncResult, Error> {
         self.inner
             .app
-            .send_signature(signature, Some((self.inner.id.clone(), self.inner.root_id.clone())))
+            .send_signature(
+                signature,
+                Some((self.inner.id.clone(), self.inner.root_id.clone())),
+            )
             .await
     }
 }

@@ -15,10 +15,15 @@ use crate::execute::{self, Outcome, Pool};
 use crate::result::AsyncResult;
 
 /// Runs `sig` inline and returns its finished result.
-pub(crate) async fn apply(app: &App, sig: Signature, parent: Option<(String, String)>) -> Result<AsyncResult, Error> {
+pub(crate) async fn apply(
+    app: &App,
+    sig: Signature,
+    parent: Option<(String, String)>,
+) -> Result<AsyncResult, Error> {
     let (mut msg, _) = app.prepare(&sig, parent)?;
     // Round-trip through the wire format so eager runs see what a worker would.
-    msg = TaskMessage::decode(&msg.encode()).map_err(|e| Error::Config(format!("eager message does not decode: {e}")))?;
+    msg = TaskMessage::decode(&msg.encode())
+        .map_err(|e| Error::Config(format!("eager message does not decode: {e}")))?;
     let task = app
         .task(&msg.headers.task)
         .cloned()
@@ -31,8 +36,22 @@ pub(crate) async fn apply(app: &App, sig: Signature, parent: Option<(String, Str
         redelivered: false,
     };
     loop {
-        let ctx = TaskContext::new(app.clone(), &msg, delivery.clone(), "eager@localhost".into(), cfg.max_retries, true);
-        let output = execute::run(&task, ctx.clone(), msg.args.clone(), msg.kwargs.clone(), Pool::Async).await;
+        let ctx = TaskContext::new(
+            app.clone(),
+            &msg,
+            delivery.clone(),
+            "eager@localhost".into(),
+            cfg.max_retries,
+            true,
+        );
+        let output = execute::run(
+            &task,
+            ctx.clone(),
+            msg.args.clone(),
+            msg.kwargs.clone(),
+            Pool::Async,
+        )
+        .await;
         let id = msg.headers.id.clone();
         let meta = match execute::decide(output, &cfg, &ctx) {
             Outcome::Success(v) => TaskMeta::success(id, v),
@@ -41,7 +60,9 @@ pub(crate) async fn apply(app: &App, sig: Signature, parent: Option<(String, Str
                 continue;
             }
             Outcome::Failure(f) => TaskMeta::failure(id, &f.exception, f.traceback),
-            Outcome::Reject { reason, .. } => TaskMeta::failure(id, &execute::reject_exception(&reason), None),
+            Outcome::Reject { reason, .. } => {
+                TaskMeta::failure(id, &execute::reject_exception(&reason), None)
+            }
             Outcome::Ignore => TaskMeta::new(id, State::Ignored, serde_json::Value::Null),
         };
         return Ok(AsyncResult::eager(meta));

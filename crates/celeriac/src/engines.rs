@@ -59,7 +59,9 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
 /// can store results (so results work out of the box), none otherwise.
 pub fn default_backend_for(broker_url: &str) -> String {
     match EngineUrl::parse(broker_url) {
-        Ok(u) if matches!(u.scheme(), "memory" | "sqlite" | "redis" | "rediss") => broker_url.to_string(),
+        Ok(u) if matches!(u.scheme(), "memory" | "sqlite" | "redis" | "rediss") => {
+            broker_url.to_string()
+        }
         Ok(u) if matches!(u.scheme(), "amqp" | "amqps" | "pyamqp") => "rpc://".to_string(),
         _ => "disabled://".to_string(),
     }
@@ -71,11 +73,22 @@ mod tests {
 
     #[tokio::test]
     async fn bad_urls_get_one_clear_line() {
-        let e = connect_broker("reddis://:pw@localhost").await.err().unwrap().to_string();
-        assert_eq!(e, "unknown scheme `reddis` in `reddis://:***@localhost`; did you mean `redis`?");
+        let e = connect_broker("reddis://:pw@localhost")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "unknown scheme `reddis` in `reddis://:***@localhost`; did you mean `redis`?"
+        );
         let e = connect_broker("rpc://").await.err().unwrap().to_string();
         assert!(e.contains("cannot be used as a broker"), "{e}");
-        let e = connect_broker("memory://x?priority_order=sideways").await.err().unwrap().to_string();
+        let e = connect_broker("memory://x?priority_order=sideways")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("priority_order"), "{e}");
         assert!(connect_backend("disabled://").await.unwrap().is_none());
         assert_eq!(default_backend_for("memory://a"), "memory://a");

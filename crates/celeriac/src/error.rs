@@ -80,7 +80,11 @@ impl TaskError {
 
     /// A failure with an exception type and module, e.g. to raise a real Python class in a
     /// Python client (`"ValueError"`, `"builtins"`).
-    pub fn with_module(exc_type: impl Into<String>, module: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn with_module(
+        exc_type: impl Into<String>,
+        module: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         let exception = ExceptionInfo::new(exc_type, module, message);
         let traceback = Some(traceback_text(&exception, &[]));
         TaskError::Failed(Failure {
@@ -188,7 +192,9 @@ impl fmt::Display for TaskError {
                 Some(c) => write!(f, "Retry in {c}s"),
                 None => f.write_str("Retry"),
             },
-            TaskError::Reject { requeue, reason } => write!(f, "Reject({reason:?}, requeue={requeue})"),
+            TaskError::Reject { requeue, reason } => {
+                write!(f, "Reject({reason:?}, requeue={requeue})")
+            }
             TaskError::Ignore => f.write_str("Ignore"),
         }
     }
@@ -300,7 +306,9 @@ impl Error {
     /// The task's exception, for [`Error::TaskFailed`] and [`Error::TaskRevoked`].
     pub fn exception(&self) -> Option<&ExceptionInfo> {
         match self {
-            Error::TaskFailed { exception, .. } | Error::TaskRevoked { exception, .. } => Some(exception),
+            Error::TaskFailed { exception, .. } | Error::TaskRevoked { exception, .. } => {
+                Some(exception)
+            }
             _ => None,
         }
     }
@@ -340,7 +348,16 @@ mod tests {
     fn python_builtin_names() {
         let e = TaskError::value_error("boom");
         assert_eq!(e.to_string(), "ValueError: boom");
-        assert_eq!(e.exception().unwrap().exc_module.as_deref(), Some("builtins"));
-        assert!(matches!(e.clone().retryable(), TaskError::Failed(Failure { retryable: true, .. })));
+        assert_eq!(
+            e.exception().unwrap().exc_module.as_deref(),
+            Some("builtins")
+        );
+        assert!(matches!(
+            e.clone().retryable(),
+            TaskError::Failed(Failure {
+                retryable: true,
+                ..
+            })
+        ));
     }
 }

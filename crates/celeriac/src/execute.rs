@@ -31,7 +31,9 @@ impl std::str::FromStr for Pool {
         match s {
             "async" => Ok(Pool::Async),
             "threads" => Ok(Pool::Threads),
-            other => Err(format!("unknown pool `{other}` (expected async or threads)")),
+            other => Err(format!(
+                "unknown pool `{other}` (expected async or threads)"
+            )),
         }
     }
 }
@@ -55,10 +57,11 @@ pub(crate) async fn run(
 ) -> TaskOutput {
     let name = task.name();
     // Binding arguments runs user `Deserialize` impls, which may panic too.
-    let invocation = match std::panic::catch_unwind(AssertUnwindSafe(|| task.invoke(ctx, args, kwargs))) {
-        Ok(inv) => inv,
-        Err(payload) => return Err(panic_failure(name, payload.as_ref())),
-    };
+    let invocation =
+        match std::panic::catch_unwind(AssertUnwindSafe(|| task.invoke(ctx, args, kwargs))) {
+            Ok(inv) => inv,
+            Err(payload) => return Err(panic_failure(name, payload.as_ref())),
+        };
     match (invocation, pool) {
         (Invocation::Ready(out), _) => out,
         (Invocation::Async(fut), Pool::Async) => AssertUnwindSafe(fut)
@@ -73,7 +76,10 @@ pub(crate) async fn run(
     }
 }
 
-async fn blocking(name: &'static str, f: impl FnOnce() -> TaskOutput + Send + 'static) -> TaskOutput {
+async fn blocking(
+    name: &'static str,
+    f: impl FnOnce() -> TaskOutput + Send + 'static,
+) -> TaskOutput {
     match tokio::task::spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(f))).await {
         Ok(Ok(out)) => out,
         Ok(Err(payload)) => Err(panic_failure(name, payload.as_ref())),
@@ -92,7 +98,10 @@ fn panic_failure(task: &str, payload: &(dyn Any + Send)) -> TaskError {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic with a non-string payload".to_string());
     let exception = ExceptionInfo::new("RustPanic", EXC_MODULE, msg);
-    let traceback = Some(traceback_text(&exception, &[format!("task {task} panicked")]));
+    let traceback = Some(traceback_text(
+        &exception,
+        &[format!("task {task} panicked")],
+    ));
     TaskError::Failed(Failure {
         exception,
         traceback,
@@ -120,9 +129,15 @@ pub(crate) fn decide(output: TaskOutput, cfg: &TaskConfig, ctx: &TaskContext) ->
     let retries = ctx.retries();
     let (countdown, cause, max) = match output {
         Ok(v) => return Outcome::Success(v),
-        Err(TaskError::Failed(f)) if f.retryable || cfg.autoretry => (None, Some(f), cfg.max_retries),
+        Err(TaskError::Failed(f)) if f.retryable || cfg.autoretry => {
+            (None, Some(f), cfg.max_retries)
+        }
         Err(TaskError::Failed(f)) => return Outcome::Failure(f),
-        Err(TaskError::Retry(r)) => (r.countdown, r.cause.map(|c| *c), r.max_retries.or(cfg.max_retries)),
+        Err(TaskError::Retry(r)) => (
+            r.countdown,
+            r.cause.map(|c| *c),
+            r.max_retries.or(cfg.max_retries),
+        ),
         Err(TaskError::Reject { requeue, reason }) => return Outcome::Reject { requeue, reason },
         Err(TaskError::Ignore) => return Outcome::Ignore,
     };
@@ -131,7 +146,11 @@ pub(crate) fn decide(output: TaskOutput, cfg: &TaskConfig, ctx: &TaskContext) ->
             let exception = ExceptionInfo::new(
                 "MaxRetriesExceededError",
                 "celery.exceptions",
-                format!("Can't retry {}[{}] args:() kwargs:{{}}", ctx.name(), ctx.id()),
+                format!(
+                    "Can't retry {}[{}] args:() kwargs:{{}}",
+                    ctx.name(),
+                    ctx.id()
+                ),
             );
             Failure {
                 traceback: Some(traceback_text(&exception, &[])),
@@ -140,7 +159,9 @@ pub(crate) fn decide(output: TaskOutput, cfg: &TaskConfig, ctx: &TaskContext) ->
             }
         }));
     }
-    let countdown = countdown.unwrap_or_else(|| cfg.retry_delay(retries)).max(0.0);
+    let countdown = countdown
+        .unwrap_or_else(|| cfg.retry_delay(retries))
+        .max(0.0);
     let reason = match &cause {
         Some(f) => format!("Retry in {countdown:.3}s: {}", f.exception),
         None => format!("Retry in {countdown:.3}s"),

@@ -96,6 +96,29 @@ pub use result::AsyncResult;
 pub use task::{Task, TaskConfig, TaskKind};
 pub use worker::{ShutdownHandle, Worker, WorkerBuilder, WorkerReport};
 
+pub mod guide {
+    //! Long-form documentation: the design notes from `docs/`, with their examples
+    //! compiled as doc tests.
+
+    #[doc = include_str!("../../../docs/architecture.md")]
+    pub mod architecture {}
+    #[doc = include_str!("../../../docs/worker.md")]
+    pub mod worker {}
+    #[doc = include_str!("../../../docs/states.md")]
+    pub mod states {}
+    #[doc = include_str!("../../../docs/retries.md")]
+    pub mod retries {}
+    #[doc = include_str!("../../../docs/engines.md")]
+    pub mod engines {}
+    #[doc = include_str!("../../../docs/cli.md")]
+    pub mod cli {}
+}
+
+/// The README's example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Support code for `#[celeriac::task]`; not a public API.
 #[doc(hidden)]
 pub mod __private {
@@ -126,7 +149,11 @@ pub mod __private {
     }
 
     /// `my_crate::tasks` + `add` → `my_crate.tasks.add`, computed once per task.
-    pub fn default_name(cell: &'static std::sync::OnceLock<String>, module: &str, func: &str) -> &'static str {
+    pub fn default_name(
+        cell: &'static std::sync::OnceLock<String>,
+        module: &str,
+        func: &str,
+    ) -> &'static str {
         cell.get_or_init(|| format!("{}.{func}", module.replace("::", ".")))
     }
 }

@@ -33,7 +33,9 @@ enum Source {
 
 impl std::fmt::Debug for AsyncResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsyncResult").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("AsyncResult")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,11 +143,13 @@ pub(crate) fn into_result<T: DeserializeOwned>(meta: TaskMeta) -> Result<T, Erro
         })
     };
     match meta.status {
-        State::Success => serde_json::from_value(meta.result.clone()).map_err(|source| Error::ResultType {
-            task_id: meta.task_id.clone(),
-            expected: std::any::type_name::<T>(),
-            source,
-        }),
+        State::Success => {
+            serde_json::from_value(meta.result.clone()).map_err(|source| Error::ResultType {
+                task_id: meta.task_id.clone(),
+                expected: std::any::type_name::<T>(),
+                source,
+            })
+        }
         State::Revoked => Err(Error::TaskRevoked {
             task_id: meta.task_id.clone(),
             exception: exception(),

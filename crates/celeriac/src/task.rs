@@ -176,7 +176,9 @@ impl TaskConfig {
             return self.default_retry_delay.max(0.0);
         }
         let exp = 2f64.powi(retries.min(63) as i32);
-        let delay = (self.retry_backoff * exp).min(self.retry_backoff_max).max(0.0);
+        let delay = (self.retry_backoff * exp)
+            .min(self.retry_backoff_max)
+            .max(0.0);
         if self.retry_jitter {
             rand::random::<f64>() * delay
         } else {
@@ -265,8 +267,13 @@ impl Arguments {
 
 /// Serializes a task's return value into the stored result.
 pub fn result_value<T: Serialize>(value: &T) -> TaskOutput {
-    serde_json::to_value(value)
-        .map_err(|e| TaskError::with_module("EncodeError", "kombu.exceptions", format!("cannot serialize the result: {e}")))
+    serde_json::to_value(value).map_err(|e| {
+        TaskError::with_module(
+            "EncodeError",
+            "kombu.exceptions",
+            format!("cannot serialize the result: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -289,8 +296,14 @@ mod tests {
 
     #[test]
     fn binds_like_python() {
-        assert_eq!(bind(json!([1, "a"]), json!({})).unwrap(), (1, Some("a".into())));
-        assert_eq!(bind(json!([1]), json!({"label": "b"})).unwrap(), (1, Some("b".into())));
+        assert_eq!(
+            bind(json!([1, "a"]), json!({})).unwrap(),
+            (1, Some("a".into()))
+        );
+        assert_eq!(
+            bind(json!([1]), json!({"label": "b"})).unwrap(),
+            (1, Some("b".into()))
+        );
         assert_eq!(bind(json!([]), json!({"x": 2})).unwrap(), (2, None));
         let msg = |r: Result<_, TaskError>| r.unwrap_err().to_string();
         assert_eq!(
@@ -309,13 +322,20 @@ mod tests {
             msg(bind(json!([1]), json!({"nope": 1}))),
             "TypeError: tasks.f() got an unexpected keyword argument 'nope'"
         );
-        assert!(msg(bind(json!(["one"]), json!({}))).starts_with("TypeError: tasks.f() argument 'x': invalid type"));
+        assert!(msg(bind(json!(["one"]), json!({})))
+            .starts_with("TypeError: tasks.f() argument 'x': invalid type"));
     }
 
     #[test]
     fn backoff_grows_and_caps() {
-        let c = TaskConfig::default().retry_backoff(1.0).retry_jitter(false).retry_backoff_max(5.0);
-        assert_eq!([0, 1, 2, 3, 10].map(|r| c.retry_delay(r)), [1.0, 2.0, 4.0, 5.0, 5.0]);
+        let c = TaskConfig::default()
+            .retry_backoff(1.0)
+            .retry_jitter(false)
+            .retry_backoff_max(5.0);
+        assert_eq!(
+            [0, 1, 2, 3, 10].map(|r| c.retry_delay(r)),
+            [1.0, 2.0, 4.0, 5.0, 5.0]
+        );
         let j = TaskConfig::default().retry_backoff(2.0);
         for r in 0..20 {
             let d = j.retry_delay(r);

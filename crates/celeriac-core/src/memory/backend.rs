@@ -106,8 +106,10 @@ impl ResultBackend for MemoryBackend {
                     return Ok(());
                 }
             }
-            st.records
-                .insert(meta.task_id.clone(), (meta.clone(), expires.map(|d| now + d)));
+            st.records.insert(
+                meta.task_id.clone(),
+                (meta.clone(), expires.map(|d| now + d)),
+            );
             // Sweep expired records now and then so a long-lived process does not grow.
             st.stores_since_sweep += 1;
             if st.stores_since_sweep >= 4096 {
@@ -131,7 +133,11 @@ impl ResultBackend for MemoryBackend {
         Ok(())
     }
 
-    async fn wait_ready(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskMeta>, BackendError> {
+    async fn wait_ready(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<TaskMeta>, BackendError> {
         let deadline = Instant::now() + timeout;
         let notify = {
             let mut st = self.lock();
@@ -143,7 +149,10 @@ impl ResultBackend for MemoryBackend {
             slot.0.clone()
         };
         // Unregisters the waiter even if this future is dropped mid-wait.
-        let _guard = WaiterGuard { backend: self, task_id };
+        let _guard = WaiterGuard {
+            backend: self,
+            task_id,
+        };
         let result = loop {
             let notified = notify.notified();
             tokio::pin!(notified);

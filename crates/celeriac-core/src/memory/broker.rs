@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::broker::{Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions};
+use crate::broker::{
+    Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions,
+};
 use crate::emulation::{spawn_consumer, Fetch};
 use crate::error::{BrokerError, PublishError};
 use crate::message::Message;
@@ -116,7 +118,10 @@ impl MemoryBroker {
             None | Some("low_first") => PriorityOrder::LowFirst,
             Some("high_first") => PriorityOrder::HighFirst,
             Some(other) => {
-                return Err(url.bad_option("priority_order", format!("expected low_first or high_first, got `{other}`")))
+                return Err(url.bad_option(
+                    "priority_order",
+                    format!("expected low_first or high_first, got `{other}`"),
+                ))
             }
         };
         let name = url.host().to_string();
@@ -131,7 +136,12 @@ impl MemoryBroker {
 
     /// Messages held for delayed delivery in `queue`.
     pub fn delayed_count(&self, queue: &str) -> usize {
-        self.inner.lock().delayed.iter().filter(|d| d.0.queue == queue).count()
+        self.inner
+            .lock()
+            .delayed
+            .iter()
+            .filter(|d| d.0.queue == queue)
+            .count()
     }
 }
 
@@ -185,7 +195,9 @@ impl State {
             if top.at > now {
                 return Some(top.at);
             }
-            let Some(Reverse(d)) = self.delayed.pop() else { break };
+            let Some(Reverse(d)) = self.delayed.pop() else {
+                break;
+            };
             let lvl = level(&d.entry.message);
             self.queues.entry(d.queue).or_default().levels[lvl].push_back(d.entry);
         }
@@ -252,7 +264,9 @@ impl Fetch for Fetcher {
                 'levels: for lvl in inner.level_order() {
                     for i in 0..queues.len() {
                         let name = &queues[(start + i) % queues.len()];
-                        let Some(q) = st.queues.get_mut(name) else { continue };
+                        let Some(q) = st.queues.get_mut(name) else {
+                            continue;
+                        };
                         while taken.len() < max {
                             match q.levels[lvl].pop_front() {
                                 Some(entry) => taken.push((name.clone(), entry)),
@@ -278,7 +292,13 @@ impl Fetch for Fetcher {
                 return Ok(taken
                     .into_iter()
                     .map(|(tag, queue, entry)| {
-                        Delivery::new(entry.message, queue, entry.redelivered, tag.to_string(), acker.clone())
+                        Delivery::new(
+                            entry.message,
+                            queue,
+                            entry.redelivered,
+                            tag.to_string(),
+                            acker.clone(),
+                        )
                     })
                     .collect());
             }
@@ -312,7 +332,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
-        self.inner.lock().queues.entry(queue.to_string()).or_default();
+        self.inner
+            .lock()
+            .queues
+            .entry(queue.to_string())
+            .or_default();
         Ok(())
     }
 
@@ -331,7 +355,10 @@ impl Broker for MemoryBroker {
             message: Arc::new(message),
             redelivered: false,
         };
-        let delay = options.deliver_at.map(|at| crate::time::until(&at)).filter(|d| !d.is_zero());
+        let delay = options
+            .deliver_at
+            .map(|at| crate::time::until(&at))
+            .filter(|d| !d.is_zero());
         match delay {
             Some(delay) => {
                 {

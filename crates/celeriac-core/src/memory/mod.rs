@@ -33,8 +33,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Process-wide instances by name, so every `App` built with the same URL shares them.
-fn registry<T>(cell: &'static OnceLock<Mutex<HashMap<String, Arc<T>>>>, name: &str, make: impl FnOnce() -> T) -> Arc<T> {
+fn registry<T>(
+    cell: &'static OnceLock<Mutex<HashMap<String, Arc<T>>>>,
+    name: &str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
     let map = cell.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    map.entry(name.to_string()).or_insert_with(|| Arc::new(make())).clone()
+    map.entry(name.to_string())
+        .or_insert_with(|| Arc::new(make()))
+        .clone()
 }

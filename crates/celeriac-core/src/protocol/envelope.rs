@@ -34,10 +34,13 @@ struct Envelope {
 /// Encodes `msg` as a kombu envelope with a base64 body and the given delivery tag.
 pub fn encode(msg: &Message, delivery_tag: &str) -> Vec<u8> {
     let mut properties = msg.properties.clone();
-    properties.extra.insert("body_encoding".into(), Value::String("base64".into()));
     properties
         .extra
-        .insert("delivery_tag".into(), Value::String(delivery_tag.to_string()));
+        .insert("body_encoding".into(), Value::String("base64".into()));
+    properties.extra.insert(
+        "delivery_tag".into(),
+        Value::String(delivery_tag.to_string()),
+    );
     let env = Envelope {
         body: Value::String(base64::engine::general_purpose::STANDARD.encode(&msg.body)),
         content_encoding: Some(msg.content_encoding.clone()),
@@ -97,7 +100,11 @@ mod tests {
         let task = TaskMessage::decode(&msg).unwrap();
         assert_eq!(task.headers.task, "tasks.add");
         assert_eq!(task.args, vec![serde_json::json!(2), serde_json::json!(3)]);
-        assert!(msg.properties.extra.is_empty(), "{:?}", msg.properties.extra);
+        assert!(
+            msg.properties.extra.is_empty(),
+            "{:?}",
+            msg.properties.extra
+        );
     }
 
     #[test]
@@ -106,8 +113,21 @@ mod tests {
         let bytes = encode(&msg, "tag-1");
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(r#"{"body":"W1sy"#), "{text}");
-        let keys: Vec<String> = serde_json::from_slice::<Map<String, Value>>(&bytes).unwrap().keys().cloned().collect();
-        assert_eq!(keys, ["body", "content-encoding", "content-type", "headers", "properties"]);
+        let keys: Vec<String> = serde_json::from_slice::<Map<String, Value>>(&bytes)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "body",
+                "content-encoding",
+                "content-type",
+                "headers",
+                "properties"
+            ]
+        );
         let (again, tag) = decode(&bytes).unwrap();
         assert_eq!(again, msg);
         assert_eq!(tag.as_deref(), Some("tag-1"));
@@ -115,7 +135,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bad in [&b"not json"[..], b"[]", b"{}", br#"{"body": "!!!", "properties": {"body_encoding": "base64"}}"#] {
+        for bad in [
+            &b"not json"[..],
+            b"[]",
+            b"{}",
+            br#"{"body": "!!!", "properties": {"body_encoding": "base64"}}"#,
+        ] {
             assert!(decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

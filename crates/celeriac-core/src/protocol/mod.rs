@@ -191,7 +191,9 @@ impl DecodeError {
     pub fn exc_type(&self) -> &'static str {
         match self.kind {
             DecodeErrorKind::ContentDisallowed { .. } => "ContentDisallowed",
-            DecodeErrorKind::InvalidJson(_) | DecodeErrorKind::UnsupportedCompression(_) => "DecodeError",
+            DecodeErrorKind::InvalidJson(_) | DecodeErrorKind::UnsupportedCompression(_) => {
+                "DecodeError"
+            }
             _ => "InvalidTaskError",
         }
     }
@@ -200,7 +202,9 @@ impl DecodeError {
     pub fn exc_module(&self) -> &'static str {
         match self.kind {
             DecodeErrorKind::ContentDisallowed { .. } => "kombu.exceptions",
-            DecodeErrorKind::InvalidJson(_) | DecodeErrorKind::UnsupportedCompression(_) => "kombu.exceptions",
+            DecodeErrorKind::InvalidJson(_) | DecodeErrorKind::UnsupportedCompression(_) => {
+                "kombu.exceptions"
+            }
             _ => "celery.exceptions",
         }
     }
@@ -244,7 +248,11 @@ impl TaskMessage {
     /// `countdown` becomes an absolute `eta`, `expires` in seconds an absolute time, a
     /// missing `task_id` a new UUID4, and `link`/`link_error`/`chain`/`chord` options the
     /// embed, exactly as Celery's `apply_async` does.
-    pub fn from_signature(sig: &Signature, route: &Route, ctx: &SendContext) -> Result<Self, SignatureError> {
+    pub fn from_signature(
+        sig: &Signature,
+        route: &Route,
+        ctx: &SendContext,
+    ) -> Result<Self, SignatureError> {
         let err = |reason: String| SignatureError {
             task: sig.task.clone(),
             reason,
@@ -265,29 +273,36 @@ impl TaskMessage {
         let opt_f64 = |key: &str| -> Result<Option<f64>, SignatureError> {
             match sig.option(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .map(Some)
-                    .ok_or_else(|| err(format!("option `{key}` must be a number of seconds, got {v}"))),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                    err(format!(
+                        "option `{key}` must be a number of seconds, got {v}"
+                    ))
+                }),
             }
         };
         let now = Utc::now();
         let id = opt_str("task_id")?.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut h = TaskHeaders::new(sig.task.clone(), id.clone());
         h.eta = match sig.option("eta") {
-            Some(Value::String(s)) => {
-                Some(time::parse_iso(s).ok_or_else(|| err(format!("option `eta` is not an ISO-8601 time: {s:?}")))?)
+            Some(Value::String(s)) => Some(
+                time::parse_iso(s)
+                    .ok_or_else(|| err(format!("option `eta` is not an ISO-8601 time: {s:?}")))?,
+            ),
+            Some(other) => {
+                return Err(err(format!(
+                    "option `eta` must be an ISO-8601 string, got {other}"
+                )))
             }
-            Some(other) => return Err(err(format!("option `eta` must be an ISO-8601 string, got {other}"))),
             None => opt_f64("countdown")?.map(|secs| now + time::seconds(secs)),
         };
-        h.expires = match sig.option("expires") {
-            Some(Value::String(s)) => Some(
-                time::parse_iso(s).ok_or_else(|| err(format!("option `expires` is not an ISO-8601 time: {s:?}")))?,
-            ),
-            Some(_) => opt_f64("expires")?.map(|secs| now + time::seconds(secs)),
-            None => None,
-        };
+        h.expires =
+            match sig.option("expires") {
+                Some(Value::String(s)) => Some(time::parse_iso(s).ok_or_else(|| {
+                    err(format!("option `expires` is not an ISO-8601 time: {s:?}"))
+                })?),
+                Some(_) => opt_f64("expires")?.map(|secs| now + time::seconds(secs)),
+                None => None,
+            };
         h.shadow = opt_str("shadow")?;
         h.group = opt_str("group_id")?;
         h.group_index = sig.option("group_index").and_then(Value::as_u64);
@@ -310,11 +325,18 @@ impl TaskMessage {
         h.origin = Some(ctx.origin.clone());
         h.ignore_result = match sig.option("ignore_result") {
             Some(Value::Bool(b)) => Some(*b),
-            Some(other) => return Err(err(format!("option `ignore_result` must be a boolean, got {other}"))),
+            Some(other) => {
+                return Err(err(format!(
+                    "option `ignore_result` must be a boolean, got {other}"
+                )))
+            }
             None => ctx.ignore_result,
         };
         if let Some(Value::Array(names)) = sig.option("stamped_headers") {
-            let names: Vec<String> = names.iter().filter_map(|n| n.as_str().map(str::to_string)).collect();
+            let names: Vec<String> = names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
             for n in &names {
                 if let Some(v) = sig.option(n) {
                     h.stamps.insert(n.clone(), v.clone());
@@ -328,7 +350,11 @@ impl TaskMessage {
                     h.extra.insert(k.clone(), v.clone());
                 }
             }
-            Some(other) => return Err(err(format!("option `headers` must be an object, got {other}"))),
+            Some(other) => {
+                return Err(err(format!(
+                    "option `headers` must be an object, got {other}"
+                )))
+            }
             None => {}
         }
         let sig_list = |key: &str| -> Result<Option<Vec<Signature>>, SignatureError> {
@@ -343,7 +369,9 @@ impl TaskMessage {
                 Some(single @ Value::Object(_)) => serde_json::from_value(single.clone())
                     .map(|s| Some(vec![s]))
                     .map_err(|e| err(format!("option `{key}` is not a signature: {e}"))),
-                Some(other) => Err(err(format!("option `{key}` must be a signature or a list, got {other}"))),
+                Some(other) => Err(err(format!(
+                    "option `{key}` must be a signature or a list, got {other}"
+                ))),
             }
         };
         let embed = Embed {
@@ -386,7 +414,10 @@ impl TaskMessage {
         let h = &self.headers;
         let mut m = Map::with_capacity(19 + h.extra.len());
         let opt = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
-        let opt_time = |v: &Option<DateTime<Utc>>| v.map(|t| Value::String(time::isoformat(&t))).unwrap_or(Value::Null);
+        let opt_time = |v: &Option<DateTime<Utc>>| {
+            v.map(|t| Value::String(time::isoformat(&t)))
+                .unwrap_or(Value::Null)
+        };
         let opt_num = |v: Option<f64>| v.and_then(number).unwrap_or(Value::Null);
         m.insert("lang".into(), Value::String(h.lang.clone()));
         m.insert("task".into(), Value::String(h.task.clone()));
@@ -395,7 +426,10 @@ impl TaskMessage {
         m.insert("eta".into(), opt_time(&h.eta));
         m.insert("expires".into(), opt_time(&h.expires));
         m.insert("group".into(), opt(&h.group));
-        m.insert("group_index".into(), h.group_index.map(Value::from).unwrap_or(Value::Null));
+        m.insert(
+            "group_index".into(),
+            h.group_index.map(Value::from).unwrap_or(Value::Null),
+        );
         m.insert("retries".into(), Value::from(h.retries));
         m.insert(
             "timelimit".into(),
@@ -405,15 +439,32 @@ impl TaskMessage {
         m.insert("parent_id".into(), opt(&h.parent_id));
         m.insert(
             "argsrepr".into(),
-            Value::String(h.argsrepr.clone().unwrap_or_else(|| json::args_repr(&self.args))),
+            Value::String(
+                h.argsrepr
+                    .clone()
+                    .unwrap_or_else(|| json::args_repr(&self.args)),
+            ),
         );
         m.insert(
             "kwargsrepr".into(),
-            Value::String(h.kwargsrepr.clone().unwrap_or_else(|| json::kwargs_repr(&self.kwargs))),
+            Value::String(
+                h.kwargsrepr
+                    .clone()
+                    .unwrap_or_else(|| json::kwargs_repr(&self.kwargs)),
+            ),
         );
-        m.insert("origin".into(), Value::String(h.origin.clone().unwrap_or_default()));
-        m.insert("ignore_result".into(), h.ignore_result.map(Value::Bool).unwrap_or(Value::Null));
-        m.insert("replaced_task_nesting".into(), Value::from(h.replaced_task_nesting));
+        m.insert(
+            "origin".into(),
+            Value::String(h.origin.clone().unwrap_or_default()),
+        );
+        m.insert(
+            "ignore_result".into(),
+            h.ignore_result.map(Value::Bool).unwrap_or(Value::Null),
+        );
+        m.insert(
+            "replaced_task_nesting".into(),
+            Value::from(h.replaced_task_nesting),
+        );
         m.insert(
             "stamped_headers".into(),
             h.stamped_headers
@@ -447,15 +498,24 @@ impl TaskMessage {
     /// Reads a task message; see the module docs for what is accepted and refused.
     pub fn decode(msg: &Message) -> Result<Self, DecodeError> {
         let headers = &msg.headers;
-        let id_hint = headers.get("id").and_then(Value::as_str).map(str::to_string);
-        let task_hint = headers.get("task").and_then(Value::as_str).map(str::to_string);
+        let id_hint = headers
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let task_hint = headers
+            .get("task")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let with_hints = |kind: DecodeErrorKind| DecodeError {
             kind,
             task_id: id_hint.clone(),
             task_name: task_hint.clone(),
         };
         let ct = msg.content_type.trim();
-        if !(ct.is_empty() || ct.eq_ignore_ascii_case(CONTENT_TYPE_JSON) || ct.eq_ignore_ascii_case("json")) {
+        if !(ct.is_empty()
+            || ct.eq_ignore_ascii_case(CONTENT_TYPE_JSON)
+            || ct.eq_ignore_ascii_case("json"))
+        {
             return Err(with_hints(DecodeErrorKind::ContentDisallowed {
                 content_type: ct.to_string(),
                 short: short_content_name(ct).to_string(),
@@ -463,13 +523,16 @@ impl TaskMessage {
         }
         if let Some(c) = headers.get("compression").filter(|v| !v.is_null()) {
             return Err(with_hints(DecodeErrorKind::UnsupportedCompression(
-                c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string()),
+                c.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| c.to_string()),
             )));
         }
-        let body = json::parse_lenient(&msg.body).map_err(|e| with_hints(DecodeErrorKind::InvalidJson(e.to_string())))?;
+        let body = json::parse_lenient(&msg.body)
+            .map_err(|e| with_hints(DecodeErrorKind::InvalidJson(e.to_string())))?;
         // Protocol v1 (and "hybrid" messages): the task lives in the body object.
         if let Value::Object(obj) = body {
-            return decode_v1(obj, msg).map_err(|kind| with_hints(kind));
+            return decode_v1(obj, msg).map_err(&with_hints);
         }
         let Value::Array(parts) = body else {
             return Err(with_hints(DecodeErrorKind::BodyShape(format!(
@@ -507,10 +570,10 @@ impl TaskMessage {
             None => Map::new(),
         };
         let embed = match parts.next() {
-            Some(v) => decode_embed(v).map_err(|kind| with_hints(kind))?,
+            Some(v) => decode_embed(v).map_err(&with_hints)?,
             None => Embed::default(),
         };
-        let headers = decode_headers(headers).map_err(|kind| with_hints(kind))?;
+        let headers = decode_headers(headers).map_err(&with_hints)?;
         Ok(Self {
             headers,
             args,
@@ -559,7 +622,11 @@ fn decode_embed(v: Value) -> Result<Embed, DecodeErrorKind> {
                 .map(|i| serde_json::from_value(i.clone()))
                 .collect::<Result<Vec<Signature>, _>>()
                 .map(Some)
-                .map_err(|e| DecodeErrorKind::BodyShape(format!("embed `{key}` holds an invalid signature: {e}"))),
+                .map_err(|e| {
+                    DecodeErrorKind::BodyShape(format!(
+                        "embed `{key}` holds an invalid signature: {e}"
+                    ))
+                }),
             Some(other) => Err(DecodeErrorKind::BodyShape(format!(
                 "embed `{key}` must be a list of signatures, got {}",
                 kind_of(other)
@@ -568,10 +635,9 @@ fn decode_embed(v: Value) -> Result<Embed, DecodeErrorKind> {
     };
     let chord = match obj.get("chord") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(Box::new(
-            serde_json::from_value(v.clone())
-                .map_err(|e| DecodeErrorKind::BodyShape(format!("embed `chord` is not a signature: {e}")))?,
-        )),
+        Some(v) => Some(Box::new(serde_json::from_value(v.clone()).map_err(
+            |e| DecodeErrorKind::BodyShape(format!("embed `chord` is not a signature: {e}")),
+        )?)),
     };
     Ok(Embed {
         callbacks: list("callbacks")?,
@@ -615,7 +681,10 @@ fn get_str(h: &Map<String, Value>, name: &'static str) -> Result<Option<String>,
     match h.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(bad(name, format!("expected a string, got {}", kind_of(other)))),
+        Some(other) => Err(bad(
+            name,
+            format!("expected a string, got {}", kind_of(other)),
+        )),
     }
 }
 
@@ -624,14 +693,24 @@ fn get_uint(h: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, D
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19)
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or_else(|| bad(name, format!("expected a non-negative integer, got {n}"))),
-        Some(other) => Err(bad(name, format!("expected an integer, got {}", kind_of(other)))),
+        Some(other) => Err(bad(
+            name,
+            format!("expected an integer, got {}", kind_of(other)),
+        )),
     }
 }
 
-fn get_time(h: &Map<String, Value>, name: &'static str) -> Result<Option<DateTime<Utc>>, DecodeErrorKind> {
+fn get_time(
+    h: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<DateTime<Utc>>, DecodeErrorKind> {
     match get_str(h, name)? {
         None => Ok(None),
         Some(s) => time::parse_iso(&s)
@@ -656,27 +735,54 @@ fn decode_headers(h: &Map<String, Value>) -> Result<TaskHeaders, DecodeErrorKind
                 match a.get(i) {
                     None | Some(Value::Null) => Ok(None),
                     Some(Value::Number(n)) => Ok(n.as_f64()),
-                    Some(other) => Err(bad("timelimit", format!("expected numbers, got {}", kind_of(other)))),
+                    Some(other) => Err(bad(
+                        "timelimit",
+                        format!("expected numbers, got {}", kind_of(other)),
+                    )),
                 }
             };
             (el(0)?, el(1)?)
         }
-        Some(other) => return Err(bad("timelimit", format!("expected [hard, soft], got {other}"))),
+        Some(other) => {
+            return Err(bad(
+                "timelimit",
+                format!("expected [hard, soft], got {other}"),
+            ))
+        }
     };
     let ignore_result = match h.get("ignore_result") {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
-        Some(other) => return Err(bad("ignore_result", format!("expected a boolean, got {}", kind_of(other)))),
+        Some(other) => {
+            return Err(bad(
+                "ignore_result",
+                format!("expected a boolean, got {}", kind_of(other)),
+            ))
+        }
     };
     let stamped_headers = match h.get("stamped_headers") {
         None | Some(Value::Null) => None,
-        Some(Value::Array(a)) => Some(a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
-        Some(other) => return Err(bad("stamped_headers", format!("expected a list, got {}", kind_of(other)))),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        ),
+        Some(other) => {
+            return Err(bad(
+                "stamped_headers",
+                format!("expected a list, got {}", kind_of(other)),
+            ))
+        }
     };
     let stamps = match h.get("stamps") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(o)) => o.clone(),
-        Some(other) => return Err(bad("stamps", format!("expected an object, got {}", kind_of(other)))),
+        Some(other) => {
+            return Err(bad(
+                "stamps",
+                format!("expected an object, got {}", kind_of(other)),
+            ))
+        }
     };
     let small = |name: &'static str| -> Result<u32, DecodeErrorKind> {
         Ok(get_uint(h, name)?.unwrap_or(0).min(u64::from(u32::MAX)) as u32)
@@ -715,7 +821,17 @@ fn decode_headers(h: &Map<String, Value>) -> Result<TaskHeaders, DecodeErrorKind
 /// (v1) or carry `task` too ("hybrid"); the body's fields fill in what headers lack.
 fn decode_v1(body: Map<String, Value>, msg: &Message) -> Result<TaskMessage, DecodeErrorKind> {
     let mut h = msg.headers.clone();
-    for key in ["task", "id", "eta", "expires", "retries", "timelimit", "group_index", "root_id", "parent_id"] {
+    for key in [
+        "task",
+        "id",
+        "eta",
+        "expires",
+        "retries",
+        "timelimit",
+        "group_index",
+        "root_id",
+        "parent_id",
+    ] {
         if let Some(v) = body.get(key) {
             h.entry(key.to_string()).or_insert_with(|| v.clone());
         }
@@ -726,7 +842,12 @@ fn decode_v1(body: Map<String, Value>, msg: &Message) -> Result<TaskMessage, Dec
     let args = match body.get("args") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(other) => return Err(DecodeErrorKind::BodyShape(format!("args must be an array, got {}", kind_of(other)))),
+        Some(other) => {
+            return Err(DecodeErrorKind::BodyShape(format!(
+                "args must be an array, got {}",
+                kind_of(other)
+            )))
+        }
     };
     let kwargs = match body.get("kwargs") {
         None | Some(Value::Null) => Map::new(),

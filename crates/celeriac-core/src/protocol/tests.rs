@@ -25,13 +25,18 @@ fn encodes_the_19_headers_in_celerys_order() {
         parent: None,
         ignore_result: Some(false),
     };
-    let msg = TaskMessage::from_signature(&sig, &Route::queue("celery"), &ctx).unwrap().encode();
+    let msg = TaskMessage::from_signature(&sig, &Route::queue("celery"), &ctx)
+        .unwrap()
+        .encode();
     let keys: Vec<&str> = msg.headers.keys().map(String::as_str).collect();
     assert_eq!(keys, KNOWN_HEADERS);
     assert_eq!(msg.headers["argsrepr"], json!("(2, 3)"));
     assert_eq!(msg.headers["timelimit"], json!([null, null]));
     assert_eq!(msg.headers["root_id"], msg.headers["id"]);
-    assert_eq!(msg.properties.correlation_id.as_deref(), msg.headers["id"].as_str());
+    assert_eq!(
+        msg.properties.correlation_id.as_deref(),
+        msg.headers["id"].as_str()
+    );
     assert_eq!(msg.properties.delivery_info.routing_key, "celery");
     assert_eq!(msg.properties.priority, Some(0));
     assert_eq!(
@@ -43,10 +48,17 @@ fn encodes_the_19_headers_in_celerys_order() {
 #[test]
 fn countdown_expires_and_limits_become_headers() {
     let before = Utc::now();
-    let sig = Signature::new("t").countdown(10.0).expires(60.0).time_limit(30.0).soft_time_limit(20.5);
+    let sig = Signature::new("t")
+        .countdown(10.0)
+        .expires(60.0)
+        .time_limit(30.0)
+        .soft_time_limit(20.5);
     let m = TaskMessage::from_signature(&sig, &Route::queue("q"), &SendContext::default()).unwrap();
     let eta = m.headers.eta.unwrap();
-    assert!(eta >= before + chrono::Duration::seconds(10) && eta <= Utc::now() + chrono::Duration::seconds(10));
+    assert!(
+        eta >= before + chrono::Duration::seconds(10)
+            && eta <= Utc::now() + chrono::Duration::seconds(10)
+    );
     let ms: i64 = m.properties.expiration.as_deref().unwrap().parse().unwrap();
     assert!((59_000..=60_000).contains(&ms), "{ms}");
     let enc = m.encode();
@@ -72,7 +84,12 @@ fn bad_options_are_errors() {
 
 #[test]
 fn decodes_a_message_with_only_task_and_id() {
-    let m = TaskMessage::decode(&message(ok_headers(), b"[[1], {\"y\": 2}, {}]", "application/json")).unwrap();
+    let m = TaskMessage::decode(&message(
+        ok_headers(),
+        b"[[1], {\"y\": 2}, {}]",
+        "application/json",
+    ))
+    .unwrap();
     assert_eq!(m.headers.retries, 0);
     assert_eq!(m.headers.root_id, None);
     assert_eq!(m.args, vec![json!(1)]);
@@ -84,7 +101,10 @@ fn decodes_a_message_with_only_task_and_id() {
 fn decodes_protocol_v1() {
     let body = br#"{"task": "tasks.add", "id": "abc", "args": [2, 5], "kwargs": {}, "retries": 1, "eta": null, "taskset": "g1", "callbacks": null}"#;
     let m = TaskMessage::decode(&message(json!({}), body, "application/json")).unwrap();
-    assert_eq!((m.headers.task.as_str(), m.headers.id.as_str()), ("tasks.add", "abc"));
+    assert_eq!(
+        (m.headers.task.as_str(), m.headers.id.as_str()),
+        ("tasks.add", "abc")
+    );
     assert_eq!(m.headers.retries, 1);
     assert_eq!(m.headers.group.as_deref(), Some("g1"));
     assert_eq!(m.args, vec![json!(2), json!(5)]);
@@ -112,18 +132,43 @@ fn decode_err(headers: Value, body: &[u8], ct: &str) -> DecodeError {
 fn malformed_messages_get_typed_errors() {
     let body = b"[[], {}, {}]";
     let e = decode_err(ok_headers(), body, CONTENT_TYPE_PICKLE);
-    assert!(matches!(e.kind, DecodeErrorKind::ContentDisallowed { ref short, .. } if short == "pickle"));
+    assert!(
+        matches!(e.kind, DecodeErrorKind::ContentDisallowed { ref short, .. } if short == "pickle")
+    );
     assert_eq!(
         e.to_string(),
         "refusing to deserialize untrusted content of type pickle (application/x-python-serialize)"
     );
-    assert_eq!(e.task_id.as_deref(), Some("4f0c0ad8-8d8b-4f1e-9c43-2f7b8bfb0e11"));
-    assert!(matches!(decode_err(ok_headers(), b"[[1, 2], {}", "application/json").kind, DecodeErrorKind::InvalidJson(_)));
-    assert!(matches!(decode_err(ok_headers(), b"\xff\xfe", "application/json").kind, DecodeErrorKind::InvalidJson(_)));
-    assert!(matches!(decode_err(ok_headers(), b"[[1]]\x00", "application/json").kind, DecodeErrorKind::InvalidJson(_)));
-    for shape in [&b"[1, {}, {}]"[..], b"[[], [], {}]", b"[[]]", b"[[], {}, {}, {}]", b"42", b"\"s\"", b"[[], {}, 5]"] {
+    assert_eq!(
+        e.task_id.as_deref(),
+        Some("4f0c0ad8-8d8b-4f1e-9c43-2f7b8bfb0e11")
+    );
+    assert!(matches!(
+        decode_err(ok_headers(), b"[[1, 2], {}", "application/json").kind,
+        DecodeErrorKind::InvalidJson(_)
+    ));
+    assert!(matches!(
+        decode_err(ok_headers(), b"\xff\xfe", "application/json").kind,
+        DecodeErrorKind::InvalidJson(_)
+    ));
+    assert!(matches!(
+        decode_err(ok_headers(), b"[[1]]\x00", "application/json").kind,
+        DecodeErrorKind::InvalidJson(_)
+    ));
+    for shape in [
+        &b"[1, {}, {}]"[..],
+        b"[[], [], {}]",
+        b"[[]]",
+        b"[[], {}, {}, {}]",
+        b"42",
+        b"\"s\"",
+        b"[[], {}, 5]",
+    ] {
         assert!(
-            matches!(decode_err(ok_headers(), shape, "application/json").kind, DecodeErrorKind::BodyShape(_)),
+            matches!(
+                decode_err(ok_headers(), shape, "application/json").kind,
+                DecodeErrorKind::BodyShape(_)
+            ),
             "{}",
             String::from_utf8_lossy(shape)
         );
@@ -139,16 +184,31 @@ fn malformed_messages_get_typed_errors() {
     let mut h = ok_headers();
     h["eta"] = json!("not-a-date");
     let e = decode_err(h, body, "application/json");
-    assert_eq!(e.to_string(), "header `eta` is invalid: \"not-a-date\" is not an ISO-8601 time");
+    assert_eq!(
+        e.to_string(),
+        "header `eta` is invalid: \"not-a-date\" is not an ISO-8601 time"
+    );
     let mut h = ok_headers();
     h["retries"] = json!("three");
-    assert!(matches!(decode_err(h, body, "application/json").kind, DecodeErrorKind::BadHeader { name: "retries", .. }));
+    assert!(matches!(
+        decode_err(h, body, "application/json").kind,
+        DecodeErrorKind::BadHeader {
+            name: "retries",
+            ..
+        }
+    ));
     let mut h = ok_headers();
     h["id"] = json!(5);
-    assert!(matches!(decode_err(h, body, "application/json").kind, DecodeErrorKind::BadHeader { name: "id", .. }));
+    assert!(matches!(
+        decode_err(h, body, "application/json").kind,
+        DecodeErrorKind::BadHeader { name: "id", .. }
+    ));
     let mut h = ok_headers();
     h["compression"] = json!("application/x-gzip");
-    assert!(matches!(decode_err(h, body, "application/json").kind, DecodeErrorKind::UnsupportedCompression(_)));
+    assert!(matches!(
+        decode_err(h, body, "application/json").kind,
+        DecodeErrorKind::UnsupportedCompression(_)
+    ));
 }
 
 #[test]
@@ -173,13 +233,16 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        (-1.0e12f64..1.0e12).prop_map(|f| serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)),
+        (-1.0e12f64..1.0e12).prop_map(|f| serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)),
         "\\PC{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 24, 5, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::btree_map("\\PC{0,6}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("\\PC{0,6}", inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -196,25 +259,29 @@ fn arb_signature() -> impl Strategy<Value = Signature> {
         proptest::option::of(0.0f64..1.0e4),
         prop::collection::vec("[a-z.]{1,10}", 0..3),
     )
-        .prop_map(|(task, args, kwargs, priority, countdown, queue, immutable, limit, links)| {
-            let mut sig = Signature::new(task).args(args).kwargs(kwargs.into_iter().collect());
-            if let Some(p) = priority {
-                sig = sig.priority(p);
-            }
-            if let Some(c) = countdown {
-                sig = sig.countdown(c);
-            }
-            if let Some(q) = queue {
-                sig = sig.queue(q);
-            }
-            if let Some(l) = limit {
-                sig = sig.time_limit(l);
-            }
-            for l in links {
-                sig = sig.link(Signature::new(l).set_immutable(immutable));
-            }
-            sig.set_immutable(immutable)
-        })
+        .prop_map(
+            |(task, args, kwargs, priority, countdown, queue, immutable, limit, links)| {
+                let mut sig = Signature::new(task)
+                    .args(args)
+                    .kwargs(kwargs.into_iter().collect());
+                if let Some(p) = priority {
+                    sig = sig.priority(p);
+                }
+                if let Some(c) = countdown {
+                    sig = sig.countdown(c);
+                }
+                if let Some(q) = queue {
+                    sig = sig.queue(q);
+                }
+                if let Some(l) = limit {
+                    sig = sig.time_limit(l);
+                }
+                for l in links {
+                    sig = sig.link(Signature::new(l).set_immutable(immutable));
+                }
+                sig.set_immutable(immutable)
+            },
+        )
 }
 
 proptest! {

@@ -9,7 +9,11 @@ pub(super) fn render(w: &Worker) -> String {
         .iter()
         .map(|q| format!("                .> {q:<16} exchange={q}(direct) key={q}\n"))
         .collect();
-    let tasks: String = app.task_names().iter().map(|t| format!("  . {t}\n")).collect();
+    let tasks: String = app
+        .task_names()
+        .iter()
+        .map(|t| format!("  . {t}\n"))
+        .collect();
     let left = [
         " -------------- ",
         "--- ***** ----- ",
@@ -38,7 +42,14 @@ pub(super) fn render(w: &Worker) -> String {
         format!(".> transport:   {}", app.broker_url()),
         format!(".> results:     {}", app.backend_url()),
         format!(".> concurrency: {} ({})", w.concurrency, w.pool),
-        format!(".> prefetch:    {}", if w.prefetch == 0 { "unlimited".to_string() } else { w.prefetch.to_string() }),
+        format!(
+            ".> prefetch:    {}",
+            if w.prefetch == 0 {
+                "unlimited".to_string()
+            } else {
+                w.prefetch.to_string()
+            }
+        ),
         ".> task events: OFF".to_string(),
         String::new(),
         "[queues]".to_string(),

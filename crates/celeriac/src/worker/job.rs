@@ -82,7 +82,9 @@ impl Shared {
     /// Stores a record, retrying with back-off while the backend is unreachable, so a
     /// result is not lost to a backend outage (until a cold shutdown gives up).
     pub(super) async fn store(&self, meta: TaskMeta) {
-        let Some(backend) = self.app.backend() else { return };
+        let Some(backend) = self.app.backend() else {
+            return;
+        };
         let expires = self.app.config().result_expires;
         let mut pause = Duration::from_millis(100);
         let mut warned = false;
@@ -90,20 +92,29 @@ impl Shared {
             match backend.store(&meta, expires).await {
                 Ok(()) => {
                     if warned {
-                        info!("result of task {} stored after the backend came back", meta.task_id);
+                        info!(
+                            "result of task {} stored after the backend came back",
+                            meta.task_id
+                        );
                     }
                     return;
                 }
                 Err(e) if e.is_retryable() && *self.phase.borrow() != Phase::Cold => {
                     if !warned {
-                        warn!("cannot store result of task {} ({e}); retrying", meta.task_id);
+                        warn!(
+                            "cannot store result of task {} ({e}); retrying",
+                            meta.task_id
+                        );
                         warned = true;
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => {
-                    error!("result of task {} ({}) not stored: {e}", meta.task_id, meta.status);
+                    error!(
+                        "result of task {} ({}) not stored: {e}",
+                        meta.task_id, meta.status
+                    );
                     return;
                 }
             }
@@ -138,7 +149,11 @@ impl Shared {
             msg.headers.id,
             delivery.queue()
         );
-        let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", msg.headers.task.clone());
+        let exc = ExceptionInfo::new(
+            "NotRegistered",
+            "celery.exceptions",
+            msg.headers.task.clone(),
+        );
         let mut meta = self.meta(&msg, State::Failure, exc.to_value());
         meta.children = Value::Null;
         self.store(meta).await;
@@ -148,8 +163,17 @@ impl Shared {
     }
 
     /// An expired task: REVOKED `["expired"]`, acknowledged, not run.
-    pub(super) async fn expired(self: Arc<Self>, delivery: Option<Delivery>, msg: TaskMessage, store: bool) {
-        warn!("Task {} expired at {:?}; not run, stored REVOKED", label(&msg), msg.headers.expires);
+    pub(super) async fn expired(
+        self: Arc<Self>,
+        delivery: Option<Delivery>,
+        msg: TaskMessage,
+        store: bool,
+    ) {
+        warn!(
+            "Task {} expired at {:?}; not run, stored REVOKED",
+            label(&msg),
+            msg.headers.expires
+        );
         if store {
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
             let mut meta = self.meta(&msg, State::Revoked, exc.to_value());
@@ -176,11 +200,16 @@ pub(super) fn is_expired(msg: &TaskMessage) -> bool {
 
 /// Runs one accepted job in its slot and settles its message.
 pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphorePermit) {
-    let Job { delivery, msg, task } = job;
+    let Job {
+        delivery,
+        msg,
+        task,
+    } = job;
     let cfg = task.config();
     let app = &shared.app;
     let acks_late = cfg.acks_late.unwrap_or(app.config().acks_late);
-    let store_results = !msg.headers.ignore_result.unwrap_or(cfg.ignore_result) && app.backend().is_some();
+    let store_results =
+        !msg.headers.ignore_result.unwrap_or(cfg.ignore_result) && app.backend().is_some();
     let queue = delivery.queue().to_string();
     let delivery_info = RequestDeliveryInfo {
         exchange: msg.properties.delivery_info.exchange.clone(),
@@ -211,10 +240,24 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
         meta.date_done = None;
         shared.store(meta).await;
     }
-    let ctx = TaskContext::new(app.clone(), &msg, delivery_info, shared.hostname.clone(), cfg.max_retries, false);
+    let ctx = TaskContext::new(
+        app.clone(),
+        &msg,
+        delivery_info,
+        shared.hostname.clone(),
+        cfg.max_retries,
+        false,
+    );
     shared.stats.started();
     let t0 = Instant::now();
-    let output = execute::run(&task, ctx.clone(), msg.args.clone(), msg.kwargs.clone(), shared.pool).await;
+    let output = execute::run(
+        &task,
+        ctx.clone(),
+        msg.args.clone(),
+        msg.kwargs.clone(),
+        shared.pool,
+    )
+    .await;
     let runtime = t0.elapsed().as_secs_f64();
     shared.stats.finished();
     match execute::decide(output, &cfg, &ctx) {
@@ -228,7 +271,8 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
         Outcome::Retry { countdown, reason } => {
             let mut next = msg.clone();
             next.headers.retries += 1;
-            next.headers.eta = (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
+            next.headers.eta =
+                (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
             next.headers.parent_id = Some(msg.headers.id.clone());
             if next.properties.delivery_info.routing_key.is_empty() {
                 next.properties.delivery_info.routing_key = queue.clone();
@@ -254,7 +298,11 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
                     }
                     shared.stats.record(Some(&task_name), Event::Failed);
                     if store_results {
-                        let exc = ExceptionInfo::new("RetryError", crate::error::EXC_MODULE, format!("cannot send retry: {e}"));
+                        let exc = ExceptionInfo::new(
+                            "RetryError",
+                            crate::error::EXC_MODULE,
+                            format!("cannot send retry: {e}"),
+                        );
                         shared.store(shared.meta_failure(&msg, &exc, None)).await;
                     }
                 }
@@ -267,10 +315,15 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
             }
             shared.stats.record(Some(&task_name), Event::Failed);
             if store_results {
-                shared.store(shared.meta_failure(&msg, &f.exception, f.traceback.clone())).await;
+                shared
+                    .store(shared.meta_failure(&msg, &f.exception, f.traceback.clone()))
+                    .await;
             }
         }
-        Outcome::Reject { requeue: true, reason } => {
+        Outcome::Reject {
+            requeue: true,
+            reason,
+        } => {
             warn!("Task {label} rejected its message ({reason}); requeued");
             shared.stats.record(None, Event::Rejected);
             match delivery.take() {
@@ -284,7 +337,10 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
             }
             return;
         }
-        Outcome::Reject { requeue: false, reason } => {
+        Outcome::Reject {
+            requeue: false,
+            reason,
+        } => {
             warn!("Task {label} rejected its message ({reason}); dropped");
             shared.stats.record(None, Event::Rejected);
             if store_results {
@@ -301,7 +357,12 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
 }
 
 impl Shared {
-    fn meta_failure(&self, msg: &TaskMessage, exc: &ExceptionInfo, traceback: Option<String>) -> TaskMeta {
+    fn meta_failure(
+        &self,
+        msg: &TaskMessage,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+    ) -> TaskMeta {
         let mut meta = self.meta(msg, State::Failure, exc.to_value());
         meta.traceback = traceback;
         meta

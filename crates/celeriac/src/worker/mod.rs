@@ -244,7 +244,9 @@ impl Worker {
         let consumer = broker
             .consume(ConsumeOptions::new(self.queues.clone(), self.prefetch))
             .await?;
-        let signals = self.handle_signals.then(|| spawn_signal_listener(self.shutdown.clone()));
+        let signals = self
+            .handle_signals
+            .then(|| spawn_signal_listener(self.shutdown.clone()));
         info!("{} ready.", self.name);
         let shared = Arc::new(Shared {
             app: self.app.clone(),
@@ -328,9 +330,14 @@ impl LoopState {
     /// Starts waiting jobs while slots are free.
     fn start_pending(&mut self) {
         while !self.pending.is_empty() {
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else { return };
-            let Some(job) = self.pending.pop_front() else { return };
-            self.running.spawn(job::execute(self.shared.clone(), job, slot));
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                return;
+            };
+            let Some(job) = self.pending.pop_front() else {
+                return;
+            };
+            self.running
+                .spawn(job::execute(self.shared.clone(), job, slot));
         }
     }
 
@@ -349,11 +356,20 @@ impl LoopState {
             self.running.spawn(shared.unregistered(delivery, msg));
             return;
         };
-        let job = Job { delivery, msg, task };
+        let job = Job {
+            delivery,
+            msg,
+            task,
+        };
         info!("Task {} received", job.label());
         if job::is_expired(&job.msg) {
-            let store = !job.msg.headers.ignore_result.unwrap_or(job.task.config().ignore_result);
-            self.running.spawn(shared.expired(Some(job.delivery), job.msg, store));
+            let store = !job
+                .msg
+                .headers
+                .ignore_result
+                .unwrap_or(job.task.config().ignore_result);
+            self.running
+                .spawn(shared.expired(Some(job.delivery), job.msg, store));
             return;
         }
         match job.msg.headers.eta.filter(|eta| *eta > Utc::now()) {
@@ -362,7 +378,8 @@ impl LoopState {
                 let mut job = job;
                 job.delivery.release_prefetch();
                 self.next_hold += 1;
-                self.held.insert(self.next_hold, celeriac_core::time::until(&eta));
+                self.held
+                    .insert(self.next_hold, celeriac_core::time::until(&eta));
                 self.held_jobs.insert(self.next_hold, job);
             }
             None => self.pending.push_back(job),
@@ -382,7 +399,9 @@ impl LoopState {
             if cold_now { "Cold" } else { "Warm" },
             self.running.len()
         );
-        let mut unstarted: Vec<Delivery> = consumer.map(celeriac_core::Consumer::close).unwrap_or_default();
+        let mut unstarted: Vec<Delivery> = consumer
+            .map(celeriac_core::Consumer::close)
+            .unwrap_or_default();
         unstarted.extend(self.pending.drain(..).map(|j| j.delivery));
         unstarted.extend(self.held_jobs.drain().map(|(_, j)| j.delivery));
         self.held.clear();
@@ -432,7 +451,10 @@ fn spawn_signal_listener(handle: ShutdownHandle) -> tokio::task::JoinHandle<()> 
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
                 error!("cannot install signal handlers; stop the worker another way");
                 return;
             };
@@ -444,7 +466,9 @@ fn spawn_signal_listener(handle: ShutdownHandle) -> tokio::task::JoinHandle<()> 
                 };
                 count += 1;
                 if count == 1 {
-                    warn!("{name} received: warm shutdown (a second signal forces a cold shutdown)");
+                    warn!(
+                        "{name} received: warm shutdown (a second signal forces a cold shutdown)"
+                    );
                     handle.warm();
                 } else {
                     warn!("{name} received again: cold shutdown");

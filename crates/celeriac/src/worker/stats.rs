@@ -102,7 +102,11 @@ impl WorkerStats {
             rejected: self.rejected.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
-            per_task: self.per_task.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            per_task: self
+                .per_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

@@ -1,0 +1,6 @@
+#[celeriac::task]
+async fn greet(name: &str) -> celeriac::TaskResult<String> {
+    Ok(format!("hi {name}"))
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[celeriac::task]
+async fn fire_and_forget(x: i64) {
+    let _ = x;
+}
+
+fn main() {}
