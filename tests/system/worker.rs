@@ -663,3 +663,21 @@ async fn default_task_name_is_the_module_path_with_dots() {
     assert_eq!(noname::name(), "system.support.noname");
     assert_eq!(add::name(), "tasks.add");
 }
+
+/// An ETA centuries away (beyond what timers can arm) is held, not a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_eta_is_held_without_crashing_the_worker() {
+    let app = app().await;
+    let w = start(&app, |b| b);
+    let far = celeriac::core::time::parse_iso("9999-12-31T23:59:59Z").unwrap();
+    for sig in [add::new(1, 1).eta(far), add::new(2, 2).countdown(1e300)] {
+        let msg = TaskMessage::from_signature(&sig, &Route::queue("celery"), &SendContext::default()).unwrap();
+        app.broker().publish(msg.encode(), PublishOptions::default()).await.unwrap();
+        // And through the native-delay path.
+        sig.apply_async(&app).await.unwrap();
+    }
+    assert_eq!(add::new(3, 3).apply_async(&app).await.unwrap().get::<i64>(WAIT).await.unwrap(), 6);
+    let report = w.warm().await;
+    assert_eq!(report.returned, 2, "the two held messages go back on shutdown");
+    assert_eq!(report.stats.succeeded, 1);
+}

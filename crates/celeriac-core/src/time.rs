@@ -76,6 +76,16 @@ pub fn until(at: &DateTime<Utc>) -> std::time::Duration {
     (*at - Utc::now()).to_std().unwrap_or_default()
 }
 
+/// The longest a timer is armed for. tokio's timer wheel (and `DelayQueue`, which panics
+/// beyond it) reaches about 2.2 years; a message may carry an ETA centuries away, so
+/// holders arm at most this long and check the ETA again when the timer fires.
+pub const MAX_TIMER: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// [`until`], capped at [`MAX_TIMER`].
+pub fn until_capped(at: &DateTime<Utc>) -> std::time::Duration {
+    until(at).min(MAX_TIMER)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +119,16 @@ mod tests {
         assert_eq!(parse_iso(""), None);
         let t = parse_iso("2026-11-23T19:29:58.706481+00:00").unwrap();
         assert_eq!(isoformat(&t), "2026-11-23T19:29:58.706481+00:00");
+    }
+
+    #[test]
+    fn timers_are_capped() {
+        let far = parse_iso("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(until_capped(&far), MAX_TIMER);
+        assert_eq!(
+            until(&parse_iso("2000-01-01").unwrap()),
+            std::time::Duration::ZERO
+        );
     }
 
     #[test]

@@ -357,7 +357,7 @@ impl Broker for MemoryBroker {
         };
         let delay = options
             .deliver_at
-            .map(|at| crate::time::until(&at))
+            .map(|at| crate::time::until_capped(&at))
             .filter(|d| !d.is_zero());
         match delay {
             Some(delay) => {

@@ -282,7 +282,7 @@ impl Worker {
                 }
                 Some(due) = state.held.next(), if !state.held.is_empty() => {
                     if let Some(job) = state.held_jobs.remove(due.get_ref()) {
-                        state.pending.push_back(job);
+                        state.release_or_hold(job);
                     }
                 }
                 next = c.next() => match next {
@@ -372,14 +372,18 @@ impl LoopState {
                 .spawn(shared.expired(Some(job.delivery), job.msg, store));
             return;
         }
+        self.release_or_hold(job);
+    }
+
+    /// Queues a job for a slot, or holds it (without a slot and without counting against
+    /// prefetch) until its ETA. Timers are capped, so a far ETA is checked again on expiry.
+    fn release_or_hold(&mut self, mut job: Job) {
         match job.msg.headers.eta.filter(|eta| *eta > Utc::now()) {
             Some(eta) => {
-                // Held without a slot and without counting against prefetch.
-                let mut job = job;
                 job.delivery.release_prefetch();
                 self.next_hold += 1;
                 self.held
-                    .insert(self.next_hold, celeriac_core::time::until(&eta));
+                    .insert(self.next_hold, celeriac_core::time::until_capped(&eta));
                 self.held_jobs.insert(self.next_hold, job);
             }
             None => self.pending.push_back(job),
