@@ -22,22 +22,10 @@ async fn eager_runs_inline_with_results_failures_and_retries() {
     assert_eq!(err.exception().unwrap().exc_type, "ValueError");
 
     let k = key();
-    let v: Value = flaky::new(k.clone(), 2)
-        .delay(&app)
-        .await
-        .unwrap()
-        .get(WAIT)
-        .await
-        .unwrap();
+    let v: Value = run(&app, flaky::new(k.clone(), 2)).await;
     assert_eq!(v, json!({"attempt": 3, "retries": 2}));
 
-    let ctx: Value = context::new()
-        .delay(&app)
-        .await
-        .unwrap()
-        .get(WAIT)
-        .await
-        .unwrap();
+    let ctx: Value = run(&app, context::new()).await;
     assert_eq!(ctx["eager"], json!(true));
 
     let err = app

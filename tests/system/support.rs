@@ -307,5 +307,24 @@ where
     }
 }
 
+/// Sends `sig` and returns its result, panicking on any error.
+pub(crate) async fn run<T: serde::de::DeserializeOwned>(app: &App, sig: celeriac::Signature) -> T {
+    let r = sig.apply_async(app).await.expect("task sent");
+    r.get(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("task {} failed: {e}", r.id()))
+}
+
+/// The exception a task failed with; panics if it did not fail.
+pub(crate) async fn exception_of(r: &celeriac::AsyncResult) -> celeriac::ExceptionInfo {
+    let err = r
+        .get::<Value>(WAIT)
+        .await
+        .expect_err("the task should have failed");
+    err.exception()
+        .cloned()
+        .unwrap_or_else(|| panic!("no exception in {err:?}"))
+}
+
 /// Five seconds: how long tests wait for results.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);

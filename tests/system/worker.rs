@@ -93,8 +93,7 @@ async fn panicking_task_fails_and_worker_stays_up() {
         panic_blocking::new("thread boom".into()),
     ] {
         let r = sig.apply_async(&app).await.unwrap();
-        let err = r.get::<()>(WAIT).await.unwrap_err();
-        let exc = err.exception().unwrap();
+        let exc = exception_of(&r).await;
         assert_eq!(exc.exc_type, "RustPanic");
         assert!(exc.message().ends_with("boom"), "{exc}");
     }
@@ -128,8 +127,7 @@ async fn retries_run_out_and_the_task_fails_with_its_last_error() {
         .apply_async(&app)
         .await
         .unwrap();
-    let err = r.get::<()>(WAIT).await.unwrap_err();
-    let exc = err.exception().unwrap();
+    let exc = exception_of(&r).await;
     assert_eq!(
         (exc.exc_type.as_str(), exc.message()),
         ("FlakyError", "attempt 3".to_string())
@@ -233,20 +231,10 @@ async fn unknown_task_name_stores_not_registered_and_drops_the_message() {
         .send_task("tasks.nope", json!([1]), json!({}))
         .await
         .unwrap();
-    let err = r.get::<Value>(WAIT).await.unwrap_err();
-    let exc = err.exception().unwrap();
+    let exc = exception_of(&r).await;
     assert_eq!(exc.exc_type, "NotRegistered");
     assert_eq!(exc.exc_message, json!(["tasks.nope"]));
-    assert_eq!(
-        add::new(1, 2)
-            .apply_async(&app)
-            .await
-            .unwrap()
-            .get::<i64>(WAIT)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(run::<i64>(&app, add::new(1, 2)).await, 3);
     assert_eq!(
         app.broker().queue_depth("celery").await.unwrap(),
         0,
@@ -308,16 +296,7 @@ async fn malformed_messages_are_rejected_and_the_worker_keeps_going() {
             .unwrap();
     }
     // Later good tasks still run.
-    assert_eq!(
-        add::new(2, 3)
-            .apply_async(&app)
-            .await
-            .unwrap()
-            .get::<i64>(WAIT)
-            .await
-            .unwrap(),
-        5
-    );
+    assert_eq!(run::<i64>(&app, add::new(2, 3)).await, 5);
     let expect = [
         (1, "DecodeError"),
         (2, "ContentDisallowed"),
@@ -326,23 +305,10 @@ async fn malformed_messages_are_rejected_and_the_worker_keeps_going() {
         (5, "InvalidTaskError"),
     ];
     for (n, exc_type) in expect {
-        let err = app
-            .async_result(id(n))
-            .get::<Value>(WAIT)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            err.exception().unwrap().exc_type,
-            exc_type,
-            "message {n}: {err}"
-        );
+        let exc = exception_of(&app.async_result(id(n))).await;
+        assert_eq!(exc.exc_type, exc_type, "message {n}: {exc}");
     }
-    let pickle = app
-        .async_result(id(2))
-        .get::<Value>(WAIT)
-        .await
-        .unwrap_err()
-        .to_string();
+    let pickle = exception_of(&app.async_result(id(2))).await.message();
     assert!(
         pickle.contains("refusing to deserialize untrusted content of type pickle"),
         "{pickle}"
@@ -364,13 +330,7 @@ async fn wrong_argument_types_fail_with_type_error() {
         .send_task("tasks.add", json!(["two", 3]), json!({}))
         .await
         .unwrap();
-    let exc = r
-        .get::<i64>(WAIT)
-        .await
-        .unwrap_err()
-        .exception()
-        .cloned()
-        .unwrap();
+    let exc = exception_of(&r).await;
     assert_eq!(exc.exc_type, "TypeError");
     assert!(
         exc.message().starts_with("tasks.add() argument 'x'"),
@@ -380,13 +340,7 @@ async fn wrong_argument_types_fail_with_type_error() {
         .send_task("tasks.add", json!([1]), json!({"y": 2, "z": 3}))
         .await
         .unwrap();
-    let exc = r
-        .get::<i64>(WAIT)
-        .await
-        .unwrap_err()
-        .exception()
-        .cloned()
-        .unwrap();
+    let exc = exception_of(&r).await;
     assert_eq!(
         exc.message(),
         "tasks.add() got an unexpected keyword argument 'z'"
@@ -529,39 +483,17 @@ async fn routes_send_tasks_to_the_worker_on_that_queue() {
         .unwrap();
     let general = start(&app, |b| b.queues(["celery"]).name("general@%h"));
     let images = start(&app, |b| b.queues(["images", "q2"]).name("images@test"));
-    let ctx: Value = context::new()
-        .apply_async(&app)
-        .await
-        .unwrap()
-        .get(WAIT)
-        .await
-        .unwrap();
+    let ctx: Value = run(&app, context::new()).await;
     assert_eq!(
         (ctx["hostname"].as_str(), ctx["routing_key"].as_str()),
         (Some("images@test"), Some("images"))
     );
-    let ctx: Value = context::new()
-        .queue("q2")
-        .apply_async(&app)
-        .await
-        .unwrap()
-        .get(WAIT)
-        .await
-        .unwrap();
+    let ctx: Value = run(&app, context::new().queue("q2")).await;
     assert_eq!(
         (ctx["hostname"].as_str(), ctx["routing_key"].as_str()),
         (Some("images@test"), Some("q2"))
     );
-    assert_eq!(
-        add::new(1, 1)
-            .apply_async(&app)
-            .await
-            .unwrap()
-            .get::<i64>(WAIT)
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(run::<i64>(&app, add::new(1, 1)).await, 2);
     assert_eq!(general.warm().await.stats.succeeded, 1);
     assert_eq!(images.warm().await.stats.succeeded, 2);
 }
@@ -647,13 +579,7 @@ async fn results_round_trip_unicode_nested_and_large_values() {
         json!({"a": [1, {"b": null}], "c": 1.5}),
         json!(big),
     ] {
-        let got: Value = echo::new(v.clone())
-            .apply_async(&app)
-            .await
-            .unwrap()
-            .get(WAIT)
-            .await
-            .unwrap();
+        let got: Value = run(&app, echo::new(v.clone())).await;
         assert_eq!(got, v);
     }
 }
@@ -671,13 +597,21 @@ async fn far_future_eta_is_held_without_crashing_the_worker() {
     let w = start(&app, |b| b);
     let far = celeriac::core::time::parse_iso("9999-12-31T23:59:59Z").unwrap();
     for sig in [add::new(1, 1).eta(far), add::new(2, 2).countdown(1e300)] {
-        let msg = TaskMessage::from_signature(&sig, &Route::queue("celery"), &SendContext::default()).unwrap();
-        app.broker().publish(msg.encode(), PublishOptions::default()).await.unwrap();
+        let msg =
+            TaskMessage::from_signature(&sig, &Route::queue("celery"), &SendContext::default())
+                .unwrap();
+        app.broker()
+            .publish(msg.encode(), PublishOptions::default())
+            .await
+            .unwrap();
         // And through the native-delay path.
         sig.apply_async(&app).await.unwrap();
     }
-    assert_eq!(add::new(3, 3).apply_async(&app).await.unwrap().get::<i64>(WAIT).await.unwrap(), 6);
+    assert_eq!(run::<i64>(&app, add::new(3, 3)).await, 6);
     let report = w.warm().await;
-    assert_eq!(report.returned, 2, "the two held messages go back on shutdown");
+    assert_eq!(
+        report.returned, 2,
+        "the two held messages go back on shutdown"
+    );
     assert_eq!(report.stats.succeeded, 1);
 }

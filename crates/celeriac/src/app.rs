@@ -400,24 +400,22 @@ impl App {
             ignore_result: self.task(&sig.task).map(|t| t.config().ignore_result),
         };
         let msg = TaskMessage::from_signature(sig, &route, &ctx)?;
-        let deliver_at = if self.inner.broker.capabilities().native_delay {
-            msg.headers.eta
-        } else {
-            None
-        };
-        Ok((msg, PublishOptions::deliver_at(deliver_at)))
+        let options = self.publish_options(&msg);
+        Ok((msg, options))
+    }
+
+    /// Brokers that can delay delivery hold ETA messages themselves; for the others the
+    /// worker holds them.
+    fn publish_options(&self, msg: &TaskMessage) -> PublishOptions {
+        let native = self.inner.broker.capabilities().native_delay;
+        PublishOptions::deliver_at(msg.headers.eta.filter(|_| native))
     }
 
     /// Publishes an already built task message (retries, forwarded messages).
     pub(crate) async fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
-        let deliver_at = if self.inner.broker.capabilities().native_delay {
-            msg.headers.eta
-        } else {
-            None
-        };
         self.inner
             .broker
-            .publish(msg.encode(), PublishOptions::deliver_at(deliver_at))
+            .publish(msg.encode(), self.publish_options(msg))
             .await?;
         Ok(())
     }

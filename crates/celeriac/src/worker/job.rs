@@ -79,6 +79,18 @@ impl Shared {
         m
     }
 
+    /// A FAILURE record for `msg`.
+    fn meta_failure(
+        &self,
+        msg: &TaskMessage,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+    ) -> TaskMeta {
+        let mut meta = self.meta(msg, State::Failure, exc.to_value());
+        meta.traceback = traceback;
+        meta
+    }
+
     /// Stores a record, retrying with back-off while the backend is unreachable, so a
     /// result is not lost to a backend outage (until a cold shutdown gives up).
     pub(super) async fn store(&self, meta: TaskMeta) {
@@ -353,18 +365,5 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
     }
     if let Some(d) = delivery.take() {
         settle("ack", d.ack().await);
-    }
-}
-
-impl Shared {
-    fn meta_failure(
-        &self,
-        msg: &TaskMessage,
-        exc: &ExceptionInfo,
-        traceback: Option<String>,
-    ) -> TaskMeta {
-        let mut meta = self.meta(msg, State::Failure, exc.to_value());
-        meta.traceback = traceback;
-        meta
     }
 }
