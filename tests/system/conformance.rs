@@ -13,6 +13,7 @@ mod memory_broker {
         Some(BrokerUnderTest {
             broker: Arc::new(MemoryBroker::new(PriorityOrder::LowFirst)),
             prefix: "t-".into(),
+            cleanup: None,
         })
     }
 
@@ -22,8 +23,11 @@ mod memory_broker {
 mod memory_backend {
     use super::*;
 
-    async fn factory() -> Option<Arc<dyn ResultBackend>> {
-        Some(Arc::new(MemoryBackend::new()))
+    async fn factory() -> Option<(
+        Arc<dyn ResultBackend>,
+        Option<Box<dyn std::any::Any + Send>>,
+    )> {
+        Some((Arc::new(MemoryBackend::new()), None))
     }
 
     backend_conformance!(factory);

@@ -19,6 +19,7 @@ fn raw(queue: &str, headers: Value, content_type: &str, body: &[u8]) -> Message 
             delivery_info: DeliveryInfo {
                 exchange: String::new(),
                 routing_key: queue.into(),
+                redelivered: None,
             },
             ..Properties::default()
         },

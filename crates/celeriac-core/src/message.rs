@@ -47,6 +47,9 @@ pub struct DeliveryInfo {
     /// Routing key; for the default exchange, the queue name.
     #[serde(default)]
     pub routing_key: String,
+    /// Set by kombu when it puts an unacknowledged message back in its queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivered: Option<bool>,
 }
 
 /// Message properties, as kombu and AMQP define them.

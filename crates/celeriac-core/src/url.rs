@@ -13,6 +13,8 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("redis", "Redis"),
     ("rediss", "Redis over TLS"),
     ("unix", "Redis on a unix socket"),
+    ("redis+socket", "Redis on a unix socket (kombu's spelling)"),
+    ("socket", "Redis on a unix socket (kombu's short spelling)"),
     ("amqp", "RabbitMQ"),
     ("amqps", "RabbitMQ over TLS"),
     ("pyamqp", "RabbitMQ (Celery's alias)"),

@@ -30,6 +30,7 @@ pub fn message(queue: &str, n: u64, priority: Option<u8>) -> Message {
             delivery_info: DeliveryInfo {
                 exchange: String::new(),
                 routing_key: queue.to_string(),
+                redelivered: None,
             },
             priority,
             ..Properties::default()

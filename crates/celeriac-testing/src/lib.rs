@@ -15,6 +15,8 @@ pub struct BrokerUnderTest {
     pub broker: std::sync::Arc<dyn celeriac_core::Broker>,
     /// Prefix for every queue name the checks use.
     pub prefix: String,
+    /// Dropped when the check ends (e.g. a [`services::RedisScope`] deleting its keys).
+    pub cleanup: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// Generates one `#[tokio::test]` per broker check. `$factory` is an async fn returning
@@ -55,7 +57,8 @@ macro_rules! broker_conformance {
 }
 
 /// Generates one `#[tokio::test]` per result-backend check. `$factory` is an async fn
-/// returning `Option<Arc<dyn ResultBackend>>`.
+/// returning `Option<(Arc<dyn ResultBackend>, Option<Box<dyn Any + Send>>)>`: the backend
+/// and a cleanup guard dropped when the check ends.
 #[macro_export]
 macro_rules! backend_conformance {
     ($factory:path) => {
@@ -75,7 +78,7 @@ macro_rules! backend_conformance {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                if let Some(b) = $factory().await {
+                if let Some((b, _cleanup)) = $factory().await {
                     $crate::backend::$check(b).await;
                 }
             }

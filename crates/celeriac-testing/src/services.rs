@@ -60,3 +60,65 @@ pub fn require(test: &str, service: &str, url: &str, hint: &str) -> Option<Strin
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// A key prefix on the test Redis that belongs to one test: its URL carries
+/// `global_keyprefix`, and dropping it deletes every key under the prefix, so the shared
+/// server keeps nothing from finished tests (and is never flushed).
+#[derive(Debug)]
+pub struct RedisScope {
+    /// The server URL without options.
+    pub base: String,
+    /// The prefix, ending in `:`.
+    pub prefix: String,
+}
+
+impl RedisScope {
+    /// A scope on the test Redis, or `None` (skipped loudly) when there is none.
+    pub fn new(test: &str) -> Option<Self> {
+        let base = require(
+            test,
+            "Redis",
+            &redis_url(),
+            "start redis-server or set CELERIAC_TEST_REDIS_URL",
+        )?;
+        Some(Self {
+            base: base.trim_end_matches('/').to_string(),
+            prefix: format!("{}:", unique("celeriac-test")),
+        })
+    }
+
+    /// The URL for database 0 with this scope's prefix and extra `options` (`a=1&b=2`).
+    pub fn url(&self, options: &str) -> String {
+        let sep = if options.is_empty() { "" } else { "&" };
+        format!(
+            "{}/0?global_keyprefix={}{sep}{options}",
+            self.base, self.prefix
+        )
+    }
+
+    /// Deletes every key under the prefix now.
+    pub fn clear(&self) {
+        let Ok(client) = redis::Client::open(format!("{}/0", self.base)) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+            return;
+        };
+        let keys: Vec<String> = match redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query(&mut conn)
+        {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+impl Drop for RedisScope {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}

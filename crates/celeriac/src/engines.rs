@@ -15,7 +15,7 @@ pub const DEFAULT_BROKER_URL: &str = "memory://";
 
 fn not_compiled(url: &EngineUrl) -> Error {
     let feature = match url.scheme() {
-        "rediss" | "unix" => "redis",
+        "rediss" | "unix" | "redis+socket" | "socket" => "redis",
         "amqps" | "pyamqp" | "rpc" => "amqp",
         other => other,
     };
@@ -26,11 +26,31 @@ fn not_compiled(url: &EngineUrl) -> Error {
     })
 }
 
+#[cfg(feature = "redis")]
+impl From<celeriac_redis::Error> for Error {
+    fn from(e: celeriac_redis::Error) -> Self {
+        match e {
+            celeriac_redis::Error::Url(e) => Error::Url(e),
+            celeriac_redis::Error::Broker(e) => Error::Broker(e),
+            celeriac_redis::Error::Backend(e) => Error::Backend(e),
+            other => Error::Config(other.to_string()),
+        }
+    }
+}
+
+/// Schemes served by the Redis engine.
+#[cfg(feature = "redis")]
+const REDIS_SCHEMES: [&str; 5] = ["redis", "rediss", "unix", "redis+socket", "socket"];
+
 /// Connects the broker for `url`.
 pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
     let url = EngineUrl::parse(url)?;
     match url.scheme() {
         "memory" => Ok(Arc::new(MemoryBroker::from_url(&url)?)),
+        #[cfg(feature = "redis")]
+        s if REDIS_SCHEMES.contains(&s) => {
+            Ok(Arc::new(celeriac_redis::RedisBroker::connect(&url).await?))
+        }
         "rpc" | "disabled" => Err(Error::Url(UrlError::WrongRole {
             url: url.masked(),
             scheme: url.scheme().to_string(),
@@ -46,7 +66,11 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
     match url.scheme() {
         "memory" => Ok(Some(Arc::new(MemoryBackend::from_url(&url)))),
         "disabled" => Ok(None),
-        "unix" | "amqp" | "amqps" | "pyamqp" => Err(Error::Url(UrlError::WrongRole {
+        #[cfg(feature = "redis")]
+        s if REDIS_SCHEMES.contains(&s) => Ok(Some(Arc::new(
+            celeriac_redis::RedisBackend::connect(&url).await?,
+        ))),
+        "amqp" | "amqps" | "pyamqp" => Err(Error::Url(UrlError::WrongRole {
             url: url.masked(),
             scheme: url.scheme().to_string(),
             role: "result backend".into(),

@@ -392,6 +392,7 @@ impl TaskMessage {
             delivery_info: DeliveryInfo {
                 exchange: route.exchange.clone(),
                 routing_key: route.routing_key.clone(),
+                redelivered: None,
             },
             priority: Some(route.priority.unwrap_or(0)),
             ..Properties::default()

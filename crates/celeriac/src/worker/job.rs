@@ -286,6 +286,9 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
             next.headers.eta =
                 (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
             next.headers.parent_id = Some(msg.headers.id.clone());
+            // A fresh message: not a redelivery, whatever the original was.
+            next.headers.extra.remove("redelivered");
+            next.properties.delivery_info.redelivered = None;
             if next.properties.delivery_info.routing_key.is_empty() {
                 next.properties.delivery_info.routing_key = queue.clone();
             }

@@ -1,0 +1,132 @@
+"""Stock Celery 5.7 app and task set for celeriac interop tests.
+
+Configuration comes only from the environment (read once, at import):
+
+CELERIAC_INTEROP_BROKER              broker URL (default redis://127.0.0.1:6379/0)
+CELERIAC_INTEROP_BACKEND             result backend URL (default: the broker URL)
+CELERIAC_INTEROP_KEYPREFIX           optional global_keyprefix for broker *and*
+                                     result backend transport options
+CELERIAC_INTEROP_VISIBILITY_TIMEOUT  optional broker visibility_timeout (seconds)
+
+Tasks are registered under fixed names (``tasks.add`` ...), independent of
+this module's import path, so that Rust tasks of the same names interoperate.
+"""
+
+import os
+import time
+
+from celery import Celery
+
+BROKER_URL = os.environ.get("CELERIAC_INTEROP_BROKER") or "redis://127.0.0.1:6379/0"
+BACKEND_URL = os.environ.get("CELERIAC_INTEROP_BACKEND") or BROKER_URL
+KEYPREFIX = os.environ.get("CELERIAC_INTEROP_KEYPREFIX") or ""
+VISIBILITY_TIMEOUT = os.environ.get("CELERIAC_INTEROP_VISIBILITY_TIMEOUT") or ""
+
+# Redis list written by tasks.record (before the broker key prefix).
+RECORD_KEY_PREFIX = "celeriac-interop:record:"
+
+
+def _number(text, what):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} must be a number of seconds, got {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
+broker_transport_options = {}
+result_backend_transport_options = {}
+if KEYPREFIX:
+    broker_transport_options["global_keyprefix"] = KEYPREFIX
+    result_backend_transport_options["global_keyprefix"] = KEYPREFIX
+if VISIBILITY_TIMEOUT:
+    broker_transport_options["visibility_timeout"] = _number(
+        VISIBILITY_TIMEOUT, "CELERIAC_INTEROP_VISIBILITY_TIMEOUT"
+    )
+
+app = Celery("celeriac_interop")
+app.conf.update(
+    broker_url=BROKER_URL,
+    result_backend=BACKEND_URL,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    broker_transport_options=broker_transport_options,
+    result_backend_transport_options=result_backend_transport_options,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.xsum")
+def xsum(numbers):
+    return sum(numbers)
+
+
+@app.task(name="tasks.echo")
+def echo(value):
+    return value
+
+
+@app.task(name="tasks.fail")
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task(name="tasks.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="tasks.noop")
+def noop():
+    return None
+
+
+@app.task(name="tasks.retry_once", bind=True)
+def retry_once(self, key=None):
+    """Retry once (countdown 0.5 s) on first delivery, then return "ok"."""
+    if (self.request.retries or 0) < 1:
+        raise self.retry(countdown=0.5)
+    return "ok"
+
+
+@app.task(name="tasks.whoami", bind=True)
+def whoami(self):
+    return {"lang": "python", "hostname": self.request.hostname}
+
+
+_redis = None
+
+
+def record_key(key):
+    """Full Redis key of the tasks.record list for ``key`` (prefix included)."""
+    return f"{KEYPREFIX}{RECORD_KEY_PREFIX}{key}"
+
+
+def redis_client():
+    """A redis-py client on the broker URL (shared, lazily created)."""
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(BROKER_URL)
+    return _redis
+
+
+@app.task(name="tasks.record")
+def record(key, n):
+    redis_client().rpush(record_key(key), n)
+    return n

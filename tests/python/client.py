@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Batch Celery client for celeriac interop tests.
+
+Reads one JSON request object per line on stdin and writes exactly one JSON
+response line per request on stdout, in order, flushed after each.  Blank
+lines are ignored.  Any error while handling a request is answered with
+``{"error": "<ExceptionType>: <message>"}`` and the client carries on.
+It exits at end of input.
+
+Configuration: the CELERIAC_INTEROP_* environment variables read by
+``celeriac_interop.tasks`` (broker, backend, key prefix).  See README.md for
+the request and response formats.
+"""
+
+import datetime
+import json
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+# stdout carries the protocol only: anything else that might print (library
+# warnings, stray prints) goes to stderr.
+_OUT = sys.stdout
+sys.stdout = sys.stderr
+
+from celery.result import AsyncResult  # noqa: E402
+
+from celeriac_interop import tasks  # noqa: E402
+
+app = tasks.app
+
+
+# --------------------------------------------------------------------------
+# JSON safety
+
+
+def exc_text(exc):
+    return f"{type(exc).__name__}: {exc}"
+
+
+def safe(value):
+    """Turn ``value`` into something json.dumps accepts (strict JSON)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return str(value)  # "nan", "inf", "-inf"
+    if isinstance(value, dict):
+        return {str(k): safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [safe(v) for v in value]
+    if isinstance(value, BaseException):
+        return exc_text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    return repr(value)
+
+
+def safe_result(value):
+    """Like ``safe`` but an exception becomes {"exc_type", "exc_message"}."""
+    if isinstance(value, BaseException):
+        return {"exc_type": type(value).__name__, "exc_message": str(value)}
+    return safe(value)
+
+
+# --------------------------------------------------------------------------
+# Option parsing
+
+
+def parse_datetime(text):
+    """ISO-8601 text -> aware datetime (naive text is taken as UTC)."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected an ISO-8601 string, got {text!r}")
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return dt
+
+
+def send_options(req):
+    opts = {}
+    for key in ("queue", "countdown", "priority", "task_id", "ignore_result",
+                "routing_key", "exchange", "headers", "time_limit",
+                "soft_time_limit"):
+        if req.get(key) is not None:
+            opts[key] = req[key]
+    if req.get("eta") is not None:
+        opts["eta"] = parse_datetime(req["eta"])
+    expires = req.get("expires")
+    if expires is not None:
+        if isinstance(expires, bool):
+            raise TypeError("expires must be seconds or an ISO-8601 string")
+        opts["expires"] = expires if isinstance(expires, (int, float)) else parse_datetime(expires)
+    extra = req.get("options")
+    if extra:
+        if not isinstance(extra, dict):
+            raise TypeError("options must be an object")
+        opts.update(extra)
+    return opts
+
+
+def wait_seconds(req):
+    wait = req.get("wait")
+    if wait is None:
+        return None
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+        raise TypeError(f"wait must be a number of seconds or null, got {wait!r}")
+    return wait
+
+
+# --------------------------------------------------------------------------
+# Operations
+
+
+def wait_for(res, wait, started):
+    """Wait for ``res`` and describe the outcome."""
+    out = {
+        "id": res.id,
+        "state": None,
+        "result": None,
+        "exc_type": None,
+        "exc_message": None,
+        "exc_args": None,
+        "elapsed": None,
+        "traceback": None,
+    }
+    try:
+        value = res.get(timeout=wait, propagate=True)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        out["elapsed"] = time.monotonic() - started
+        out["exc_type"] = type(exc).__name__
+        out["exc_message"] = str(exc)
+        out["exc_args"] = safe(list(getattr(exc, "args", ()) or ()))
+    else:
+        out["elapsed"] = time.monotonic() - started
+        out["result"] = safe(value)
+    try:
+        out["state"] = res.state
+        out["traceback"] = res.traceback
+    except Exception as exc:  # noqa: BLE001
+        out["state"] = out["state"] or f"<unknown: {exc_text(exc)}>"
+    return out
+
+
+def op_send(req):
+    name = req.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("send needs a task name")
+    args = req.get("args")
+    kwargs = req.get("kwargs")
+    opts = send_options(req)
+    wait = wait_seconds(req)
+    started = time.monotonic()
+    res = app.send_task(
+        name,
+        args=list(args) if args is not None else [],
+        kwargs=dict(kwargs) if kwargs is not None else {},
+        **opts,
+    )
+    if wait is None:
+        return {"id": res.id}
+    return wait_for(res, wait, started)
+
+
+def op_get(req):
+    task_id = req.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("get needs an id")
+    wait = wait_seconds(req)
+    if wait is None:
+        wait = 10
+    started = time.monotonic()
+    return wait_for(AsyncResult(task_id, app=app), wait, started)
+
+
+def op_state(req):
+    task_id = req.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("state needs an id")
+    meta = app.backend.get_task_meta(task_id)  # one read: state, result, traceback
+    return {
+        "id": task_id,
+        "state": meta.get("status"),
+        "result": safe_result(meta.get("result")),
+        "traceback": meta.get("traceback"),
+    }
+
+
+def op_purge(req):
+    queue = req.get("queue")
+    if queue is None:
+        return {"purged": app.control.purge()}
+    if not isinstance(queue, str) or not queue:
+        raise ValueError("queue must be a queue name or null")
+    with app.connection_for_write() as conn:
+        n = conn.default_channel.queue_purge(queue)
+    return {"purged": n or 0}
+
+
+def op_records(req):
+    key = req.get("key")
+    if key is None:
+        raise ValueError("records needs a key")
+    raw = tasks.redis_client().lrange(tasks.record_key(key), 0, -1)
+    return {"values": [int(v) for v in raw]}
+
+
+def op_revoke(req):
+    task_id = req.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("revoke needs an id")
+    kwargs = {"terminate": bool(req.get("terminate") or False)}
+    if req.get("signal"):
+        kwargs["signal"] = req["signal"]
+    app.control.revoke(task_id, **kwargs)
+    return {"ok": True}
+
+
+def op_ping(req):
+    timeout = req.get("timeout")
+    if timeout is None:
+        timeout = 1
+    kwargs = {"timeout": timeout}
+    if req.get("destination") is not None:
+        kwargs["destination"] = req["destination"]
+    return {"replies": safe(app.control.ping(**kwargs))}
+
+
+OPS = {
+    "send": op_send,
+    "get": op_get,
+    "state": op_state,
+    "purge": op_purge,
+    "records": op_records,
+    "revoke": op_revoke,
+    "ping": op_ping,
+}
+
+
+def handle(line):
+    try:
+        req = json.loads(line)
+        if not isinstance(req, dict):
+            raise ValueError("request must be a JSON object")
+        op = req.get("op")
+        fn = OPS.get(op)
+        if fn is None:
+            raise ValueError(f"unknown op {op!r}")
+        return fn(req)
+    except Exception as exc:  # noqa: BLE001 - one bad request must not stop the batch
+        return {"error": exc_text(exc)}
+
+
+def emit(obj):
+    try:
+        text = json.dumps(obj, allow_nan=False)
+    except Exception as exc:  # noqa: BLE001
+        text = json.dumps({"error": f"unencodable response: {exc_text(exc)}"})
+    _OUT.write(text + "\n")
+    _OUT.flush()
+
+
+def main():
+    stdin = sys.stdin.buffer
+    for raw in iter(stdin.readline, b""):
+        line = raw.decode("utf-8", "replace").strip()
+        if not line:
+            continue
+        emit(handle(line))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
