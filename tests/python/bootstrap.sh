@@ -31,7 +31,7 @@ PY="${CELERIAC_PYTHON:-python3}"
 command -v flock >/dev/null 2>&1 || die "flock not found (util-linux) - cannot lock $VENV.lock"
 command -v "$PY" >/dev/null 2>&1 || die "$PY not found - install Python 3.9+ with the venv module"
 
-mkdir -p "$(dirname "$VENV")" || die "cannot create parent directory of $VENV"
+mkdir -p "$(dirname "$VENV")" 2>/dev/null || die "cannot create parent directory of $VENV"
 
 # A hash of requirements.txt recorded after a successful install: a changed
 # requirements file forces a reinstall even if celery is importable.
@@ -60,11 +60,11 @@ ready && exit 0
 LOG="$VENV.bootstrap.log"
 : > "$LOG" 2>/dev/null || LOG=/dev/null
 
-# (Re)create the venv when its interpreter is missing or broken.
-if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-    "$PY" -m venv --clear "$VENV" >>"$LOG" 2>&1 \
-        || die "'$PY -m venv $VENV' failed (is python3-venv installed?); see $LOG"
-fi
+# Not ready (no interpreter, celery missing/wrong/damaged, or requirements.txt
+# changed): start again from an empty venv, which also repairs half-installed
+# or hand-modified environments that pip would consider up to date.
+"$PY" -m venv --clear "$VENV" >>"$LOG" 2>&1 \
+    || die "'$PY -m venv --clear $VENV' failed (is the python3 venv module installed?); see $LOG"
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
     -r "$REQS" >>"$LOG" 2>&1 \

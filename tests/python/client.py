@@ -40,7 +40,9 @@ app = tasks.app
 
 
 def exc_text(exc):
-    return f"{type(exc).__name__}: {exc}"
+    """Render as one line: Type: message (whitespace runs collapsed)."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}"
 
 
 def safe(value):

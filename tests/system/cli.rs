@@ -184,7 +184,7 @@ fn worker_prints_the_banner_and_stops_warm_on_sigterm() {
         let Some(Ok(line)) = lines.next() else { break };
         banner.push_str(&line);
         banner.push('\n');
-        if line.contains("tasks.fail") {
+        if line.contains("tasks.xsum") {
             break;
         }
     }
@@ -198,6 +198,7 @@ fn worker_prints_the_banner_and_stops_warm_on_sigterm() {
         "[tasks]",
         "  . tasks.add",
         "  . tasks.fail",
+        "  . tasks.record",
     ] {
         assert!(banner.contains(want), "banner lacks {want:?}:\n{banner}");
     }

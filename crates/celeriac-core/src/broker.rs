@@ -93,18 +93,20 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publishes many messages; engines that can pipeline override this.
     ///
-    /// Stops at the first failure, which hands back that message; the ones before it were
-    /// published, the ones after it were not (they are in `remaining`).
+    /// Stops at the first failure and hands back every message not published (the failed
+    /// one first); the ones before it were published.
     async fn publish_many(
         &self,
         messages: Vec<(Message, PublishOptions)>,
     ) -> Result<(), PublishManyError> {
         let mut iter = messages.into_iter();
         while let Some((m, o)) = iter.next() {
-            if let Err(error) = self.publish(m, o).await {
+            if let Err(e) = self.publish(m, o.clone()).await {
+                let mut unpublished = vec![(*e.message, o)];
+                unpublished.extend(iter);
                 return Err(PublishManyError {
-                    error,
-                    remaining: iter.collect(),
+                    source: e.source,
+                    unpublished,
                 });
             }
         }
@@ -124,15 +126,15 @@ pub trait Broker: Send + Sync + 'static {
     async fn queues(&self) -> Result<Vec<String>, BrokerError>;
 }
 
-/// A failed [`Broker::publish_many`]: the failing publish and the messages not attempted.
+/// A failed [`Broker::publish_many`]: why, and every message not published.
 #[derive(Debug, thiserror::Error)]
-#[error("{error} ({} more messages not published)", remaining.len())]
+#[error("cannot publish {} message(s): {source}", unpublished.len())]
 pub struct PublishManyError {
-    /// The publish that failed, with its message.
+    /// What the broker reported.
     #[source]
-    pub error: PublishError,
-    /// Messages after it, not published.
-    pub remaining: Vec<(Message, PublishOptions)>,
+    pub source: BrokerError,
+    /// The messages not published, the failed one first.
+    pub unpublished: Vec<(Message, PublishOptions)>,
 }
 
 /// How a broker settles its deliveries. Implemented by each engine; used only through

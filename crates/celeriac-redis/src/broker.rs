@@ -722,26 +722,35 @@ impl Broker for RedisBroker {
         while iter.peek().is_some() {
             let chunk: Vec<(Message, PublishOptions)> = iter.by_ref().take(PUBLISH_CHUNK).collect();
             let mut pipe = redis::pipe();
+            let mut failed = None;
             for (i, (m, _)) in chunk.iter().enumerate() {
                 if let Err(e) = self.inner.push_into(&mut pipe, m).await {
-                    let mut rest = chunk;
-                    let (failed, _) = rest.remove(i);
-                    rest.drain(..i);
-                    rest.extend(iter);
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+            // Publish what was prepared before a failure, so "unpublished" stays exact.
+            let (ok_until, error) = match failed {
+                Some((i, e)) => (i, Some(e)),
+                None => (chunk.len(), None),
+            };
+            if ok_until > 0 {
+                if let Err(e) = pipe.exec_async(&mut self.inner.conn()).await {
+                    lock(&self.inner.declared).clear();
+                    let mut unpublished = chunk;
+                    unpublished.extend(iter);
                     return Err(PublishManyError {
-                        error: PublishError::new(failed, e),
-                        remaining: rest,
+                        source: self.inner.err("publish", e),
+                        unpublished,
                     });
                 }
             }
-            if let Err(e) = pipe.exec_async(&mut self.inner.conn()).await {
-                lock(&self.inner.declared).clear();
-                let mut rest = chunk;
-                let (first, _) = rest.remove(0);
-                rest.extend(iter);
+            if let Some(source) = error {
+                let mut unpublished: Vec<_> = chunk.into_iter().skip(ok_until).collect();
+                unpublished.extend(iter);
                 return Err(PublishManyError {
-                    error: PublishError::new(first, self.inner.err("publish", e)),
-                    remaining: rest,
+                    source,
+                    unpublished,
                 });
             }
         }

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tracing::warn;
 
 use celeriac_core::broker::PublishOptions;
+use celeriac_core::error::BrokerError;
+use celeriac_core::message::Message;
 use celeriac_core::protocol::{SendContext, TaskMessage};
 use celeriac_core::routing::{Route, Router};
 use celeriac_core::signature::Apply;
@@ -38,6 +41,10 @@ pub struct Config {
     pub result_extended: bool,
     /// Prefetch per unit of concurrency (`worker_prefetch_multiplier`, 4).
     pub prefetch_multiplier: usize,
+    /// How long a publish keeps retrying while the broker is unreachable (Celery's
+    /// `task_publish_retry`), with back-off; `None` fails at once. Default 15 s, long
+    /// enough to ride out a broker restart.
+    pub publish_retry: Option<Duration>,
 }
 
 impl Default for Config {
@@ -50,6 +57,7 @@ impl Default for Config {
             result_expires: Some(Duration::from_secs(86_400)),
             result_extended: false,
             prefetch_multiplier: 4,
+            publish_retry: Some(Duration::from_secs(15)),
         }
     }
 }
@@ -203,6 +211,12 @@ impl AppBuilder {
     /// Prefetch per unit of worker concurrency (default 4).
     pub fn prefetch_multiplier(mut self, n: usize) -> Self {
         self.config.prefetch_multiplier = n;
+        self
+    }
+
+    /// How long publishes retry while the broker is unreachable; `None` fails at once.
+    pub fn publish_retry(mut self, limit: Option<Duration>) -> Self {
+        self.config.publish_retry = limit;
         self
     }
 
@@ -367,7 +381,7 @@ impl App {
             }
             return Ok(out);
         }
-        let mut batch = Vec::with_capacity(signatures.len());
+        let mut batch: Vec<(Message, PublishOptions)> = Vec::with_capacity(signatures.len());
         let mut results = Vec::with_capacity(signatures.len());
         for sig in &signatures {
             let (msg, options) = self.prepare(sig, None)?;
@@ -377,12 +391,60 @@ impl App {
             ));
             batch.push((msg.encode(), options));
         }
-        self.inner
-            .broker
-            .publish_many(batch)
-            .await
-            .map_err(|e| Error::Publish(e.error))?;
+        let deadline = self.retry_deadline();
+        let mut pause = Duration::from_millis(100);
+        while let Err(e) = self.inner.broker.publish_many(batch).await {
+            if !Self::may_retry(&e.source, deadline, pause) {
+                return Err(Error::PublishMany(e));
+            }
+            warn!(
+                "publish of {} message(s) failed ({}); retrying in {pause:?}",
+                e.unpublished.len(),
+                e.source
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            batch = e.unpublished;
+        }
         Ok(results)
+    }
+
+    fn retry_deadline(&self) -> Option<tokio::time::Instant> {
+        self.inner
+            .config
+            .publish_retry
+            .map(|limit| tokio::time::Instant::now() + limit)
+    }
+
+    fn may_retry(e: &BrokerError, deadline: Option<tokio::time::Instant>, pause: Duration) -> bool {
+        e.is_retryable() && deadline.is_some_and(|d| tokio::time::Instant::now() + pause < d)
+    }
+
+    /// Publishes, retrying with back-off while the broker is unreachable (up to
+    /// `publish_retry`); the error hands the message back.
+    async fn publish_retrying(
+        &self,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<(), Error> {
+        let deadline = self.retry_deadline();
+        let mut pause = Duration::from_millis(100);
+        let mut message = message;
+        loop {
+            match self.inner.broker.publish(message, options.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Self::may_retry(&e.source, deadline, pause) => {
+                    warn!(
+                        "publish to `{}` failed ({}); retrying in {pause:?}",
+                        e.routing_key, e.source
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    message = *e.message;
+                }
+                Err(e) => return Err(Error::Publish(e)),
+            }
+        }
     }
 
     /// Builds the message for a signature: route, ids, eta, and the task's own
@@ -413,9 +475,7 @@ impl App {
 
     /// Publishes an already built task message (retries, forwarded messages).
     pub(crate) async fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
-        self.inner
-            .broker
-            .publish(msg.encode(), self.publish_options(msg))
+        self.publish_retrying(msg.encode(), self.publish_options(msg))
             .await?;
         Ok(())
     }
@@ -431,7 +491,7 @@ impl App {
         }
         let (msg, options) = self.prepare(&sig, parent)?;
         let id = msg.headers.id.clone();
-        self.inner.broker.publish(msg.encode(), options).await?;
+        self.publish_retrying(msg.encode(), options).await?;
         Ok(AsyncResult::new(id, self.inner.backend.clone()))
     }
 }

@@ -233,6 +233,9 @@ pub enum Error {
     /// A message could not be published; it is handed back inside.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A batch could not be published; the unpublished messages are handed back inside.
+    #[error(transparent)]
+    PublishMany(#[from] celeriac_core::broker::PublishManyError),
     /// The result backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -318,6 +321,7 @@ impl Error {
         match self {
             Error::Broker(e) => e.is_connection(),
             Error::Publish(e) => e.source.is_connection(),
+            Error::PublishMany(e) => e.source.is_connection(),
             Error::Backend(e) => e.is_connection(),
             _ => false,
         }
