@@ -86,10 +86,13 @@ async fn record(key: String, n: i64) -> TaskResult<i64> {
     Ok(n)
 }
 
-/// Sleeps `seconds`, acknowledged late: survives its worker being killed.
+/// Sleeps `seconds` (at once when redelivered), acknowledged late: survives its worker
+/// being killed.
 #[celeriac::task(name = "tasks.slow_late", acks_late = true)]
-async fn slow_late(seconds: f64) -> TaskResult<f64> {
-    tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+async fn slow_late(ctx: &TaskContext, seconds: f64) -> TaskResult<f64> {
+    if !ctx.delivery_info().redelivered {
+        tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+    }
     Ok(seconds)
 }
 

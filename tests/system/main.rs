@@ -3,6 +3,8 @@
 mod cli;
 mod conformance;
 mod eager;
+mod proc;
+mod redis_engine;
 mod shutdown;
 mod support;
 mod worker;

@@ -217,6 +217,15 @@ pub(crate) async fn echo(value: Value) -> TaskResult<Value> {
     Ok(value)
 }
 
+/// Sleeps `seconds` unless redelivered, acknowledged late (the killed-worker tests).
+#[celeriac::task(name = "tasks.slow_late", acks_late = true)]
+pub(crate) async fn slow_late(ctx: &TaskContext, seconds: f64) -> TaskResult<f64> {
+    if !ctx.delivery_info().redelivered {
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    }
+    Ok(seconds)
+}
+
 /// A task with no explicit name (gets `<module path>.noname`).
 #[celeriac::task]
 pub(crate) async fn noname() -> TaskResult<u8> {
@@ -225,8 +234,13 @@ pub(crate) async fn noname() -> TaskResult<u8> {
 
 /// A builder with every test task on a fresh, private memory:// instance.
 pub(crate) fn builder() -> AppBuilder {
+    builder_on(&format!("memory://{}", key()))
+}
+
+/// A builder with every test task on the broker (and backend) at `url`.
+pub(crate) fn builder_on(url: &str) -> AppBuilder {
     App::builder()
-        .broker_url(format!("memory://{}", key()))
+        .broker_url(url)
         .task(add)
         .task(fail)
         .task(panic_async)
@@ -245,6 +259,7 @@ pub(crate) fn builder() -> AppBuilder {
         .task(reject)
         .task(echo)
         .task(noname)
+        .task(slow_late)
 }
 
 /// An app with every test task.

@@ -690,6 +690,9 @@ impl Broker for RedisBroker {
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
         let mut pipe = redis::pipe();
         self.inner.declare_into(&mut pipe, queue);
+        if pipe.is_empty() {
+            return Ok(());
+        }
         pipe.exec_async(&mut self.inner.conn())
             .await
             .map_err(|e| self.inner.err("declare", e))

@@ -122,3 +122,101 @@ impl Drop for RedisScope {
         self.clear();
     }
 }
+
+/// A `redis-server` of a test's own, on a free port, for fault tests (restarts, outages)
+/// that must not disturb the shared server. Killed and its files removed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: std::path::PathBuf,
+    persistent: bool,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one (`persistent`: append-only file, fsync on every write), or returns
+    /// `None` (skipped loudly) if `redis-server` is not installed.
+    pub fn start(test: &str, persistent: bool) -> Option<Self> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            if services_required() {
+                panic!("{test}: redis-server is not installed and CELERIAC_REQUIRE_SERVICES=1");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no redis-server binary (install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(unique("celeriac-redis"));
+        std::fs::create_dir_all(&dir).expect("temp dir for redis-server");
+        let mut server = Self {
+            port,
+            dir,
+            persistent,
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let aof = if self.persistent { "yes" } else { "no" };
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", aof, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if up.is_ok() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM: it writes its data and exits).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts the server on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

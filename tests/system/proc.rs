@@ -1,0 +1,82 @@
+//! Worker processes: the test binary `celeriac-testapp` run as a real worker, for tests
+//! that kill, signal or mix processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_celeriac-testapp");
+
+/// A running `celeriac-testapp worker`; killed on drop.
+pub(crate) struct WorkerProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl WorkerProcess {
+    /// Starts a worker on `broker` with extra worker `args` and `env`, and waits until it
+    /// logs that it is ready.
+    pub(crate) fn spawn(broker: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--broker", broker, "worker", "-l", "info"])
+            .args(args)
+            .env_remove("CELERIAC_BROKER_URL")
+            .env_remove("CELERY_BROKER_URL")
+            .env_remove("CELERIAC_RESULT_BACKEND")
+            .env_remove("CELERY_RESULT_BACKEND")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("worker process starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let w = Self { child, log };
+        w.wait_for_log(" ready.", Duration::from_secs(30));
+        w
+    }
+
+    /// The worker's log so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `text`.
+    pub(crate) fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < deadline, "worker never logged {text:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the worker dies without cleaning up.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("worker exits")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
