@@ -3,6 +3,7 @@
 mod cli;
 mod conformance;
 mod eager;
+mod interop;
 mod proc;
 mod redis_engine;
 mod shutdown;

@@ -15,8 +15,8 @@ pub(crate) struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts a worker on `broker` with extra worker `args` and `env`, and waits until it
-    /// logs that it is ready.
+    /// Starts a celeriac worker on `broker` with extra worker `args` and `env`, and waits
+    /// until it logs that it is ready.
     pub(crate) fn spawn(broker: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["--broker", broker, "worker", "-l", "info"])
@@ -25,12 +25,17 @@ impl WorkerProcess {
             .env_remove("CELERY_BROKER_URL")
             .env_remove("CELERIAC_RESULT_BACKEND")
             .env_remove("CELERY_RESULT_BACKEND")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn_command(cmd, " ready.")
+    }
+
+    /// Starts any worker command (a Python Celery worker, say) and waits until its log
+    /// (stderr) contains `ready`.
+    pub(crate) fn spawn_command(mut cmd: Command, ready: &str) -> Self {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("worker process starts");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -43,7 +48,7 @@ impl WorkerProcess {
             }
         });
         let w = Self { child, log };
-        w.wait_for_log(" ready.", Duration::from_secs(30));
+        w.wait_for_log(ready, Duration::from_secs(60));
         w
     }
 
@@ -56,7 +61,11 @@ impl WorkerProcess {
     pub(crate) fn wait_for_log(&self, text: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while !self.log().contains(text) {
-            assert!(Instant::now() < deadline, "worker never logged {text:?}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "worker never logged {text:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -69,7 +78,9 @@ impl WorkerProcess {
 
     /// SIGTERM, then waits for the exit.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         self.child.wait().expect("worker exits")
     }
 }

@@ -22,12 +22,20 @@ async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
 
 async fn redis_get(scope: &RedisScope, key: &str) -> Option<String> {
     let mut c = conn(&format!("{}/0", scope.base)).await;
-    redis::cmd("GET").arg(format!("{}{key}", scope.prefix)).query_async(&mut c).await.unwrap()
+    redis::cmd("GET")
+        .arg(format!("{}{key}", scope.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap()
 }
 
 async fn hlen_unacked(scope: &RedisScope) -> u64 {
     let mut c = conn(&format!("{}/0", scope.base)).await;
-    redis::cmd("HLEN").arg(format!("{}unacked", scope.prefix)).query_async(&mut c).await.unwrap()
+    redis::cmd("HLEN")
+        .arg(format!("{}unacked", scope.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap()
 }
 
 async fn lrange(scope: &RedisScope, list: &str) -> Vec<String> {
@@ -43,14 +51,25 @@ async fn lrange(scope: &RedisScope, list: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_runs_the_task_set_over_redis() {
-    let Some(scope) = RedisScope::new("worker_runs_the_task_set_over_redis") else { return };
+    let Some(scope) = RedisScope::new("worker_runs_the_task_set_over_redis") else {
+        return;
+    };
     let app = builder_on(&scope.url("")).build().await.unwrap();
     let w = start(&app, |b| b);
     assert_eq!(run::<i64>(&app, add::new(2, 3)).await, 5);
     let r = fail::new("boom".into()).apply_async(&app).await.unwrap();
     let exc = exception_of(&r).await;
-    assert_eq!((exc.exc_type.as_str(), exc.message()), ("ValueError", "boom".into()));
-    let exc = exception_of(&panic_async::new("bang".into()).apply_async(&app).await.unwrap()).await;
+    assert_eq!(
+        (exc.exc_type.as_str(), exc.message()),
+        ("ValueError", "boom".into())
+    );
+    let exc = exception_of(
+        &panic_async::new("bang".into())
+            .apply_async(&app)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(exc.exc_type, "RustPanic");
     let k = key();
     let v: Value = run(&app, flaky::new(k, 2)).await;
@@ -59,42 +78,94 @@ async fn worker_runs_the_task_set_over_redis() {
     assert_eq!(run::<i64>(&app, add::new(1, 1).countdown(0.5)).await, 2);
     assert!(t0.elapsed() >= Duration::from_millis(500));
     let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-    let r = add::new(1, 1).expires_at(past).apply_async(&app).await.unwrap();
+    let r = add::new(1, 1)
+        .expires_at(past)
+        .apply_async(&app)
+        .await
+        .unwrap();
     assert_eq!(r.wait(WAIT).await.unwrap().status, State::Revoked);
-    let r = app.send_task("tasks.nope", json!([]), json!({})).await.unwrap();
+    let r = app
+        .send_task("tasks.nope", json!([]), json!({}))
+        .await
+        .unwrap();
     assert_eq!(exception_of(&r).await.exc_type, "NotRegistered");
     // The stored record, as Python's client reads it.
     let r = add::new(20, 22).apply_async(&app).await.unwrap();
     r.wait(WAIT).await.unwrap();
-    let raw = redis_get(&scope, &format!("celery-task-meta-{}", r.id())).await.unwrap();
+    let raw = redis_get(&scope, &format!("celery-task-meta-{}", r.id()))
+        .await
+        .unwrap();
     let rec: serde_json::Map<String, Value> = serde_json::from_str(&raw).unwrap();
     let keys: Vec<&str> = rec.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["status", "result", "traceback", "children", "date_done", "task_id"]);
-    assert_eq!((rec["status"].clone(), rec["result"].clone()), (json!("SUCCESS"), json!(42)));
+    assert_eq!(
+        keys,
+        [
+            "status",
+            "result",
+            "traceback",
+            "children",
+            "date_done",
+            "task_id"
+        ]
+    );
+    assert_eq!(
+        (rec["status"].clone(), rec["result"].clone()),
+        (json!("SUCCESS"), json!(42))
+    );
     // ignore_result: no record at all.
     let k = key();
-    let r = count_task::new(k.clone()).ignore_result(true).apply_async(&app).await.unwrap();
+    let r = count_task::new(k.clone())
+        .ignore_result(true)
+        .apply_async(&app)
+        .await
+        .unwrap();
     until("ignored task ran", || async { count(&k) == 1 }).await;
-    assert_eq!(redis_get(&scope, &format!("celery-task-meta-{}", r.id())).await, None);
+    assert_eq!(
+        redis_get(&scope, &format!("celery-task-meta-{}", r.id())).await,
+        None
+    );
     let report = w.warm().await;
     assert_eq!(report.stats.failed, 3);
-    assert_eq!(hlen_unacked(&scope).await, 0, "every delivery was acknowledged");
+    assert_eq!(
+        hlen_unacked(&scope).await,
+        0,
+        "every delivery was acknowledged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_in_redis_are_kombu_envelopes() {
-    let Some(scope) = RedisScope::new("messages_in_redis_are_kombu_envelopes") else { return };
+    let Some(scope) = RedisScope::new("messages_in_redis_are_kombu_envelopes") else {
+        return;
+    };
     let app = builder_on(&scope.url("")).build().await.unwrap();
-    let r = add::new(2, 3).queue("q2").priority(5).apply_async(&app).await.unwrap();
+    let r = add::new(2, 3)
+        .queue("q2")
+        .priority(5)
+        .apply_async(&app)
+        .await
+        .unwrap();
     let items = lrange(&scope, "q2\x06\x163").await;
     assert_eq!(items.len(), 1, "priority 5 goes to bucket 3");
     let env: serde_json::Map<String, Value> = serde_json::from_str(&items[0]).unwrap();
     let keys: Vec<&str> = env.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["body", "content-encoding", "content-type", "headers", "properties"]);
+    assert_eq!(
+        keys,
+        [
+            "body",
+            "content-encoding",
+            "content-type",
+            "headers",
+            "properties"
+        ]
+    );
     assert_eq!(env["content-type"], json!("application/json"));
     let p = &env["properties"];
     assert_eq!(p["body_encoding"], json!("base64"));
-    assert_eq!(p["delivery_info"], json!({"exchange": "", "routing_key": "q2"}));
+    assert_eq!(
+        p["delivery_info"],
+        json!({"exchange": "", "routing_key": "q2"})
+    );
     assert_eq!(p["priority"], json!(5));
     assert_eq!(p["correlation_id"], json!(r.id()));
     assert!(uuid::Uuid::parse_str(p["delivery_tag"].as_str().unwrap()).is_ok());
@@ -102,10 +173,16 @@ async fn messages_in_redis_are_kombu_envelopes() {
         .decode(env["body"].as_str().unwrap())
         .unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(body, json!([[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]));
+    assert_eq!(
+        body,
+        json!([[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
+    );
     let h = env["headers"].as_object().unwrap();
     assert_eq!(h.len(), 19);
-    assert_eq!((h["id"].clone(), h["task"].clone(), h["root_id"].clone()), (json!(r.id()), json!("tasks.add"), json!(r.id())));
+    assert_eq!(
+        (h["id"].clone(), h["task"].clone(), h["root_id"].clone()),
+        (json!(r.id()), json!("tasks.add"), json!(r.id()))
+    );
     let mut c = conn(&format!("{}/0", scope.base)).await;
     let bound: bool = redis::cmd("SISMEMBER")
         .arg(format!("{}_kombu.binding.q2", scope.prefix))
@@ -113,41 +190,64 @@ async fn messages_in_redis_are_kombu_envelopes() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(bound, "the queue's binding is declared for Python producers");
+    assert!(
+        bound,
+        "the queue's binding is declared for Python producers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priorities_follow_kombus_buckets() {
-    let Some(scope) = RedisScope::new("priorities_follow_kombus_buckets") else { return };
+    let Some(scope) = RedisScope::new("priorities_follow_kombus_buckets") else {
+        return;
+    };
     let app = builder_on(&scope.url("")).build().await.unwrap();
     let k = key();
     for p in [9u8, 5, 0, 3, 7] {
-        log_task::new(k.clone(), i64::from(p)).priority(p).apply_async(&app).await.unwrap();
+        log_task::new(k.clone(), i64::from(p))
+            .priority(p)
+            .apply_async(&app)
+            .await
+            .unwrap();
     }
     let w = start(&app, |b| b.concurrency(1).prefetch(1));
     until("all logged", || async { entries(&k).len() == 5 }).await;
     // Buckets 0, 3 (5 then 3, FIFO), 6, 9.
-    assert_eq!(entries(&k), [json!(0), json!(5), json!(3), json!(7), json!(9)]);
+    assert_eq!(
+        entries(&k),
+        [json!(0), json!(5), json!(3), json!(7), json!(9)]
+    );
     w.warm().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_shutdown_restores_unstarted_messages_to_redis() {
-    let Some(scope) = RedisScope::new("warm_shutdown_restores_unstarted_messages_to_redis") else { return };
+    let Some(scope) = RedisScope::new("warm_shutdown_restores_unstarted_messages_to_redis") else {
+        return;
+    };
     let app = builder_on(&scope.url("")).build().await.unwrap();
     let k = key();
     let sigs: Vec<Signature> = (0..5).map(|_| hold::new(k.clone(), 400)).collect();
     let results = app.send_many(sigs).await.unwrap();
     let w = start(&app, |b| b.concurrency(1).prefetch(10));
-    until("first started", || async { count(&format!("{k}:started")) == 1 }).await;
+    until("first started", || async {
+        count(&format!("{k}:started")) == 1
+    })
+    .await;
     let report = w.warm().await;
     assert_eq!(report.returned, 4);
-    until("restores landed", || async { lrange(&scope, "celery").await.len() == 4 }).await;
+    until("restores landed", || async {
+        lrange(&scope, "celery").await.len() == 4
+    })
+    .await;
     assert_eq!(hlen_unacked(&scope).await, 0);
     for raw in lrange(&scope, "celery").await {
         let env: Value = serde_json::from_str(&raw).unwrap();
         assert_eq!(env["headers"]["redelivered"], json!(true));
-        assert_eq!(env["properties"]["delivery_info"]["redelivered"], json!(true));
+        assert_eq!(
+            env["properties"]["delivery_info"]["redelivered"],
+            json!(true)
+        );
     }
     let w2 = start(&app, |b| b);
     for r in &results {
@@ -159,14 +259,23 @@ async fn warm_shutdown_restores_unstarted_messages_to_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_shutdown_requeues_a_running_late_ack_task_in_redis() {
-    let Some(scope) = RedisScope::new("cold_shutdown_requeues_a_running_late_ack_task_in_redis") else { return };
+    let Some(scope) = RedisScope::new("cold_shutdown_requeues_a_running_late_ack_task_in_redis")
+    else {
+        return;
+    };
     let app = builder_on(&scope.url("")).build().await.unwrap();
     let k = key();
-    let r = hold_late::new(k.clone(), 60_000).apply_async(&app).await.unwrap();
+    let r = hold_late::new(k.clone(), 60_000)
+        .apply_async(&app)
+        .await
+        .unwrap();
     let w = start(&app, |b| b);
     until("started", || async { count(&format!("{k}:started")) == 1 }).await;
     assert_eq!(w.cold().await.abandoned, 1);
-    until("requeued", || async { app.broker().queue_depth("celery").await.unwrap() == 1 }).await;
+    until("requeued", || async {
+        app.broker().queue_depth("celery").await.unwrap() == 1
+    })
+    .await;
     let _w2 = start(&app, |b| b);
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 2);
 }
@@ -175,12 +284,19 @@ async fn cold_shutdown_requeues_a_running_late_ack_task_in_redis() {
 /// (kombu #337). celeriac keeps the held message's score fresh, so it runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_eta_task_is_not_restored_by_another_workers_sweep() {
-    let Some(scope) = RedisScope::new("held_eta_task_is_not_restored_by_another_workers_sweep") else { return };
+    let Some(scope) = RedisScope::new("held_eta_task_is_not_restored_by_another_workers_sweep")
+    else {
+        return;
+    };
     let url = scope.url("visibility_timeout=1&unacked_restore_interval=0.2");
     let app_a = builder_on(&url).build().await.unwrap();
     let app_b = builder_on(&url).build().await.unwrap();
     let k = key();
-    let r = count_task::new(k.clone()).countdown(2.5).apply_async(&app_a).await.unwrap();
+    let r = count_task::new(k.clone())
+        .countdown(2.5)
+        .apply_async(&app_a)
+        .await
+        .unwrap();
     let a = start(&app_a, |b| b.name("a@test"));
     let b = start(&app_b, |b| b.name("b@test"));
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 1);
@@ -195,11 +311,16 @@ async fn held_eta_task_is_not_restored_by_another_workers_sweep() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_ack_task_survives_worker_kill() {
-    let Some(scope) = RedisScope::new("late_ack_task_survives_worker_kill") else { return };
+    let Some(scope) = RedisScope::new("late_ack_task_survives_worker_kill") else {
+        return;
+    };
     let url = scope.url("visibility_timeout=2&unacked_restore_interval=0.5");
     let app = builder_on(&url).build().await.unwrap();
     let base = format!("{}/0", scope.base);
-    let env = [("CELERIAC_INTEROP_BROKER", base.as_str()), ("CELERIAC_INTEROP_KEYPREFIX", scope.prefix.as_str())];
+    let env = [
+        ("CELERIAC_INTEROP_BROKER", base.as_str()),
+        ("CELERIAC_INTEROP_KEYPREFIX", scope.prefix.as_str()),
+    ];
     let mut doomed = WorkerProcess::spawn(&url, &["-c", "2", "-n", "doomed@test"], &env);
     let k = key();
     let records: Vec<Signature> = (0..20)
@@ -209,29 +330,51 @@ async fn late_ack_task_survives_worker_kill() {
         r.get::<i64>(WAIT).await.unwrap();
     }
     let slow = slow_late::new(30.0).apply_async(&app).await.unwrap();
-    doomed.wait_for_log(&format!("slow_late[{}] received", slow.id()), Duration::from_secs(10));
+    doomed.wait_for_log(
+        &format!("slow_late[{}] received", slow.id()),
+        Duration::from_secs(10),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     doomed.kill();
-    assert_eq!(hlen_unacked(&scope).await, 1, "the killed worker's task is still unacked");
+    assert_eq!(
+        hlen_unacked(&scope).await,
+        1,
+        "the killed worker's task is still unacked"
+    );
     let t0 = Instant::now();
     let _rescuer = start(&app, |b| b.name("rescuer@test"));
-    assert_eq!(slow.get::<f64>(Duration::from_secs(20)).await.unwrap(), 30.0);
-    assert!(t0.elapsed() >= Duration::from_millis(500), "restored before its visibility timeout");
+    assert_eq!(
+        slow.get::<f64>(Duration::from_secs(20)).await.unwrap(),
+        30.0
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "restored before its visibility timeout"
+    );
     let mut recorded: Vec<i64> = lrange(&scope, &format!("celeriac-interop:record:{k}"))
         .await
         .iter()
         .map(|v| v.parse().unwrap())
         .collect();
     recorded.sort_unstable();
-    assert_eq!(recorded, (0..20).collect::<Vec<_>>(), "a finished task was lost or run twice");
-    until("unacked drained", || async { hlen_unacked(&scope).await == 0 }).await;
+    assert_eq!(
+        recorded,
+        (0..20).collect::<Vec<_>>(),
+        "a finished task was lost or run twice"
+    );
+    until("unacked drained", || async {
+        hlen_unacked(&scope).await == 0
+    })
+    .await;
 }
 
 /// Restart redis-server (persistent) in the middle of a run: worker and client reconnect,
 /// and every task sent before and after completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_run_loses_nothing() {
-    let Some(server) = RedisServer::start("redis_restart_mid_run_loses_nothing", true) else { return };
+    let Some(server) = RedisServer::start("redis_restart_mid_run_loses_nothing", true) else {
+        return;
+    };
     let url = format!("{}/0", server.url());
     let app = builder_on(&url).build().await.unwrap();
     let w = start(&app, |b| b.concurrency(4));
@@ -246,15 +389,27 @@ async fn redis_restart_mid_run_loses_nothing() {
         })
     };
     for i in 100..200 {
-        results.push(add::new(i, 1000).apply_async(&app).await.expect("publish retries across the restart"));
+        results.push(
+            add::new(i, 1000)
+                .apply_async(&app)
+                .await
+                .expect("publish retries across the restart"),
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     restarter.await.unwrap();
     for (i, r) in results.iter().enumerate() {
-        let v = r.get::<i64>(Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("task {i}: {e}"));
+        let v = r
+            .get::<i64>(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("task {i}: {e}"));
         assert_eq!(v, i as i64 + 1000);
     }
-    assert_eq!(run::<i64>(&app, add::new(1, 2)).await, 3, "the worker still consumes");
+    assert_eq!(
+        run::<i64>(&app, add::new(1, 2)).await,
+        3,
+        "the worker still consumes"
+    );
     w.warm().await;
 }
 
@@ -263,7 +418,11 @@ async fn redis_restart_mid_run_loses_nothing() {
 /// running and later good tasks still run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_queue_is_rejected_and_the_worker_keeps_going() {
-    let Some(scope) = RedisScope::new("garbage_on_the_queue_is_rejected_and_the_worker_keeps_going") else { return };
+    let Some(scope) =
+        RedisScope::new("garbage_on_the_queue_is_rejected_and_the_worker_keeps_going")
+    else {
+        return;
+    };
     let app = builder_on(&scope.url("")).build().await.unwrap();
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let envelope = |id: &str, ct: &str, body: String, tag: Option<&str>| {
@@ -276,31 +435,61 @@ async fn garbage_on_the_queue_is_rejected_and_the_worker_keeps_going() {
                "headers": {"lang": "py", "task": "tasks.add", "id": id}, "properties": props})
         .to_string()
     };
-    let good_body = b64("[[4, 5], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]");
+    let good_body = b64(
+        "[[4, 5], {}, {\"callbacks\": null, \"errbacks\": null, \"chain\": null, \"chord\": null}]",
+    );
     let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let garbage = vec![
         "this is not json".to_string(),
         "[1, 2, 3]".to_string(),
-        envelope(&ids[0], "application/x-python-serialize", b64("cos\nsystem\n."), Some("t-pickle")),
+        envelope(
+            &ids[0],
+            "application/x-python-serialize",
+            b64("cos\nsystem\n."),
+            Some("t-pickle"),
+        ),
         envelope(&ids[1], "application/x-yaml", b64("- 1"), Some("t-yaml")),
-        envelope(&ids[2], "application/json", "%%% not base64 %%%".into(), Some("t-b64")),
+        envelope(
+            &ids[2],
+            "application/json",
+            "%%% not base64 %%%".into(),
+            Some("t-b64"),
+        ),
         envelope(&ids[3], "application/json", good_body, None),
     ];
     let mut c = conn(&format!("{}/0", scope.base)).await;
     for g in &garbage {
-        let _: () = redis::cmd("LPUSH").arg(format!("{}celery", scope.prefix)).arg(g).query_async(&mut c).await.unwrap();
+        let _: () = redis::cmd("LPUSH")
+            .arg(format!("{}celery", scope.prefix))
+            .arg(g)
+            .query_async(&mut c)
+            .await
+            .unwrap();
     }
     let w = start(&app, |b| b);
     assert_eq!(run::<i64>(&app, add::new(2, 3)).await, 5);
-    assert_eq!(exception_of(&app.async_result(&ids[0])).await.exc_type, "ContentDisallowed");
-    assert_eq!(exception_of(&app.async_result(&ids[1])).await.exc_type, "ContentDisallowed");
+    assert_eq!(
+        exception_of(&app.async_result(&ids[0])).await.exc_type,
+        "ContentDisallowed"
+    );
+    assert_eq!(
+        exception_of(&app.async_result(&ids[1])).await.exc_type,
+        "ContentDisallowed"
+    );
     // A valid task without a delivery tag is adopted and runs.
     assert_eq!(app.async_result(&ids[3]).get::<i64>(WAIT).await.unwrap(), 9);
     until("queue empty and nothing left unacked", || async {
         app.broker().queue_depth("celery").await.unwrap() == 0 && hlen_unacked(&scope).await == 0
     })
     .await;
-    let err = app.async_result(&ids[2]).get::<Value>(Duration::from_millis(200)).await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "an undecodable envelope has no result: {err}");
+    let err = app
+        .async_result(&ids[2])
+        .get::<Value>(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout { .. }),
+        "an undecodable envelope has no result: {err}"
+    );
     w.warm().await;
 }

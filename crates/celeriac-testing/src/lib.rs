@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod python;
 pub mod services;
 
 /// A broker under test, with a prefix that keeps its queue names apart from other tests.

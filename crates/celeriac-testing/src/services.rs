@@ -145,7 +145,10 @@ impl RedisServer {
             if services_required() {
                 panic!("{test}: redis-server is not installed and CELERIAC_REQUIRE_SERVICES=1");
             }
-            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no redis-server binary (install redis-server)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: no redis-server binary (install redis-server)"
+            );
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,7 +175,14 @@ impl RedisServer {
     fn spawn(&mut self) {
         let aof = if self.persistent { "yes" } else { "no" };
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", aof, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -189,7 +199,11 @@ impl RedisServer {
             if up.is_ok() {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -1,0 +1,397 @@
+//! Interop with stock Python Celery 5.7 on a real Redis: a Python client calls celeriac
+//! workers, a celeriac client calls a Python worker, and a mixed fleet shares one queue.
+//!
+//! The Python side is `tests/python/` (see its README); its virtualenv is made on first
+//! use. Each test works under a key prefix of its own on the shared Redis.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use celeriac::Signature;
+use celeriac_testing::python::{celery_venv, CeleryVenv};
+use celeriac_testing::services::RedisScope;
+use serde_json::{json, Value};
+
+use crate::proc::WorkerProcess;
+use crate::support::*;
+
+struct Interop {
+    venv: CeleryVenv,
+    scope: RedisScope,
+}
+
+impl Interop {
+    fn new(test: &str) -> Option<Self> {
+        let scope = RedisScope::new(test)?;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("repository root");
+        let venv = celery_venv(test, root)?;
+        Some(Self { venv, scope })
+    }
+
+    fn broker(&self) -> String {
+        format!("{}/0", self.scope.base)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CELERIAC_INTEROP_BROKER", self.broker()),
+            ("CELERIAC_INTEROP_KEYPREFIX", self.scope.prefix.clone()),
+            ("PYTHONPATH", self.venv.harness.display().to_string()),
+        ]
+    }
+
+    /// A celeriac worker process on this scope.
+    fn rust_worker(&self, args: &[&str]) -> WorkerProcess {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        WorkerProcess::spawn(&self.scope.url(""), args, &env)
+    }
+
+    /// A stock Python Celery worker on this scope.
+    fn python_worker(&self, name: &str, queues: &str, concurrency: u32) -> WorkerProcess {
+        let mut cmd = Command::new(self.venv.celery());
+        cmd.args([
+            "-A",
+            "celeriac_interop.tasks",
+            "worker",
+            "-Q",
+            queues,
+            "--pool",
+            "threads",
+        ])
+        .args(["-c", &concurrency.to_string(), "-n", name])
+        .args([
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            "-l",
+            "info",
+        ]);
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+        WorkerProcess::spawn_command(cmd, &format!("{name} ready."))
+    }
+
+    /// Runs Python client requests (one JSON object each) and returns its responses.
+    async fn python_client(&self, requests: Vec<Value>) -> Vec<Value> {
+        let (python, client, env) = (self.venv.python(), self.venv.client(), self.env());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(python);
+            cmd.arg(client)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("python client starts");
+            let mut stdin = child.stdin.take().expect("stdin");
+            for r in &requests {
+                writeln!(stdin, "{r}").expect("request written");
+            }
+            drop(stdin);
+            let out = child.wait_with_output().expect("python client ends");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let responses: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect();
+            assert_eq!(
+                responses.len(),
+                requests.len(),
+                "python client answered {} of {} requests; stderr:\n{}",
+                responses.len(),
+                requests.len(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for (req, resp) in requests.iter().zip(&responses) {
+                assert!(
+                    resp.get("error").is_none(),
+                    "python client failed on {req}: {resp}"
+                );
+            }
+            responses
+        })
+        .await
+        .expect("client thread")
+    }
+}
+
+fn send(name: &str, args: Value) -> Value {
+    json!({"op": "send", "name": name, "args": args, "wait": 20})
+}
+
+/// Wire spec §8.1: a stock Python client against a celeriac worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_calls_a_celeriac_worker() {
+    let Some(it) = Interop::new("python_client_calls_a_celeriac_worker") else {
+        return;
+    };
+    let _rust = it.rust_worker(&["-Q", "celery,q2", "-c", "4", "-n", "rust@test"]);
+    let big: Vec<i64> = (0..10_000).collect();
+    // The client answers in order, so the ETA request goes first and is due well after
+    // the client has started.
+    let eta = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let mut countdown = send("tasks.add", json!([1, 1]));
+    countdown["countdown"] = json!(1.0);
+    let mut with_eta = send("tasks.add", json!([2, 2]));
+    with_eta["eta"] = json!(eta);
+    let mut expired = send("tasks.add", json!([3, 3]));
+    expired["expires"] = json!(-5);
+    let mut on_q2 = send("tasks.whoami", json!([]));
+    on_q2["queue"] = json!("q2");
+    on_q2["priority"] = json!(9);
+    let r = it
+        .python_client(vec![
+            with_eta,
+            send("tasks.add", json!([2, 3])),
+            send("tasks.fail", json!(["boom"])),
+            send("tasks.echo", json!(["héllo ☃ 😀"])),
+            send(
+                "tasks.echo",
+                json!([{"a": [1, {"b": null}], "c": 1.5, "d": [true, "x"]}]),
+            ),
+            send("tasks.echo", json!([big])),
+            countdown,
+            send("tasks.retry_once", json!(["k"])),
+            send("tasks.nope", json!([])),
+            expired,
+            on_q2,
+            send("tasks.xsum", json!([[1, 2, 3, 4]])),
+        ])
+        .await;
+    assert_eq!(r[0]["result"], json!(4));
+    assert!(
+        r[0]["elapsed"].as_f64().unwrap() >= 1.0,
+        "eta not honoured: {}",
+        r[0]
+    );
+    assert_eq!(
+        (r[1]["state"].clone(), r[1]["result"].clone()),
+        (json!("SUCCESS"), json!(5))
+    );
+    assert_eq!(
+        (r[2]["exc_type"].as_str(), r[2]["exc_message"].as_str()),
+        (Some("ValueError"), Some("boom"))
+    );
+    assert_eq!(r[2]["state"], json!("FAILURE"));
+    assert!(r[2]["traceback"]
+        .as_str()
+        .unwrap()
+        .ends_with("ValueError: boom\n"));
+    assert_eq!(r[3]["result"], json!("héllo ☃ 😀"));
+    assert_eq!(
+        r[4]["result"],
+        json!({"a": [1, {"b": null}], "c": 1.5, "d": [true, "x"]})
+    );
+    assert_eq!(r[5]["result"], json!(big));
+    assert_eq!(r[6]["result"], json!(2));
+    assert!(
+        r[6]["elapsed"].as_f64().unwrap() >= 1.0,
+        "countdown not honoured: {}",
+        r[6]
+    );
+    assert_eq!(r[7]["result"], json!("ok"));
+    assert_eq!(r[8]["exc_type"], json!("NotRegistered"));
+    assert_eq!(
+        (r[9]["state"].clone(), r[9]["exc_type"].clone()),
+        (json!("REVOKED"), json!("TaskRevokedError"))
+    );
+    assert_eq!(
+        r[10]["result"],
+        json!({"lang": "rust", "hostname": "rust@test"})
+    );
+    assert_eq!(r[11]["result"], json!(10));
+}
+
+/// A task a Python client sends to `q2` runs only on the celeriac worker consuming `q2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_routes_to_the_q2_worker_only() {
+    let Some(it) = Interop::new("python_client_routes_to_the_q2_worker_only") else {
+        return;
+    };
+    let _a = it.rust_worker(&["-Q", "celery", "-n", "a@test"]);
+    let _b = it.rust_worker(&["-Q", "q2", "-n", "b@test"]);
+    let mut requests = Vec::new();
+    for queue in ["q2", "celery"] {
+        for _ in 0..5 {
+            let mut r = send("tasks.whoami", json!([]));
+            r["queue"] = json!(queue);
+            requests.push(r);
+        }
+    }
+    let r = it.python_client(requests).await;
+    let hosts: Vec<&str> = r
+        .iter()
+        .map(|x| x["result"]["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts[..5], ["b@test"; 5]);
+    assert_eq!(hosts[5..], ["a@test"; 5]);
+}
+
+/// Priorities a Python client sets are honoured by a celeriac worker (kombu's buckets,
+/// lowest first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_priorities_are_honoured_by_a_celeriac_worker() {
+    let Some(it) = Interop::new("python_priorities_are_honoured_by_a_celeriac_worker") else {
+        return;
+    };
+    let k = key();
+    let requests = [9, 0, 6, 3]
+        .iter()
+        .map(|p| json!({"op": "send", "name": "tasks.record", "args": [k, p], "priority": p}))
+        .collect();
+    it.python_client(requests).await;
+    let _w = it.rust_worker(&["-c", "1", "--prefetch", "1"]);
+    let mut values = Vec::new();
+    for _ in 0..200 {
+        values = it
+            .python_client(vec![json!({"op": "records", "key": k})])
+            .await[0]["values"]
+            .clone()
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if values.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(values, [json!(0), json!(3), json!(6), json!(9)]);
+}
+
+/// Wire spec §8.2: a celeriac client against a stock Python worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celeriac_client_calls_a_python_worker() {
+    let Some(it) = Interop::new("celeriac_client_calls_a_python_worker") else {
+        return;
+    };
+    let _py = it.python_worker("py@test", "celery,q2", 4);
+    let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    let call = |name: &str, args: Value| {
+        Signature::new(name).args(args.as_array().cloned().unwrap_or_default())
+    };
+    assert_eq!(run::<i64>(&app, call("tasks.add", json!([2, 3]))).await, 5);
+    let r = call("tasks.fail", json!(["boom"]))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let err = r.get::<Value>(WAIT).await.unwrap_err();
+    let celeriac::Error::TaskFailed {
+        exception,
+        traceback,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (exception.exc_type.as_str(), exception.message()),
+        ("ValueError", "boom".to_string())
+    );
+    assert_eq!(exception.exc_module.as_deref(), Some("builtins"));
+    assert!(traceback.as_deref().unwrap().contains("ValueError: boom"));
+    assert_eq!(
+        run::<String>(&app, call("tasks.retry_once", json!(["k"]))).await,
+        "ok"
+    );
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        run::<i64>(&app, call("tasks.add", json!([1, 1])).countdown(1.0)).await,
+        2
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "countdown not honoured"
+    );
+    let who: Value = run(
+        &app,
+        call("tasks.whoami", json!([])).queue("q2").priority(5),
+    )
+    .await;
+    assert_eq!(who, json!({"lang": "python", "hostname": "py@test"}));
+    assert_eq!(
+        run::<Value>(&app, call("tasks.echo", json!(["héllo ☃ 😀"]))).await,
+        json!("héllo ☃ 😀")
+    );
+    let big: Vec<i64> = (0..10_000).collect();
+    assert_eq!(
+        run::<Vec<i64>>(&app, call("tasks.echo", json!([big]))).await,
+        big
+    );
+    let r = app
+        .send_task("tasks.nope", json!([]), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(exception_of(&r).await.exc_type, "NotRegistered");
+}
+
+/// A Python worker and a celeriac worker on the same queue share the load, and every
+/// task runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_fleet_shares_a_queue_and_runs_each_task_once() {
+    let Some(it) = Interop::new("mixed_fleet_shares_a_queue_and_runs_each_task_once") else {
+        return;
+    };
+    let mut py = it.python_worker("py@test", "celery", 4);
+    let mut rust = it.rust_worker(&["-c", "2", "--prefetch", "2", "-n", "rust@test"]);
+    let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    let k = key();
+    let mut sigs: Vec<Signature> = (0..200)
+        .map(|i| Signature::new("tasks.record").args(vec![json!(k), json!(i)]))
+        .collect();
+    sigs.extend((0..60).map(|_| Signature::new("tasks.whoami")));
+    let results = app.send_many(sigs).await.unwrap();
+    let mut hosts = std::collections::BTreeMap::<String, usize>::new();
+    for r in &results[200..] {
+        let who: Value = r.get(Duration::from_secs(30)).await.unwrap();
+        *hosts
+            .entry(who["lang"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    for r in &results[..200] {
+        r.get::<i64>(Duration::from_secs(30)).await.unwrap();
+    }
+    assert!(
+        hosts.len() == 2,
+        "both workers should have run tasks: {hosts:?}"
+    );
+    let values = it
+        .python_client(vec![json!({"op": "records", "key": k})])
+        .await[0]["values"]
+        .clone();
+    let mut got: Vec<i64> = values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..200).collect::<Vec<_>>(),
+        "a task was lost or ran twice"
+    );
+    assert!(
+        rust.terminate().success(),
+        "celeriac worker exit:\n{}",
+        rust.log()
+    );
+    py.terminate();
+    let mut c = redis::Client::open(it.broker())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let unacked: u64 = redis::cmd("HLEN")
+        .arg(format!("{}unacked", it.scope.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(unacked, 0, "messages left unacknowledged");
+}
