@@ -493,3 +493,47 @@ async fn garbage_on_the_queue_is_rejected_and_the_worker_keeps_going() {
     );
     w.warm().await;
 }
+
+/// `rediss://` (with and without certificate verification against a given CA) and
+/// `unix://` reach the same engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_unix_socket_urls_work() {
+    use celeriac_testing::services::ServerOptions;
+    let opts = ServerOptions {
+        tls: true,
+        unix_socket: true,
+        ..ServerOptions::default()
+    };
+    let Some(server) = RedisServer::start_with("tls_and_unix_socket_urls_work", opts) else {
+        return;
+    };
+    let tls = server.tls_url().unwrap();
+    let cert = server.tls_cert();
+    let socket = server.socket().unwrap();
+    for url in [
+        format!("{tls}/0?ssl_cert_reqs=none"),
+        format!("{tls}/0?ssl_ca_certs={}", cert.display()),
+        format!("unix://{}?db=1", socket.display()),
+        format!("redis+socket://{}?virtual_host=2", socket.display()),
+    ] {
+        let app = builder_on(&url)
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let w = start(&app, |b| b);
+        assert_eq!(run::<i64>(&app, add::new(2, 3)).await, 5, "over {url}");
+        w.warm().await;
+    }
+    // Verification on, against the system's CAs: the self-signed server is refused, in
+    // one line naming the URL.
+    let err = builder_on(&format!("{tls}/0"))
+        .build()
+        .await
+        .err()
+        .expect("an untrusted certificate is refused");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot reach broker {tls}/0")),
+        "{text}"
+    );
+}

@@ -9,7 +9,9 @@
 //! (s, default 3600), `global_keyprefix`, `polling_interval` (the BRPOP timeout, s, default
 //! 1), `unacked_restore_interval` (s between visibility sweeps, default 60; Celery's
 //! worker sweeps about every 100 s), and for TLS `ssl_cert_reqs`
-//! (`required`/`optional`/`none`, as kombu spells them, `CERT_*` too).
+//! (`required`/`optional`/`none`, as kombu spells them, `CERT_*` too), `ssl_ca_certs`
+//! (a CA file to verify the server with) and `ssl_certfile` + `ssl_keyfile` (a client
+//! certificate for mutual TLS).
 
 use std::time::Duration;
 
@@ -33,6 +35,11 @@ pub struct RedisConfig {
     pub polling_interval: Duration,
     /// Time between visibility-timeout sweeps of a consuming process.
     pub restore_interval: Duration,
+    /// `ssl_ca_certs`: PEM file of the CA to verify the server with (instead of the
+    /// system's roots).
+    pub ssl_ca_certs: Option<std::path::PathBuf>,
+    /// `ssl_certfile` / `ssl_keyfile`: a client certificate and key (PEM) for mutual TLS.
+    pub ssl_client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 fn seconds(url: &EngineUrl, key: &str, default: f64) -> Result<Duration, UrlError> {
@@ -161,6 +168,16 @@ impl RedisConfig {
             visibility_timeout: seconds(url, "visibility_timeout", 3600.0)?,
             polling_interval: seconds(url, "polling_interval", 1.0)?,
             restore_interval: seconds(url, "unacked_restore_interval", 60.0)?,
+            ssl_ca_certs: url.query("ssl_ca_certs").map(Into::into),
+            ssl_client_cert: match (url.query("ssl_certfile"), url.query("ssl_keyfile")) {
+                (Some(c), Some(k)) => Some((c.into(), k.into())),
+                (None, None) => None,
+                _ => {
+                    return Err(
+                        url.bad_option("ssl_certfile", "ssl_certfile and ssl_keyfile go together")
+                    )
+                }
+            },
         })
     }
 
@@ -177,7 +194,45 @@ impl RedisConfig {
                 feature: "redis-tls".into(),
             });
         }
+        #[cfg(feature = "tls")]
+        if self.is_tls() && (self.ssl_ca_certs.is_some() || self.ssl_client_cert.is_some()) {
+            return self.tls_client();
+        }
         redis::Client::open(self.client_url.as_str()).map_err(|e| UrlError::Invalid {
+            url: self.masked.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls_client(&self) -> Result<redis::Client, UrlError> {
+        let read = |option: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| UrlError::BadOption {
+                url: self.masked.clone(),
+                option: option.to_string(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let root_cert = self
+            .ssl_ca_certs
+            .as_deref()
+            .map(|p| read("ssl_ca_certs", p))
+            .transpose()?;
+        let client_tls = match &self.ssl_client_cert {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("ssl_certfile", cert)?,
+                client_key: read("ssl_keyfile", key)?,
+            }),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            self.client_url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| UrlError::Invalid {
             url: self.masked.clone(),
             reason: e.to_string(),
         })

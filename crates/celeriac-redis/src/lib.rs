@@ -40,6 +40,8 @@
 //! | `polling_interval` | 1 | seconds one `BRPOP` blocks |
 //! | `unacked_restore_interval` | 60 | seconds between visibility sweeps |
 //! | `ssl_cert_reqs` | required | `required`, `optional` or `none` (`rediss://`) |
+//! | `ssl_ca_certs` | system roots | PEM file of the CA that signed the server's certificate |
+//! | `ssl_certfile`, `ssl_keyfile` | none | client certificate and key (PEM) for mutual TLS |
 //!
 //! # Celery compatibility
 //!

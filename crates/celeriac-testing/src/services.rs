@@ -128,15 +128,45 @@ impl Drop for RedisScope {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    tls_port: Option<u16>,
     dir: std::path::PathBuf,
-    persistent: bool,
+    options: ServerOptions,
     child: Option<std::process::Child>,
+}
+
+/// What a test's own `redis-server` offers besides plain TCP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerOptions {
+    /// Append-only file, fsync on every write (survives restarts).
+    pub persistent: bool,
+    /// A TLS port too, with a self-signed certificate for 127.0.0.1 (made with `openssl`).
+    pub tls: bool,
+    /// A unix socket too.
+    pub unix_socket: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl RedisServer {
     /// Starts one (`persistent`: append-only file, fsync on every write), or returns
     /// `None` (skipped loudly) if `redis-server` is not installed.
     pub fn start(test: &str, persistent: bool) -> Option<Self> {
+        Self::start_with(
+            test,
+            ServerOptions {
+                persistent,
+                ..ServerOptions::default()
+            },
+        )
+    }
+
+    /// Starts one with `options`, or `None` (skipped loudly) without `redis-server`.
+    pub fn start_with(test: &str, options: ServerOptions) -> Option<Self> {
         let installed = std::process::Command::new("redis-server")
             .arg("--version")
             .output()
@@ -151,20 +181,61 @@ impl RedisServer {
             );
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
         let dir = std::env::temp_dir().join(unique("celeriac-redis"));
         std::fs::create_dir_all(&dir).expect("temp dir for redis-server");
+        if options.tls {
+            let made = std::process::Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .output();
+            if !made.is_ok_and(|o| o.status.success()) {
+                if services_required() {
+                    panic!("{test}: cannot make a TLS certificate with openssl and CELERIAC_REQUIRE_SERVICES=1");
+                }
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test}: no openssl to make a TLS certificate"
+                );
+                return None;
+            }
+        }
         let mut server = Self {
-            port,
+            port: free_port(),
+            tls_port: options.tls.then(free_port),
             dir,
-            persistent,
+            options,
             child: None,
         };
         server.spawn();
         Some(server)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>` (with `ServerOptions::tls`).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// The self-signed certificate the TLS port presents (PEM).
+    pub fn tls_cert(&self) -> std::path::PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    /// The unix socket path (with `ServerOptions::unix_socket`).
+    pub fn socket(&self) -> Option<std::path::PathBuf> {
+        self.options
+            .unix_socket
+            .then(|| self.dir.join("redis.sock"))
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -173,19 +244,39 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let aof = if self.persistent { "yes" } else { "no" };
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
+        let aof = if self.options.persistent { "yes" } else { "no" };
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", aof, "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(&self.dir);
+        if let Some(tls_port) = self.tls_port {
+            cmd.args([
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-auth-clients",
+                "no",
             ])
-            .args(["--appendonly", aof, "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
+            .arg("--tls-cert-file")
+            .arg(self.dir.join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(self.dir.join("key.pem"))
+            .arg("--tls-ca-cert-file")
+            .arg(self.dir.join("cert.pem"));
+        }
+        if let Some(sock) = self.socket() {
+            cmd.arg("--unixsocket")
+                .arg(sock)
+                .args(["--unixsocketperm", "700"]);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -83,7 +83,12 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
 /// can store results (so results work out of the box), none otherwise.
 pub fn default_backend_for(broker_url: &str) -> String {
     match EngineUrl::parse(broker_url) {
-        Ok(u) if matches!(u.scheme(), "memory" | "sqlite" | "redis" | "rediss") => {
+        Ok(u)
+            if matches!(
+                u.scheme(),
+                "memory" | "sqlite" | "redis" | "rediss" | "unix" | "redis+socket" | "socket"
+            ) =>
+        {
             broker_url.to_string()
         }
         Ok(u) if matches!(u.scheme(), "amqp" | "amqps" | "pyamqp") => "rpc://".to_string(),
@@ -117,5 +122,6 @@ mod tests {
         assert!(connect_backend("disabled://").await.unwrap().is_none());
         assert_eq!(default_backend_for("memory://a"), "memory://a");
         assert_eq!(default_backend_for("amqp://h"), "rpc://");
+        assert_eq!(default_backend_for("unix:///r.sock"), "unix:///r.sock");
     }
 }
