@@ -395,3 +395,85 @@ async fn mixed_fleet_shares_a_queue_and_runs_each_task_once() {
         .unwrap();
     assert_eq!(unacked, 0, "messages left unacknowledged");
 }
+
+/// Fanout exchanges use kombu's channels: a Python client's `ping` broadcast reaches a
+/// celeriac subscriber of `celery.pidbox`, and a `revoke` broadcast celeriac publishes
+/// is obeyed by a Python worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_broadcasts_cross_between_python_and_celeriac() {
+    let Some(it) = Interop::new("fanout_broadcasts_cross_between_python_and_celeriac") else {
+        return;
+    };
+    let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    let mut pidbox = app
+        .broker()
+        .subscribe_fanout("celery.pidbox")
+        .await
+        .unwrap();
+    let replies = it
+        .python_client(vec![json!({"op": "ping", "timeout": 0.5})])
+        .await;
+    assert_eq!(
+        replies[0]["replies"],
+        json!([]),
+        "nobody answers pings here"
+    );
+    let request = tokio::time::timeout(WAIT, pidbox.next())
+        .await
+        .expect("ping broadcast arrives")
+        .unwrap();
+    assert_eq!(request.properties.delivery_info.exchange, "celery.pidbox");
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["method"], json!("ping"));
+
+    let _py = it.python_worker("py@test", "celery", 2);
+    let held = Signature::new("tasks.add")
+        .args(vec![json!(1), json!(1)])
+        .countdown(30.0);
+    let r = held.apply_async(&app).await.unwrap();
+    let revoke = json!({"method": "revoke", "arguments": {"task_id": r.id(), "terminate": false, "signal": "SIGTERM"},
+                        "destination": null, "pattern": null, "matcher": null});
+    let expires = chrono::Utc::now().timestamp() as f64 + 60.0;
+    let message = celeriac::core::Message {
+        headers: json!({"clock": 1, "expires": expires})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        properties: celeriac::core::message::Properties {
+            delivery_info: celeriac::core::message::DeliveryInfo {
+                exchange: "celery.pidbox".into(),
+                routing_key: String::new(),
+                redelivered: None,
+            },
+            ..Default::default()
+        },
+        content_type: "application/json".into(),
+        content_encoding: "utf-8".into(),
+        body: revoke.to_string().into_bytes().into(),
+    };
+    // The worker must hold the task (it sits in `unacked`) before the revoke reaches it.
+    let c = redis::Client::open(it.broker())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let unacked = format!("{}unacked", it.scope.prefix);
+    until("the python worker holds the task", || {
+        let (mut c, unacked) = (c.clone(), unacked.clone());
+        async move {
+            redis::cmd("HLEN")
+                .arg(unacked)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap()
+                == 1
+        }
+    })
+    .await;
+    app.broker()
+        .publish_fanout("celery.pidbox", message)
+        .await
+        .unwrap();
+    let err = r.get::<i64>(Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, celeriac::Error::TaskRevoked { .. }), "{err}");
+}

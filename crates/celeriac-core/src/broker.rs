@@ -124,6 +124,46 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The queues this broker knows of.
     async fn queues(&self) -> Result<Vec<String>, BrokerError>;
+
+    /// Publishes `message` to every current subscriber of the fanout exchange `exchange`
+    /// (remote control, events). Subscribers that are not listening miss it, as with AMQP
+    /// fanout and Redis pub/sub.
+    async fn publish_fanout(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        let _ = exchange;
+        Err(PublishError::new(
+            message,
+            BrokerError::Unsupported("fanout exchanges"),
+        ))
+    }
+
+    /// Subscribes to the fanout exchange `exchange`.
+    async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        let _ = exchange;
+        Err(BrokerError::Unsupported("fanout exchanges"))
+    }
+}
+
+/// Messages broadcast on a fanout exchange while subscribed. Dropping it unsubscribes.
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// A subscription fed by a channel; the feeding side stops when it is dropped.
+    pub fn from_channel(rx: mpsc::UnboundedReceiver<Message>) -> Self {
+        Self { rx }
+    }
+
+    /// The next broadcast message, or `None` when the subscription ended. Cancel-safe.
+    pub async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
 }
 
 /// A failed [`Broker::publish_many`]: why, and every message not published.

@@ -32,7 +32,9 @@ pub mod time;
 pub mod url;
 
 pub use backend::ResultBackend;
-pub use broker::{Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions};
+pub use broker::{
+    Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions, Subscription,
+};
 pub use error::{BackendError, BrokerError, PublishError};
 pub use message::Message;
 pub use protocol::{DecodeError, TaskMessage};

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script};
 use serde_json::Value;
@@ -30,7 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use celeriac_core::broker::{
     Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishManyError,
-    PublishOptions,
+    PublishOptions, Subscription,
 };
 use celeriac_core::emulation::{spawn_consumer, Fetch};
 use celeriac_core::error::{BrokerError, PublishError};
@@ -684,6 +685,7 @@ impl Broker for RedisBroker {
         c.priorities = true;
         c.durable = true;
         c.shared = true;
+        c.fanout = true;
         c
     }
 
@@ -845,6 +847,93 @@ impl Broker for RedisBroker {
         names.sort();
         Ok(names)
     }
+
+    async fn publish_fanout(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        let channel = self.inner.keys.fanout(
+            self.inner.cfg.db,
+            exchange,
+            &message.properties.delivery_info.routing_key,
+        );
+        let body = envelope::encode(&message, &uuid::Uuid::new_v4().to_string());
+        let published = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(body)
+            .exec_async(&mut self.inner.conn())
+            .await;
+        published.map_err(|e| PublishError::new(message, self.inner.err("publish", e)))
+    }
+
+    async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        let base = self.inner.keys.fanout(self.inner.cfg.db, exchange, "");
+        let patterns = vec![base.clone(), format!("{base}/*")];
+        // Subscribe once here so an unreachable server is reported to the caller.
+        let first = subscribe_patterns(&self.inner, &patterns).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut stream = Some(first);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut s = match stream.take() {
+                    Some(s) => s,
+                    None => match subscribe_patterns(&inner, &patterns).await {
+                        Ok(s) => {
+                            info!("fanout `{}`: subscription restored", patterns[0]);
+                            backoff = Duration::from_millis(100);
+                            s
+                        }
+                        Err(_) => {
+                            tokio::select! {
+                                _ = tx.closed() => return,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    },
+                };
+                loop {
+                    let msg = tokio::select! {
+                        _ = tx.closed() => return,
+                        m = s.next() => m,
+                    };
+                    let Some(msg) = msg else { break };
+                    match envelope::decode(msg.get_payload_bytes()) {
+                        Ok((message, _)) => {
+                            if tx.send(message).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => warn!(
+                            "fanout `{}`: ignored an undecodable message: {e}",
+                            msg.get_channel_name()
+                        ),
+                    }
+                }
+                warn!(
+                    "fanout `{}`: pub/sub connection lost; resubscribing",
+                    patterns[0]
+                );
+            }
+        });
+        Ok(Subscription::from_channel(rx))
+    }
+}
+
+async fn subscribe_patterns(
+    inner: &Inner,
+    patterns: &[String],
+) -> Result<redis::aio::PubSubStream, BrokerError> {
+    let mut pubsub = inner
+        .client
+        .get_async_pubsub()
+        .await
+        .map_err(|e| inner.err("subscribe", e))?;
+    pubsub
+        .psubscribe(patterns)
+        .await
+        .map_err(|e| inner.err("subscribe", e))?;
+    Ok(pubsub.into_on_message())
 }
 
 /// Counts of what one queue holds, by priority bucket (for diagnostics and tests).

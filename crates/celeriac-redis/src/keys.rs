@@ -94,6 +94,15 @@ impl BrokerKeys {
         Some((rk, queue))
     }
 
+    /// kombu's fanout channel: `<prefix>/<db>.<exchange>[/<routing key>]`.
+    pub fn fanout(&self, db: i64, exchange: &str, routing_key: &str) -> String {
+        if routing_key.is_empty() {
+            format!("{}/{db}.{exchange}", self.prefix)
+        } else {
+            format!("{}/{db}.{exchange}/{routing_key}", self.prefix)
+        }
+    }
+
     /// The `unacked` hash.
     pub fn unacked(&self) -> String {
         format!("{}unacked", self.prefix)
@@ -161,6 +170,11 @@ mod tests {
         assert_eq!(k.queue("celery", 0), "app:celery");
         assert_eq!(k.queue_of("app:celery\x06\x166"), "celery");
         assert_eq!(k.unacked_index(), "app:unacked_index");
+        assert_eq!(k.fanout(13, "celery.pidbox", ""), "app:/13.celery.pidbox");
+        assert_eq!(
+            k.fanout(0, "celeryev", "worker.online"),
+            "app:/0.celeryev/worker.online"
+        );
         assert_eq!(k.binding("celery"), "app:_kombu.binding.celery");
         assert_eq!(
             BrokerKeys::binding_member("celery", "celery"),

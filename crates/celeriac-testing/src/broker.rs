@@ -352,3 +352,39 @@ pub async fn idle_consumer_wakes_for_a_new_message(b: BrokerUnderTest) {
     publish(&b.broker, &queue, 42, None).await;
     assert_eq!(n_of(&next(&mut c).await), 42);
 }
+
+/// A fanout publish reaches every subscriber of that exchange, and only them.
+pub async fn fanout_reaches_every_subscriber(b: BrokerUnderTest) {
+    if !b.broker.capabilities().fanout {
+        eprintln!(
+            "conformance: {} has no fanout; check skipped",
+            b.broker.url()
+        );
+        return;
+    }
+    let exchange = q(&b, "broadcast");
+    let mut one = b.broker.subscribe_fanout(&exchange).await.unwrap();
+    let mut two = b.broker.subscribe_fanout(&exchange).await.unwrap();
+    let mut other = b
+        .broker
+        .subscribe_fanout(&q(&b, "elsewhere"))
+        .await
+        .unwrap();
+    let sent = message("", 9, None);
+    b.broker
+        .publish_fanout(&exchange, sent.clone())
+        .await
+        .unwrap();
+    for s in [&mut one, &mut two] {
+        let got = tokio::time::timeout(ARRIVE, s.next())
+            .await
+            .expect("broadcast arrives")
+            .expect("subscribed");
+        assert_eq!(got.headers, sent.headers);
+        assert_eq!(got.body, sent.body);
+    }
+    assert!(
+        tokio::time::timeout(QUIET, other.next()).await.is_err(),
+        "a subscriber of another exchange got the broadcast"
+    );
+}

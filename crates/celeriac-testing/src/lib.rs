@@ -43,6 +43,7 @@ macro_rules! broker_conformance {
             publish_many_publishes_in_order,
             closed_consumer_returns_fetched_messages,
             idle_consumer_wakes_for_a_new_message,
+            fanout_reaches_every_subscriber,
         );
     };
     (@tests $factory:path; $($check:ident),* $(,)?) => {

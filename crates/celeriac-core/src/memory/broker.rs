@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions,
+    Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions, Subscription,
 };
 use crate::emulation::{spawn_consumer, Fetch};
 use crate::error::{BrokerError, PublishError};
@@ -40,6 +40,7 @@ struct Inner {
     order: PriorityOrder,
     state: Mutex<State>,
     notify: Notify,
+    fanout: Mutex<HashMap<String, Vec<tokio::sync::mpsc::UnboundedSender<Message>>>>,
 }
 
 #[derive(Default)]
@@ -152,6 +153,7 @@ impl Inner {
             order,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            fanout: Mutex::new(HashMap::new()),
         }
     }
 
@@ -325,7 +327,7 @@ impl Broker for MemoryBroker {
         Capabilities {
             priorities: true,
             native_delay: true,
-            fanout: false,
+            fanout: true,
             durable: false,
             shared: false,
         }
@@ -427,5 +429,25 @@ impl Broker for MemoryBroker {
         let mut names: Vec<String> = self.inner.lock().queues.keys().cloned().collect();
         names.sort();
         Ok(names)
+    }
+
+    async fn publish_fanout(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        let mut fanout = self.inner.fanout.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(subscribers) = fanout.get_mut(exchange) {
+            subscribers.retain(|tx| tx.send(message.clone()).is_ok());
+        }
+        Ok(())
+    }
+
+    async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner
+            .fanout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(exchange.to_string())
+            .or_default()
+            .push(tx);
+        Ok(Subscription::from_channel(rx))
     }
 }
