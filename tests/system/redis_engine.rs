@@ -529,8 +529,7 @@ async fn tls_and_unix_socket_urls_work() {
     let err = builder_on(&format!("{tls}/0"))
         .build()
         .await
-        .err()
-        .expect("an untrusted certificate is refused");
+        .expect_err("an untrusted certificate is refused");
     let text = err.to_string();
     assert!(
         text.starts_with(&format!("cannot reach broker {tls}/0")),
