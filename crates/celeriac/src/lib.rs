@@ -63,6 +63,7 @@
 //! | URL | broker | results | for |
 //! |---|---|---|---|
 //! | `memory://[NAME]` | yes | yes | one process, tests |
+//! | `redis://`, `rediss://`, `unix://` | yes | yes | many machines, shared with Python Celery (feature `redis`) |
 //!
 //! The broker URL comes from [`AppBuilder::broker_url`], else `CELERIAC_BROKER_URL`, else
 //! `CELERY_BROKER_URL`, else `memory://`; the backend likewise from
@@ -73,6 +74,8 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `cli` | yes | [`cli::run`] (clap, tracing-subscriber) |
+//! | `redis` | no | the Redis broker and result backend ([`celeriac_redis`](https://docs.rs/celeriac-redis)) |
+//! | `redis-tls` | no | `rediss://` (system OpenSSL) |
 
 pub mod app;
 #[cfg(feature = "cli")]
