@@ -325,3 +325,35 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A directory of a test's own under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct ScratchDir {
+    path: std::path::PathBuf,
+}
+
+impl ScratchDir {
+    /// A fresh, empty directory.
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).expect("scratch dir");
+        Self { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// A `sqlite://` URL for a database file `name` in it, with `options` (`a=1&b=2`).
+    pub fn sqlite_url(&self, name: &str, options: &str) -> String {
+        let sep = if options.is_empty() { "" } else { "?" };
+        format!("sqlite://{}{sep}{options}", self.path.join(name).display())
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,226 @@
+//! One database file as one process sees it: a dedicated thread owning the connection,
+//! which runs every operation sent to it and groups whatever is waiting into one
+//! transaction (so a burst of publishes, acks and result writes from many tasks costs one
+//! commit), plus a change signal that wakes idle consumers and result waiters.
+//!
+//! Changes made by this process signal directly after their commit. Changes made by other
+//! processes are seen through the file system: every commit in WAL mode writes the `-wal`
+//! file, and an inotify (or platform) watch on the database's directory turns that into
+//! the same signal. Waiters also re-check every `poll_interval`, so a file system without
+//! change notifications (some network mounts) still works, only slower.
+//!
+//! The broker and the result backend of one file in one process share one `Db`.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{oneshot, Notify};
+use tracing::{debug, error};
+
+use crate::config::SqliteConfig;
+use crate::error::{DbError, OpenError};
+use crate::schema;
+
+/// Most operations grouped into one transaction.
+const BATCH: usize = 1024;
+
+/// What the thread runs: an operation inside a savepoint of the batch transaction, and
+/// then its reply once the batch's commit outcome is known.
+trait Job: Send {
+    fn writes(&self) -> bool;
+    fn run(
+        self: Box<Self>,
+        conn: &mut rusqlite::Transaction<'_>,
+    ) -> Box<dyn FnOnce(Result<(), DbError>) + Send>;
+    fn fail(self: Box<Self>, e: DbError);
+}
+
+struct Call<F, R> {
+    f: F,
+    writes: bool,
+    reply: oneshot::Sender<Result<R, DbError>>,
+}
+
+impl<F, R> Job for Call<F, R>
+where
+    F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    R: Send + 'static,
+{
+    fn writes(&self) -> bool {
+        self.writes
+    }
+
+    fn run(
+        self: Box<Self>,
+        txn: &mut rusqlite::Transaction<'_>,
+    ) -> Box<dyn FnOnce(Result<(), DbError>) + Send> {
+        let Call { f, reply, .. } = *self;
+        // A savepoint per operation: one failing operation rolls back only itself.
+        let result = match txn.savepoint() {
+            Ok(sp) => match f(&sp) {
+                Ok(r) => sp.commit().map(|()| r).map_err(DbError::from),
+                Err(e) => Err(DbError::from(e)),
+            },
+            Err(e) => Err(DbError::from(e)),
+        };
+        Box::new(move |commit: Result<(), DbError>| {
+            let _ = reply.send(commit.and(result));
+        })
+    }
+
+    fn fail(self: Box<Self>, e: DbError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+/// A database file opened by this process.
+pub(crate) struct Db {
+    pub(crate) cfg: SqliteConfig,
+    /// `sqlite:///absolute/path`, for messages.
+    pub(crate) name: String,
+    jobs: Mutex<mpsc::Sender<Box<dyn Job>>>,
+    /// Signalled after every committed write here, and on file changes by others.
+    pub(crate) changed: Arc<Notify>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+static OPEN: OnceLock<Mutex<HashMap<std::path::PathBuf, Weak<Db>>>> = OnceLock::new();
+
+impl Db {
+    /// The process's handle on the file `cfg.path`, opened (and checked, and migrated)
+    /// on first use.
+    pub(crate) fn open(cfg: &SqliteConfig) -> Result<Arc<Db>, OpenError> {
+        let registry = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut open = registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = open.get(&cfg.path).and_then(Weak::upgrade) {
+            return Ok(db);
+        }
+        let conn = schema::open(cfg)?;
+        let changed = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let thread_changed = changed.clone();
+        let name = cfg.display();
+        let thread_name = name.clone();
+        std::thread::Builder::new()
+            .name("celeriac-sqlite".into())
+            .spawn(move || run(conn, rx, thread_changed, thread_name))
+            .map_err(|e| OpenError {
+                path: cfg.path.clone(),
+                reason: format!("cannot start its database thread: {e}"),
+            })?;
+        let watcher = watch(cfg, changed.clone());
+        let db = Arc::new(Db {
+            cfg: cfg.clone(),
+            name,
+            jobs: Mutex::new(tx),
+            changed,
+            _watcher: watcher,
+        });
+        open.insert(cfg.path.clone(), Arc::downgrade(&db));
+        Ok(db)
+    }
+
+    fn submit(&self, job: Box<dyn Job>) -> Result<(), Box<dyn Job>> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.send(job).map_err(|e| e.0)
+    }
+
+    /// Runs `f` on the database thread, in a transaction shared with whatever else is
+    /// waiting, and returns its result once committed.
+    pub(crate) async fn call<R, F>(&self, writes: bool, f: F) -> Result<R, DbError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        if let Err(job) = self.submit(Box::new(Call { f, writes, reply })) {
+            job.fail(DbError::closed());
+        }
+        rx.await.unwrap_or_else(|_| Err(DbError::closed()))
+    }
+
+    /// Runs a write without waiting for it (from `Drop`, which cannot await).
+    pub(crate) fn spawn_write<F>(&self, f: F)
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        let (reply, _) = oneshot::channel();
+        let _ = self.submit(Box::new(Call {
+            f,
+            writes: true,
+            reply,
+        }));
+    }
+}
+
+fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, changed: Arc<Notify>, name: String) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let writes = batch.iter().any(|j| j.writes());
+        let behavior = if writes {
+            TransactionBehavior::Immediate
+        } else {
+            TransactionBehavior::Deferred
+        };
+        let mut txn = match conn.transaction_with_behavior(behavior) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = DbError::from(e);
+                debug!("{name}: cannot begin a transaction: {}", e.message);
+                for job in batch {
+                    job.fail(e.clone());
+                }
+                continue;
+            }
+        };
+        let replies: Vec<_> = batch.into_iter().map(|job| job.run(&mut txn)).collect();
+        let committed = txn.commit().map_err(DbError::from);
+        if let Err(e) = &committed {
+            error!("{name}: commit failed: {}", e.message);
+        }
+        let ok = committed.is_ok();
+        for reply in replies {
+            reply(committed.clone());
+        }
+        if writes && ok {
+            changed.notify_waiters();
+        }
+    }
+}
+
+/// Watches the database's directory for changes to its file or `-wal` file.
+fn watch(cfg: &SqliteConfig, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = cfg.path.parent()?.to_path_buf();
+    let file = cfg.path.file_name()?.to_os_string();
+    let mut wal = file.clone();
+    wal.push("-wal");
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.kind.is_modify() || event.kind.is_create() {
+                let ours = event.paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n == file.as_os_str() || n == wal.as_os_str())
+                });
+                if ours {
+                    changed.notify_waiters();
+                }
+            }
+        }
+    })
+    .map_err(|e| debug!("no file watcher ({e}); polling only"))
+    .ok()?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| debug!("cannot watch {} ({e}); polling only", dir.display()))
+        .ok()?;
+    Some(watcher)
+}
