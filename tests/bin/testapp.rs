@@ -96,6 +96,23 @@ async fn slow_late(ctx: &TaskContext, seconds: f64) -> TaskResult<f64> {
     Ok(seconds)
 }
 
+/// Appends `n` to the file named by `CELERIAC_MARK_FILE`: one line per execution, so tests
+/// count every run across worker processes.
+#[celeriac::task(name = "tasks.mark", ignore_result = true)]
+fn mark(n: u64) -> TaskResult<u64> {
+    use std::io::Write;
+    let path = std::env::var("CELERIAC_MARK_FILE")
+        .map_err(|_| TaskError::runtime_error("CELERIAC_MARK_FILE is not set"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // One write per line: appends of a few bytes are atomic, so lines from several
+    // processes never interleave.
+    f.write_all(format!("{n}\n").as_bytes())?;
+    Ok(n)
+}
+
 fn main() {
     celeriac::cli::run(
         celeriac::App::builder()
@@ -109,6 +126,7 @@ fn main() {
             .task(retry_once)
             .task(whoami)
             .task(record)
-            .task(slow_late),
+            .task(slow_late)
+            .task(mark),
     )
 }

@@ -7,10 +7,15 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use predicates::prelude::*;
 
+use celeriac_testing::services::ScratchDir;
+
 const BIN: &str = env!("CARGO_BIN_EXE_celeriac-testapp");
 
-fn app() -> Command {
+/// The test binary, run in `dir` (the default broker is a file in the working directory,
+/// so each test gets a directory of its own).
+fn app(dir: &ScratchDir) -> Command {
     let mut c = Command::new(BIN);
+    c.current_dir(dir.path());
     c.env_remove("CELERIAC_BROKER_URL")
         .env_remove("CELERY_BROKER_URL")
         .env_remove("CELERIAC_RESULT_BACKEND")
@@ -22,7 +27,8 @@ fn app() -> Command {
 
 #[test]
 fn help_lists_the_commands() {
-    app().arg("--help").assert().success().stdout(
+    let dir = ScratchDir::new("celeriac-cli-test");
+    app(&dir).arg("--help").assert().success().stdout(
         predicate::str::contains("worker")
             .and(predicate::str::contains("call"))
             .and(predicate::str::contains("inspect")),
@@ -31,21 +37,22 @@ fn help_lists_the_commands() {
 
 #[test]
 fn bad_arguments_print_usage_and_exit_2() {
-    app()
+    let dir = ScratchDir::new("celeriac-cli-test");
+    app(&dir)
         .args(["worker", "--pool", "bogus"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("invalid value 'bogus'"));
-    app()
+    app(&dir)
         .arg("call")
         .assert()
         .code(2)
         .stderr(predicate::str::contains("Usage"));
-    app()
+    app(&dir)
         .args(["call", "tasks.add", "--priority", "12"])
         .assert()
         .code(2);
-    app()
+    app(&dir)
         .args(["worker", "-l", "loud"])
         .assert()
         .code(2)
@@ -54,7 +61,8 @@ fn bad_arguments_print_usage_and_exit_2() {
 
 #[test]
 fn runtime_errors_print_one_line_and_exit_1() {
-    let out = app()
+    let dir = ScratchDir::new("celeriac-cli-test");
+    let out = app(&dir)
         .args([
             "--broker",
             "reddis://:secret@localhost",
@@ -74,24 +82,25 @@ fn runtime_errors_print_one_line_and_exit_1() {
 
 #[test]
 fn bad_argument_values_are_usage_errors() {
-    app()
+    let dir = ScratchDir::new("celeriac-cli-test");
+    app(&dir)
         .args(["call", "tasks.add", "--args", "[2, 3"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains(
             "invalid value '[2, 3' for '--args <ARGS>': not valid JSON",
         ));
-    app()
+    app(&dir)
         .args(["call", "tasks.add", "--args", "{}"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("expected a JSON array"));
-    app()
+    app(&dir)
         .args(["call", "tasks.add", "--kwargs", "[1]"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains("expected a JSON object"));
-    app()
+    app(&dir)
         .args(["call", "tasks.add", "--wait=-1"])
         .assert()
         .code(2)
@@ -102,13 +111,14 @@ fn bad_argument_values_are_usage_errors() {
 
 #[test]
 fn broker_url_comes_from_the_environment_celeriac_first() {
-    app()
+    let dir = ScratchDir::new("celeriac-cli-test");
+    app(&dir)
         .env("CELERY_BROKER_URL", "kafka://celery-var")
         .args(["inspect", "queues"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("kafka://celery-var"));
-    app()
+    app(&dir)
         .env("CELERY_BROKER_URL", "kafka://celery-var")
         .env("CELERIAC_BROKER_URL", "kafka://celeriac-var")
         .args(["inspect", "queues"])
@@ -119,7 +129,8 @@ fn broker_url_comes_from_the_environment_celeriac_first() {
 
 #[test]
 fn call_prints_the_task_id_and_result_shows_its_state() {
-    let out = app()
+    let dir = ScratchDir::new("celeriac-cli-test");
+    let out = app(&dir)
         .args(["call", "tasks.add", "--args", "[2, 3]", "--countdown", "5"])
         .assert()
         .success()
@@ -128,12 +139,12 @@ fn call_prints_the_task_id_and_result_shows_its_state() {
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "not a task id: {id:?}");
     // memory:// lives in one process: another process sees no result.
-    app()
+    app(&dir)
         .args(["result", &id])
         .assert()
         .success()
         .stdout("PENDING\n");
-    app()
+    app(&dir)
         .args(["result", &id, "--wait", "0.2"])
         .assert()
         .code(1)
@@ -142,12 +153,13 @@ fn call_prints_the_task_id_and_result_shows_its_state() {
 
 #[test]
 fn purge_and_inspect_queues() {
-    app()
+    let dir = ScratchDir::new("celeriac-cli-test");
+    app(&dir)
         .args(["purge", "celery"])
         .assert()
         .success()
         .stdout("purged 0 messages from `celery`\n");
-    app()
+    app(&dir)
         .args(["inspect", "queues"])
         .assert()
         .success()

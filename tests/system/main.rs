@@ -7,5 +7,6 @@ mod interop;
 mod proc;
 mod redis_engine;
 mod shutdown;
+mod sqlite_engine;
 mod support;
 mod worker;

@@ -16,10 +16,12 @@ pub(crate) struct WorkerProcess {
 
 impl WorkerProcess {
     /// Starts a celeriac worker on `broker` with extra worker `args` and `env`, and waits
-    /// until it logs that it is ready.
+    /// until it is ready. Logs at `info` unless `args` set `-l`.
     pub(crate) fn spawn(broker: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let quiet = args.contains(&"-l");
         let mut cmd = Command::new(BIN);
-        cmd.args(["--broker", broker, "worker", "-l", "info"])
+        cmd.args(["--broker", broker, "worker"])
+            .args(if quiet { &[][..] } else { &["-l", "info"][..] })
             .args(args)
             .env_remove("CELERIAC_BROKER_URL")
             .env_remove("CELERY_BROKER_URL")
@@ -29,24 +31,31 @@ impl WorkerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self::spawn_command(cmd, " ready.")
+        // At `info` the worker logs "<name> ready."; quieter, the banner's end shows it started.
+        Self::spawn_command(cmd, if quiet { "[tasks]" } else { " ready." })
     }
 
     /// Starts any worker command (a Python Celery worker, say) and waits until its log
     /// (stderr) contains `ready`.
     pub(crate) fn spawn_command(mut cmd: Command, ready: &str) -> Self {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("worker process starts");
-        let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut l = sink.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
         let w = Self { child, log };
         w.wait_for_log(ready, Duration::from_secs(60));
         w

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection};
 use tracing::{info, warn};
 
 use celeriac_core::broker::{
@@ -292,11 +292,21 @@ impl Fetch for Fetcher {
             let changed = db.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (qs, consumer) = (queues.to_vec(), self.inner.consumer.clone());
-            let (mut rows, next_due) = db
-                .call(true, move |c| claim(c, &qs, max, &consumer))
+            // Look before taking the write lock: idle consumers of several processes would
+            // otherwise queue for it on every commit any of them makes.
+            let qs = queues.to_vec();
+            let (ready, next_due) = db
+                .call(false, move |c| peek(c, &qs))
                 .await
                 .map_err(err(db, "consume"))?;
+            let mut rows = Vec::new();
+            if ready {
+                let (qs, consumer) = (queues.to_vec(), self.inner.consumer.clone());
+                rows = db
+                    .call(true, move |c| claim(c, &qs, max, &consumer))
+                    .await
+                    .map_err(err(db, "consume"))?;
+            }
             if !rows.is_empty() {
                 // RETURNING does not keep the ORDER BY of the subquery.
                 rows.sort_by_key(|r| (r.1, r.0));
@@ -337,62 +347,64 @@ impl Fetch for Fetcher {
     }
 }
 
-/// Claims up to `max` visible messages of `queues` for `consumer`; also returns when the
-/// next delayed one is due, so an idle consumer can sleep exactly that long.
+fn placeholders(n: usize, first: usize) -> String {
+    (0..n)
+        .map(|i| format!("?{}", i + first))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a message of `queues` is ready now, and when the next delayed one is due.
+fn peek(c: &Connection, queues: &[String]) -> rusqlite::Result<(bool, Option<f64>)> {
+    let t = now();
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE claimed_by IS NULL AND visible_at <= ?1 AND queue IN ({0})),
+                (SELECT MIN(visible_at) FROM messages WHERE claimed_by IS NULL AND visible_at > ?1 AND queue IN ({0}))",
+        placeholders(queues.len(), 2)
+    );
+    let mut args: Vec<rusqlite::types::Value> = vec![t.into()];
+    args.extend(queues.iter().map(|q| q.clone().into()));
+    c.prepare_cached(&sql)?
+        .query_row(params_from_iter(args.iter()), |r| {
+            Ok((r.get::<_, bool>(0)?, r.get(1)?))
+        })
+}
+
+/// Claims up to `max` visible messages of `queues` for `consumer`, in one statement.
 fn claim(
     c: &Connection,
     queues: &[String],
     max: usize,
     consumer: &str,
-) -> rusqlite::Result<(Vec<Claimed>, Option<f64>)> {
-    let t = now();
-    // Numbered explicitly: an anonymous `?` would take the number after the largest seen
-    // so far in the text, colliding with `?3`.
-    let marks = (0..queues.len())
-        .map(|i| format!("?{}", i + 4))
-        .collect::<Vec<_>>()
-        .join(", ");
+) -> rusqlite::Result<Vec<Claimed>> {
+    // Placeholders are numbered: an anonymous `?` takes the number after the largest seen
+    // so far in the text, and would collide with `?3`.
     let sql = format!(
         "UPDATE messages SET claimed_by = ?1, claimed_at = ?2
          WHERE id IN (SELECT id FROM messages
-                      WHERE claimed_by IS NULL AND visible_at <= ?2 AND queue IN ({marks})
+                      WHERE claimed_by IS NULL AND visible_at <= ?2 AND queue IN ({})
                       ORDER BY priority, id LIMIT ?3)
-         RETURNING id, priority, queue, tag, redelivered, envelope"
+         RETURNING id, priority, queue, tag, redelivered, envelope",
+        placeholders(queues.len(), 4)
     );
-    let mut args: Vec<rusqlite::types::Value> =
-        vec![consumer.to_string().into(), t.into(), (max as i64).into()];
+    let mut args: Vec<rusqlite::types::Value> = vec![
+        consumer.to_string().into(),
+        now().into(),
+        (max as i64).into(),
+    ];
     args.extend(queues.iter().map(|q| q.clone().into()));
     let mut stmt = c.prepare_cached(&sql)?;
-    let rows: Vec<Claimed> = stmt
-        .query_map(params_from_iter(args.iter()), |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get::<_, i64>(4)? != 0,
-                r.get(5)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    if !rows.is_empty() {
-        return Ok((rows, None));
-    }
-    let marks = (0..queues.len())
-        .map(|i| format!("?{}", i + 2))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT MIN(visible_at) FROM messages WHERE claimed_by IS NULL AND visible_at > ?1 AND queue IN ({marks})"
-    );
-    let mut args: Vec<rusqlite::types::Value> = vec![t.into()];
-    args.extend(queues.iter().map(|q| q.clone().into()));
-    let due: Option<f64> = c
-        .prepare_cached(&sql)?
-        .query_row(params_from_iter(args.iter()), |r| r.get(0))
-        .optional()?
-        .flatten();
-    Ok((rows, due))
+    let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get::<_, i64>(4)? != 0,
+            r.get(5)?,
+        ))
+    })?;
+    rows.collect()
 }
 
 #[async_trait]

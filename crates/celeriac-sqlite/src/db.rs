@@ -30,12 +30,12 @@ const BATCH: usize = 1024;
 /// then its reply once the batch's commit outcome is known.
 trait Job: Send {
     fn writes(&self) -> bool;
-    fn run(
-        self: Box<Self>,
-        conn: &mut rusqlite::Transaction<'_>,
-    ) -> Box<dyn FnOnce(Result<(), DbError>) + Send>;
+    /// Runs the operation; returns its reply and the error it met, if any.
+    fn run(self: Box<Self>, conn: &mut rusqlite::Transaction<'_>) -> (Reply, Option<DbError>);
     fn fail(self: Box<Self>, e: DbError);
 }
+
+type Reply = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 
 struct Call<F, R> {
     f: F,
@@ -52,10 +52,7 @@ where
         self.writes
     }
 
-    fn run(
-        self: Box<Self>,
-        txn: &mut rusqlite::Transaction<'_>,
-    ) -> Box<dyn FnOnce(Result<(), DbError>) + Send> {
+    fn run(self: Box<Self>, txn: &mut rusqlite::Transaction<'_>) -> (Reply, Option<DbError>) {
         let Call { f, reply, .. } = *self;
         // A savepoint per operation: one failing operation rolls back only itself.
         let result = match txn.savepoint() {
@@ -65,9 +62,12 @@ where
             },
             Err(e) => Err(DbError::from(e)),
         };
-        Box::new(move |commit: Result<(), DbError>| {
-            let _ = reply.send(commit.and(result));
-        })
+        let error = result.as_ref().err().cloned();
+        let reply: Reply = Box::new(move |commit: Result<(), DbError>| {
+            // An operation's own error says more than the batch's.
+            let _ = reply.send(result.and_then(|r| commit.map(|()| r)));
+        });
+        (reply, error)
     }
 
     fn fail(self: Box<Self>, e: DbError) {
@@ -103,9 +103,17 @@ impl Db {
         let thread_changed = changed.clone();
         let name = cfg.display();
         let thread_name = name.clone();
+        let busy_timeout = cfg.busy_timeout;
         std::thread::Builder::new()
             .name("celeriac-sqlite".into())
-            .spawn(move || run(conn, rx, thread_changed, thread_name))
+            .spawn(move || {
+                let mut conn = conn;
+                // The busy handler keeps its state per thread: install it on this one.
+                if let Err(e) = schema::set_busy_handler(&mut conn, busy_timeout) {
+                    error!("{thread_name}: cannot install the busy handler: {e}");
+                }
+                run(conn, rx, thread_changed, thread_name)
+            })
             .map_err(|e| OpenError {
                 path: cfg.path.clone(),
                 reason: format!("cannot start its database thread: {e}"),
@@ -181,8 +189,29 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, changed: Arc<Noti
                 continue;
             }
         };
-        let replies: Vec<_> = batch.into_iter().map(|job| job.run(&mut txn)).collect();
-        let committed = txn.commit().map_err(DbError::from);
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut aborted: Option<DbError> = None;
+        for job in batch {
+            if let Some(e) = &aborted {
+                job.fail(e.clone());
+                continue;
+            }
+            let (reply, error) = job.run(&mut txn);
+            replies.push(reply);
+            // Some errors (a full disk, I/O) make SQLite roll the whole transaction
+            // back: nothing of this batch is written, so none of it may report success,
+            // and nothing after it may run outside a transaction.
+            if txn.is_autocommit() {
+                aborted = Some(error.unwrap_or_else(|| DbError {
+                    code: None,
+                    message: "the transaction was rolled back".into(),
+                }));
+            }
+        }
+        let committed = match &aborted {
+            Some(e) => Err(e.clone()),
+            None => txn.commit().map_err(DbError::from),
+        };
         if let Err(e) = &committed {
             error!("{name}: commit failed: {}", e.message);
         }

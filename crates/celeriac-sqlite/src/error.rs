@@ -10,7 +10,7 @@ use rusqlite::ErrorCode;
 
 /// A database file that cannot be used, and why — one line naming the path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot use SQLite database {}: it {reason}", path.display())]
+#[error("cannot use SQLite database {}: it {}", path.display(), reason.split_whitespace().collect::<Vec<_>>().join(" "))]
 pub struct OpenError {
     /// The file.
     pub path: PathBuf,

@@ -39,15 +39,14 @@ pub(crate) fn open(cfg: &SqliteConfig) -> Result<Connection, OpenError> {
                 .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
         }
     }
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| fail(describe(&e)))?;
-    conn.busy_timeout(cfg.busy_timeout)
-        .map_err(|e| fail(describe(&e)))?;
+    set_busy_handler(&mut conn, cfg.busy_timeout).map_err(|e| fail(describe(&e)))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| fail(describe(&e)))?;
@@ -63,7 +62,7 @@ pub(crate) fn open(cfg: &SqliteConfig) -> Result<Connection, OpenError> {
         "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
     ))
     .map_err(|e| fail(describe(&e)))?;
-    check_and_migrate(&conn).map_err(|reason| fail(reason))?;
+    check_and_migrate(&conn).map_err(&fail)?;
     if let Some(max) = cfg.max_size {
         let page: i64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -74,6 +73,44 @@ pub(crate) fn open(cfg: &SqliteConfig) -> Result<Connection, OpenError> {
             .map_err(|e| fail(describe(&e)))?;
     }
     Ok(conn)
+}
+
+thread_local! {
+    /// The busy timeout of the connection owned by this thread, and when its current wait
+    /// began (SQLite's busy handler is a plain function, without state of its own).
+    static BUSY: std::cell::Cell<(Duration, Option<std::time::Instant>)> =
+        const { std::cell::Cell::new((Duration::ZERO, None)) };
+}
+
+/// Waits for another process's write lock with short sleeps.
+///
+/// SQLite's own `busy_timeout` sleeps 1, 2, 5, 10 … up to 100 ms between tries: with
+/// several worker processes taking turns on the lock for sub-millisecond transactions,
+/// most of the time would be spent asleep. This handler retries after 20 µs, backing off
+/// to 1 ms, and gives up after the configured timeout.
+fn busy(tries: i32) -> bool {
+    BUSY.with(|b| {
+        let (timeout, started) = b.get();
+        let now = std::time::Instant::now();
+        let started = if tries == 0 {
+            now
+        } else {
+            started.unwrap_or(now)
+        };
+        b.set((timeout, Some(started)));
+        if now.duration_since(started) >= timeout {
+            return false;
+        }
+        let pause = Duration::from_micros(20u64 << (tries.clamp(0, 6) as u32));
+        std::thread::sleep(pause.min(Duration::from_millis(1)));
+        true
+    })
+}
+
+/// Installs [`busy`] for the connection (used only from the thread that opened it).
+pub(crate) fn set_busy_handler(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<()> {
+    BUSY.with(|b| b.set((timeout, None)));
+    conn.busy_handler(Some(busy))
 }
 
 /// A reason if the file exists but is not an SQLite database at all.

@@ -226,6 +226,12 @@ impl AppBuilder {
         self
     }
 
+    /// Whether no broker URL was given, in code or the environment (the default is used).
+    pub fn broker_is_default(&self) -> bool {
+        self.broker_url.is_none()
+            && env_url(&["CELERIAC_BROKER_URL", "CELERY_BROKER_URL"]).is_none()
+    }
+
     /// The broker URL this builder will use (explicit, environment, or default).
     pub fn resolved_broker_url(&self) -> String {
         self.broker_url

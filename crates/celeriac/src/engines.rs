@@ -10,7 +10,13 @@ use celeriac_core::{Broker, ResultBackend};
 
 use crate::error::Error;
 
+/// The broker URL used when none is configured: the embedded SQLite file
+/// `celeriac.sqlite` in the working directory (with the `sqlite` feature), so separate
+/// processes started in one project directory share it; `memory://` without it.
+#[cfg(feature = "sqlite")]
+pub const DEFAULT_BROKER_URL: &str = "sqlite://celeriac.sqlite";
 /// The broker URL used when none is configured.
+#[cfg(not(feature = "sqlite"))]
 pub const DEFAULT_BROKER_URL: &str = "memory://";
 
 fn not_compiled(url: &EngineUrl) -> Error {
@@ -24,6 +30,17 @@ fn not_compiled(url: &EngineUrl) -> Error {
         scheme: url.scheme().to_string(),
         feature: feature.to_string(),
     })
+}
+
+#[cfg(feature = "sqlite")]
+impl From<celeriac_sqlite::Error> for Error {
+    fn from(e: celeriac_sqlite::Error) -> Self {
+        match e {
+            celeriac_sqlite::Error::Url(e) => Error::Url(e),
+            celeriac_sqlite::Error::Open(e) => Error::Engine(Box::new(e)),
+            other => Error::Engine(Box::new(other)),
+        }
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -47,6 +64,10 @@ pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
     let url = EngineUrl::parse(url)?;
     match url.scheme() {
         "memory" => Ok(Arc::new(MemoryBroker::from_url(&url)?)),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(
+            celeriac_sqlite::SqliteBroker::connect(url.expose()).await?,
+        )),
         #[cfg(feature = "redis")]
         s if REDIS_SCHEMES.contains(&s) => {
             Ok(Arc::new(celeriac_redis::RedisBroker::connect(&url).await?))
@@ -66,6 +87,10 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
     match url.scheme() {
         "memory" => Ok(Some(Arc::new(MemoryBackend::from_url(&url)))),
         "disabled" => Ok(None),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Some(Arc::new(
+            celeriac_sqlite::SqliteBackend::connect(url.expose()).await?,
+        ))),
         #[cfg(feature = "redis")]
         s if REDIS_SCHEMES.contains(&s) => Ok(Some(Arc::new(
             celeriac_redis::RedisBackend::connect(&url).await?,

@@ -298,6 +298,13 @@ pub enum Error {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Invalid input (a command-line file, say); the message says where.
+    #[error("{0}")]
+    Input(String),
+    /// An engine could not start (e.g. an SQLite file that is not usable); the message
+    /// names the resource.
+    #[error(transparent)]
+    Engine(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {

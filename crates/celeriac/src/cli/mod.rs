@@ -1,0 +1,327 @@
+//! The command line: [`run`] gives a user's binary every command with its tasks
+//! registered (`worker`, `call`, `result`, `purge`, `inspect queues`, `status`);
+//! [`run_tool`] is the stand-alone `celeriac` binary, everything that needs no task code.
+//!
+//! ```no_run
+//! #[celeriac::task(name = "tasks.add")]
+//! async fn add(x: i64, y: i64) -> celeriac::TaskResult<i64> { Ok(x + y) }
+//!
+//! fn main() {
+//!     celeriac::cli::run(celeriac::App::builder().task(add))
+//! }
+//! // myapp worker -Q celery,q2 -c 8
+//! // myapp call tasks.add --args '[2, 3]' --wait 10
+//! ```
+//!
+//! Bad arguments print clap's usage and exit 2; runtime errors print one line
+//! (`error: ...`) and exit 1; a task that fails under `--wait` exits 1 with its exception.
+//! With no broker configured, the embedded SQLite file `celeriac.sqlite` in the working
+//! directory is used, and a line on stderr names it.
+
+mod commands;
+mod progress;
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::app::AppBuilder;
+use crate::error::Error;
+use crate::execute::Pool;
+
+#[derive(Args, Debug)]
+struct Global {
+    /// Broker URL [env: CELERIAC_BROKER_URL, CELERY_BROKER_URL] [default: sqlite://celeriac.sqlite]
+    #[arg(long, short = 'b', global = true)]
+    broker: Option<String>,
+    /// Result backend URL [env: CELERIAC_RESULT_BACKEND, CELERY_RESULT_BACKEND] [default: the broker's]
+    #[arg(long, global = true)]
+    backend: Option<String>,
+}
+
+/// A user's binary: every command, with the binary's tasks.
+#[derive(Parser, Debug)]
+#[command(version, about = "celeriac: run workers, send tasks and read results", long_about = None)]
+struct AppCli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: AppCommand,
+}
+
+/// The stand-alone `celeriac` binary: everything that needs no task code.
+#[derive(Parser, Debug)]
+#[command(
+    name = "celeriac",
+    version,
+    about = "celeriac: send tasks by name, read results, inspect and purge queues — on SQLite, Redis or memory",
+    long_about = None
+)]
+struct ToolCli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Common,
+}
+
+#[derive(Subcommand, Debug)]
+enum AppCommand {
+    /// Run a worker.
+    Worker(WorkerArgs),
+    #[command(flatten)]
+    Common(Common),
+}
+
+#[derive(Subcommand, Debug)]
+enum Common {
+    /// Send a task by name (or many, from a JSON-lines file).
+    Call(CallArgs),
+    /// Show (or wait for) a task's result.
+    Result(ResultArgs),
+    /// Delete every waiting message in a queue.
+    Purge(PurgeArgs),
+    /// Inspect the broker.
+    #[command(subcommand)]
+    Inspect(InspectCommand),
+    /// Show what this command connects to.
+    Status,
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// Queues to consume, comma separated.
+    #[arg(short = 'Q', long, value_delimiter = ',')]
+    queues: Vec<String>,
+    /// Most tasks running at once [default: number of CPUs].
+    #[arg(short = 'c', long)]
+    concurrency: Option<usize>,
+    /// Log level: trace, debug, info, warning, error.
+    #[arg(short = 'l', long, default_value = "info")]
+    loglevel: String,
+    /// Node name (`%h` = host name) [default: celery@<host>].
+    #[arg(short = 'n', long)]
+    hostname: Option<String>,
+    /// Most unacknowledged messages held [default: concurrency × 4].
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// Where tasks run: async or threads.
+    #[arg(long, default_value = "async")]
+    pool: Pool,
+    /// Seconds a warm shutdown waits for running tasks.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    shutdown_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct CallArgs {
+    /// Task name.
+    #[arg(required_unless_present = "from_file")]
+    name: Option<String>,
+    /// Positional arguments as a JSON array.
+    #[arg(long, default_value = "[]", value_parser = json_array)]
+    args: JsonArray,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}", value_parser = json_object)]
+    kwargs: serde_json::Map<String, Value>,
+    /// Queue to send to instead of the routed one.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Seconds to wait before the task may run.
+    #[arg(long, value_parser = seconds)]
+    countdown: Option<Duration>,
+    /// Priority 0..=9 (0 is served first on Redis, SQLite and memory://).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
+    /// Wait up to this many seconds for the result(s) and print them.
+    #[arg(long, value_parser = seconds)]
+    wait: Option<Duration>,
+    /// Send every task of a JSON-lines file (`-` for stdin): one object per line with
+    /// `name`, and optionally `args`, `kwargs`, `queue`, `countdown`, `eta`, `expires`,
+    /// `priority`, `task_id`.
+    #[arg(long, conflicts_with_all = ["name", "args", "kwargs"])]
+    from_file: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ResultArgs {
+    /// Task id.
+    id: String,
+    /// Wait up to this many seconds for the task to finish.
+    #[arg(long, value_parser = seconds)]
+    wait: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
+struct PurgeArgs {
+    /// Queue name.
+    queue: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'f', visible_alias = "force")]
+    yes: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum InspectCommand {
+    /// Messages waiting in each queue.
+    Queues,
+}
+
+/// A JSON array argument (a newtype, so clap does not read `Vec` as "repeatable").
+#[derive(Clone, Debug)]
+struct JsonArray(Vec<Value>);
+
+fn json_array(text: &str) -> Result<JsonArray, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Array(a)) => Ok(JsonArray(a)),
+        Ok(_) => Err("expected a JSON array, like '[2, 3]'".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+fn json_object(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err("expected a JSON object, like '{\"x\": 1}'".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "expected a non-negative number of seconds".to_string())
+}
+
+/// Parses the process's arguments, runs the command with `app`'s tasks, and exits.
+pub fn run(app: AppBuilder) -> ! {
+    exit(run_with_args(app, std::env::args_os()))
+}
+
+/// The stand-alone `celeriac` binary: parses the arguments, runs, and exits.
+pub fn run_tool() -> ! {
+    exit(run_tool_with_args(std::env::args_os()))
+}
+
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+/// Like [`run`], with explicit arguments, returning the exit code instead of exiting.
+pub fn run_with_args<I, T>(app: AppBuilder, args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match AppCli::try_parse_from(args) {
+        Ok(cli) => {
+            let level = match &cli.command {
+                AppCommand::Worker(w) => w.loglevel.clone(),
+                AppCommand::Common(_) => "warn".into(),
+            };
+            execute(app, cli.global, &level, move |app| async move {
+                match cli.command {
+                    AppCommand::Worker(w) => commands::worker(app, w).await,
+                    AppCommand::Common(c) => commands::common(app, c).await,
+                }
+            })
+        }
+        Err(e) => {
+            let _ = e.print();
+            e.exit_code()
+        }
+    }
+}
+
+/// Like [`run_tool`], with explicit arguments, returning the exit code.
+pub fn run_tool_with_args<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match ToolCli::try_parse_from(args) {
+        Ok(cli) => execute(
+            crate::App::builder(),
+            cli.global,
+            "warn",
+            move |app| async move { commands::common(app, cli.command).await },
+        ),
+        Err(e) => {
+            let _ = e.print();
+            e.exit_code()
+        }
+    }
+}
+
+fn execute<F, Fut>(mut builder: AppBuilder, global: Global, level: &str, command: F) -> i32
+where
+    F: FnOnce(crate::App) -> Fut,
+    Fut: std::future::Future<Output = Result<i32, Error>>,
+{
+    if let Err(e) = init_logging(level) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    if let Some(b) = global.broker {
+        builder = builder.broker_url(b);
+    }
+    if let Some(b) = global.backend {
+        builder = builder.result_backend_url(b);
+    }
+    let defaulted = builder.broker_is_default();
+    let code = runtime.block_on(async move {
+        let app = match builder.build().await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        };
+        if defaulted {
+            eprintln!("celeriac: no broker configured; using {}", app.broker_url());
+        }
+        match command(app).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        }
+    });
+    // Do not wait for abandoned blocking task threads.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+fn init_logging(level: &str) -> Result<(), String> {
+    let level = match level.to_ascii_lowercase().as_str() {
+        "warning" | "warn" => "warn",
+        "critical" | "fatal" => "error",
+        l @ ("trace" | "debug" | "info" | "error") => l,
+        other => {
+            return Err(format!(
+                "unknown log level `{other}` (expected debug, info, warning, error)"
+            ))
+        }
+    }
+    .to_string();
+    let filter = std::env::var("RUST_LOG").unwrap_or(level);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
+}
