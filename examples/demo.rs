@@ -1,13 +1,19 @@
-//! The main job: a worker processing a real mix of tasks — successes, failures, retries,
-//! countdowns, expiries, unknown names, blocking work — then a throughput burst, with a
-//! summary of what happened.
+//! The main job: a worker process and a client process sharing the embedded SQLite
+//! database (no server to install). The client sends a real mix of tasks — successes,
+//! failures, retries, countdowns, expiries, unknown names, blocking work — collects what
+//! happened, then measures throughput with a burst.
 //!
 //! `cargo run --release -p celeriac-examples --example demo`
 //!
-//! Set `RUST_LOG=info` to see the worker's log lines, `DEMO_BROKER` to use another broker
-//! URL (default `memory://`), `DEMO_BURST` for the size of the throughput burst.
+//! The same binary is the worker: the client starts `demo worker -c 8` (celeriac's CLI,
+//! with these tasks registered) as a child process and stops it with SIGTERM at the end.
+//! The database is `celeriac.sqlite` in the working directory (the default when no broker
+//! is configured); `DEMO_BROKER` picks another URL (`redis://...`), `DEMO_BURST` the size
+//! of the throughput burst, `RUST_LOG=info` shows the client's log.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celeriac::{App, AsyncResult, Error, Signature, State, TaskContext, TaskError, TaskResult};
@@ -96,32 +102,81 @@ async fn collect(
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+/// The app both processes use: the tasks, and the broker from `DEMO_BROKER` or the
+/// default (the embedded SQLite file).
+fn app() -> celeriac::AppBuilder {
+    let mut b = App::builder()
+        .task(add)
+        .task(parse_int)
+        .task(flaky)
+        .task(resize)
+        .task(remind);
+    if let Ok(url) = std::env::var("DEMO_BROKER") {
+        b = b.broker_url(url);
+    }
+    b
+}
+
+/// Where the worker process's log goes.
+const WORKER_LOG: &str = "celeriac-demo-worker.log";
+
+/// Starts `demo worker` as a child process and waits until it is consuming.
+fn start_worker() -> std::io::Result<Child> {
+    let log = std::fs::File::create(WORKER_LOG)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["worker", "-c", "8", "-l", "info", "-n", "demo-worker@%h"])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()?;
+    // The banner ends with the task list; the worker consumes right after printing it.
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no worker stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line?.contains("demo.resize") {
+            break;
+        }
+    }
+    // Keep draining, so the worker never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(child)
+}
+
+fn main() -> Result<(), Error> {
+    // `demo worker ...` (and every other celeriac command) is the CLI with these tasks.
+    if std::env::args().nth(1).is_some() {
+        celeriac::cli::run(app());
+    }
+    tokio::runtime::Runtime::new()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .block_on(client())
+}
+
+async fn client() -> Result<(), Error> {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .init();
     }
-    let broker = std::env::var("DEMO_BROKER").unwrap_or_else(|_| "memory://".into());
-    let app = App::builder()
-        .broker_url(broker)
-        .task(add)
-        .task(parse_int)
-        .task(flaky)
-        .task(resize)
-        .task(remind)
-        .build()
-        .await?;
+    let app = app().build().await?;
     println!(
         "celeriac demo — broker {}, results {}",
         app.broker_url(),
         app.backend_url()
     );
-
-    let worker = app.worker().concurrency(8).build();
-    let stop = worker.shutdown_handle();
-    let worker = tokio::spawn(worker.run());
+    let leftover = app.broker().purge("celery").await?;
+    if leftover > 0 {
+        println!("(purged {leftover} messages left by an earlier run)");
+    }
+    let mut worker = start_worker()
+        .map_err(|e| Error::Config(format!("cannot start the worker process: {e}")))?;
+    println!(
+        "worker: process {} (`demo worker -c 8`); client: this process ({})",
+        worker.id(),
+        std::process::id()
+    );
     let started = Instant::now();
 
     // Send everything first, then collect: the worker works while we send.
@@ -225,12 +280,18 @@ async fn main() -> Result<(), Error> {
         burst as f64 / secs
     );
 
-    stop.warm();
-    let report = worker.await.expect("worker task")?;
-    let s = report.stats;
+    // SIGTERM: the worker shuts down warm and logs its own summary last.
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    let log = std::fs::read_to_string(WORKER_LOG).unwrap_or_default();
+    if let Some(last) = log.lines().last() {
+        println!("{last}");
+    }
     println!(
-        "worker: {} succeeded, {} failed, {} retries, {} revoked, {} rejected",
-        s.succeeded, s.failed, s.retried, s.revoked, s.rejected
+        "the worker's log ({} lines: every task received, succeeded, retried, failed) is in {WORKER_LOG}",
+        log.lines().count()
     );
     Ok(())
 }

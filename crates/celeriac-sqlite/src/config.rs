@@ -4,10 +4,10 @@
 //! upper-case letters and dots in file names survive.)
 //!
 //! Options: `busy_timeout` (ms a writer waits for another process's lock, default 5000),
-//! `heartbeat` (s between a consumer's liveness beats, default 1), `dead_after` (s without a
+//! `heartbeat` (s between a consumer's liveness beats, default 2), `dead_after` (s without a
 //! beat after which a consumer's messages go back to their queues, default 10),
 //! `poll_interval` (s: the longest an idle consumer or waiter sleeps when no change
-//! notification arrives, default 1), `synchronous` (`normal`, the default: durable across
+//! notification arrives, default 2), `synchronous` (`normal`, the default: durable across
 //! process crashes; `full`: across power loss too), `max_size` (bytes the file may grow
 //! to; publishes beyond it fail as on a full disk).
 
@@ -82,9 +82,9 @@ impl SqliteConfig {
         let mut cfg = Self {
             path,
             busy_timeout: Duration::from_millis(5000),
-            heartbeat: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(2),
             dead_after: Duration::from_secs(10),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(2),
             synchronous_full: false,
             max_size: None,
         };

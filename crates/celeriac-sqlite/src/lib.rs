@@ -33,9 +33,9 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `busy_timeout` | 5000 | ms a write waits for another process's lock |
-//! | `heartbeat` | 1 | s between a consumer's liveness beats |
+//! | `heartbeat` | 2 | s between a consumer's liveness beats |
 //! | `dead_after` | 10 | s of silence after which a consumer's messages are restored |
-//! | `poll_interval` | 1 | s an idle consumer or waiter sleeps at most between checks |
+//! | `poll_interval` | 2 | s an idle consumer or waiter sleeps at most between checks |
 //! | `synchronous` | `normal` | `full` to survive power loss, not only crashes |
 //! | `max_size` | none | bytes the file may grow to |
 //!

@@ -62,18 +62,20 @@
 //!
 //! | URL | broker | results | for |
 //! |---|---|---|---|
+//! | `sqlite://FILE` | yes | yes | the default: one machine, several processes, durable, nothing to install (feature `sqlite`) |
 //! | `memory://[NAME]` | yes | yes | one process, tests |
 //! | `redis://`, `rediss://`, `unix://` | yes | yes | many machines, shared with Python Celery (feature `redis`) |
 //!
 //! The broker URL comes from [`AppBuilder::broker_url`], else `CELERIAC_BROKER_URL`, else
-//! `CELERY_BROKER_URL`, else `memory://`; the backend likewise from
+//! `CELERY_BROKER_URL`, else `sqlite://celeriac.sqlite`; the backend likewise from
 //! `CELERIAC_RESULT_BACKEND` / `CELERY_RESULT_BACKEND`, defaulting to the broker's engine.
 //!
 //! # Features
 //!
 //! | feature | default | enables |
 //! |---|---|---|
-//! | `cli` | yes | [`cli::run`] (clap, tracing-subscriber) |
+//! | `cli` | yes | [`cli::run`] (clap, tracing-subscriber, indicatif) |
+//! | `sqlite` | yes | the embedded SQLite broker and result store ([`celeriac_sqlite`](https://docs.rs/celeriac-sqlite)) |
 //! | `redis` | no | the Redis broker and result backend ([`celeriac_redis`](https://docs.rs/celeriac-redis)) |
 //! | `redis-tls` | no | `rediss://` (system OpenSSL) |
 
