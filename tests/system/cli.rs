@@ -155,7 +155,7 @@ fn call_prints_the_task_id_and_result_shows_its_state() {
 fn purge_and_inspect_queues() {
     let dir = ScratchDir::new("celeriac-cli-test");
     app(&dir)
-        .args(["purge", "celery"])
+        .args(["purge", "celery", "--yes"])
         .assert()
         .success()
         .stdout("purged 0 messages from `celery`\n");

@@ -304,6 +304,8 @@ impl Drop for Delivery {
 /// consumer stops fetching; deliveries it had fetched but not yet handed out are restored.
 pub struct Consumer {
     rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+    /// The task feeding `rx`; it ends when `rx` closes, handing back what it held.
+    feeder: Option<tokio::task::JoinHandle<Vec<Delivery>>>,
 }
 
 impl fmt::Debug for Consumer {
@@ -316,7 +318,19 @@ impl Consumer {
     /// A consumer fed by a channel; the feeding side stops when the receiver is dropped
     /// (`UnboundedSender::closed`).
     pub fn from_channel(rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>) -> Self {
-        Self { rx }
+        Self { rx, feeder: None }
+    }
+
+    /// A consumer fed by a channel from `feeder`, which, once the channel closes, returns
+    /// the deliveries it held and could not send (so [`close`](Self::close) counts them).
+    pub fn from_feeder(
+        rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+        feeder: tokio::task::JoinHandle<Vec<Delivery>>,
+    ) -> Self {
+        Self {
+            rx,
+            feeder: Some(feeder),
+        }
     }
 
     /// The next delivery, an error from the broker, or `None` when consumption ended.
@@ -324,11 +338,17 @@ impl Consumer {
         self.rx.recv().await
     }
 
-    /// Stops consuming and returns every delivery fetched but not yet handed out, so the
-    /// caller can restore them explicitly (dropping them restores them too).
-    pub fn close(mut self) -> Vec<Delivery> {
+    /// Stops consuming and returns every delivery fetched but not yet handed out —
+    /// including any the feeding task held at that moment — so the caller can restore
+    /// them explicitly (dropping them restores them too).
+    pub async fn close(mut self) -> Vec<Delivery> {
         self.rx.close();
         let mut left = Vec::new();
+        if let Some(feeder) = self.feeder.take() {
+            if let Ok(held) = feeder.await {
+                left.extend(held);
+            }
+        }
         while let Ok(item) = self.rx.try_recv() {
             if let Ok(d) = item {
                 left.push(d);

@@ -34,16 +34,16 @@ pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consu
     let (tx, rx) = mpsc::unbounded_channel();
     let qos = (options.prefetch > 0).then(|| Arc::new(Semaphore::new(options.prefetch)));
     let queues = options.queues;
-    tokio::spawn(async move {
+    let feeder = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut slots = Vec::new();
             if let Some(qos) = &qos {
                 let first = tokio::select! {
-                    _ = tx.closed() => return,
+                    _ = tx.closed() => return Vec::new(),
                     permit = qos.clone().acquire_owned() => permit,
                 };
-                let Ok(first) = first else { return };
+                let Ok(first) = first else { return Vec::new() };
                 slots.push(first);
                 while let Ok(more) = qos.clone().try_acquire_owned() {
                     slots.push(more);
@@ -55,29 +55,33 @@ pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consu
                 UNLIMITED_BATCH
             };
             let fetched = tokio::select! {
-                _ = tx.closed() => return,
+                _ = tx.closed() => return Vec::new(),
                 r = fetcher.fetch(&queues, max) => r,
             };
             match fetched {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(50);
+                    let mut held = Vec::new();
                     for mut d in deliveries {
                         if let Some(slot) = slots.pop() {
                             d.attach_prefetch(slot);
                         }
-                        // A closed receiver drops `d`, which restores it.
-                        if tx.send(Ok(d)).is_err() {
-                            return;
+                        // Closed meanwhile: hand what is left to `Consumer::close`.
+                        if let Err(mpsc::error::SendError(Ok(d))) = tx.send(Ok(d)) {
+                            held.push(d);
                         }
+                    }
+                    if !held.is_empty() {
+                        return held;
                     }
                 }
                 Err(e) => {
                     let retry = e.is_retryable();
                     if tx.send(Err(e)).is_err() || !retry {
-                        return;
+                        return Vec::new();
                     }
                     tokio::select! {
-                        _ = tx.closed() => return,
+                        _ = tx.closed() => return Vec::new(),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -85,5 +89,5 @@ pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consu
             }
         }
     });
-    Consumer::from_channel(rx)
+    Consumer::from_feeder(rx, feeder)
 }

@@ -328,7 +328,7 @@ pub async fn closed_consumer_returns_fetched_messages(b: BrokerUnderTest) {
     let first = next(&mut c).await;
     // Give the consumer time to fetch the rest into its buffer.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let left = c.close();
+    let left = c.close().await;
     drop(first);
     for d in left {
         d.restore().await.unwrap();

@@ -403,9 +403,10 @@ impl LoopState {
             if cold_now { "Cold" } else { "Warm" },
             self.running.len()
         );
-        let mut unstarted: Vec<Delivery> = consumer
-            .map(celeriac_core::Consumer::close)
-            .unwrap_or_default();
+        let mut unstarted: Vec<Delivery> = match consumer {
+            Some(c) => c.close().await,
+            None => Vec::new(),
+        };
         unstarted.extend(self.pending.drain(..).map(|j| j.delivery));
         unstarted.extend(self.held_jobs.drain().map(|(_, j)| j.delivery));
         self.held.clear();

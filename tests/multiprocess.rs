@@ -1,0 +1,82 @@
+//! Several worker processes sharing one SQLite file, with many tasks: every task runs
+//! exactly once. A test binary of its own, so the load it makes (four worker processes)
+//! does not slow the system tests around it: cargo runs test binaries one at a time.
+
+// Shared with the system tests, which use all of it.
+#[allow(dead_code)]
+#[path = "system/proc.rs"]
+mod proc;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use celeriac::Signature;
+use celeriac_testing::services::ScratchDir;
+use serde_json::json;
+
+use proc::WorkerProcess;
+
+/// Several worker processes consume one file: every task runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_worker_processes_share_one_file_without_loss_or_duplicates() {
+    let n: u64 = std::env::var("CELERIAC_TEST_SQLITE_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = ScratchDir::new("celeriac-sqlite-multi");
+    let url = dir.sqlite_url("q.sqlite", "");
+    let marks = dir.path().join("marks.txt");
+    let app = celeriac::App::builder()
+        .broker_url(&url)
+        .build()
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let sigs: Vec<Signature> = (0..n)
+        .map(|i| Signature::new("tasks.mark").args(vec![json!(i)]))
+        .collect();
+    app.send_many(sigs).await.unwrap();
+    let published = t0.elapsed();
+    let marks_env = marks.display().to_string();
+    let env = [("CELERIAC_MARK_FILE", marks_env.as_str())];
+    let workers: Vec<WorkerProcess> = (0..4)
+        .map(|i| {
+            WorkerProcess::spawn(
+                &url,
+                &["-c", "8", "-n", &format!("w{i}@test"), "-l", "warning"],
+                &env,
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let count = || {
+        std::fs::read_to_string(&marks)
+            .map(|s| s.lines().count() as u64)
+            .unwrap_or(0)
+    };
+    while count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} tasks ran",
+            count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ran = t0.elapsed();
+    // Let any duplicate show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    for line in text.lines() {
+        *seen.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(dups.is_empty(), "tasks ran twice: {dups:?}");
+    assert_eq!(seen.len() as u64, n, "tasks lost");
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
+    drop(workers);
+    eprintln!(
+        "sqlite, 4 worker processes: {n} tasks published in {published:.2?}, all run once in {ran:.2?} ({:.0} tasks/s)",
+        n as f64 / ran.as_secs_f64()
+    );
+}
