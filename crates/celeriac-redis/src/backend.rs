@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, PubSubSink};
 use redis::Script;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
@@ -74,19 +74,12 @@ impl RedisBackend {
     /// Connects to the backend at `url`.
     pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
         let cfg = RedisConfig::from_url(url)?;
-        let client = cfg.client()?;
-        let conn = ConnectionManager::new_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(30)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2)),
-        )
-        .await
-        .map_err(|e| BackendError::Connection {
-            url: cfg.masked.clone(),
-            reason: e.to_string(),
+        let (client, conn) = cfg.connect().await.map_err(|e| match e {
+            Ok(reason) => Error::from(BackendError::Connection {
+                url: cfg.masked.clone(),
+                reason,
+            }),
+            Err(url) => Error::from(url),
         })?;
         let (sink, _) = watch::channel(None);
         Ok(Self {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -86,19 +86,12 @@ impl RedisBroker {
     /// Connects to the broker at `url`; fails with one clear line if it cannot.
     pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
         let cfg = RedisConfig::from_url(url)?;
-        let client = cfg.client()?;
-        let conn = ConnectionManager::new_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(30)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2)),
-        )
-        .await
-        .map_err(|e| BrokerError::Connection {
-            url: cfg.masked.clone(),
-            reason: e.to_string(),
+        let (client, conn) = cfg.connect().await.map_err(|e| match e {
+            Ok(reason) => Error::from(BrokerError::Connection {
+                url: cfg.masked.clone(),
+                reason,
+            }),
+            Err(url) => Error::from(url),
         })?;
         Ok(Self {
             inner: Arc::new_cyclic(|me| Inner {

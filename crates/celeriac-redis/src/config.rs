@@ -59,6 +59,19 @@ fn seconds(url: &EngineUrl, key: &str, default: f64) -> Result<Duration, UrlErro
     }
 }
 
+/// A database number as kombu parses it.
+fn parse_db(url: &EngineUrl, text: &str) -> Result<i64, UrlError> {
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
+        url.bad_option(
+            "db",
+            format!("Database is int between 0 and limit - 1, not {text}"),
+        )
+    })
+}
+
 impl RedisConfig {
     /// Reads a Redis URL.
     ///
@@ -74,21 +87,7 @@ impl RedisConfig {
         let scheme = url.scheme();
         let (client_url, db) = match scheme {
             "redis" | "rediss" => {
-                let db_text = u.path().trim_start_matches('/');
-                let db = if db_text.is_empty() {
-                    0
-                } else {
-                    db_text
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|d| *d >= 0)
-                        .ok_or_else(|| {
-                            url.bad_option(
-                                "db",
-                                format!("Database is int between 0 and limit - 1, not {db_text}"),
-                            )
-                        })?
-                };
+                let db = parse_db(url, u.path().trim_start_matches('/'))?;
                 let host = match u.host_str() {
                     None | Some("") => "127.0.0.1".to_string(),
                     Some(h) => h.to_string(),
@@ -132,20 +131,7 @@ impl RedisConfig {
                     .query("db")
                     .or_else(|| url.query("virtual_host"))
                     .unwrap_or_default();
-                let db = if db_text.is_empty() {
-                    0
-                } else {
-                    db_text
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|d| *d >= 0)
-                        .ok_or_else(|| {
-                            url.bad_option(
-                                "db",
-                                format!("Database is int between 0 and limit - 1, not {db_text}"),
-                            )
-                        })?
-                };
+                let db = parse_db(url, &db_text)?;
                 let auth = u
                     .password()
                     .map(|p| format!("&pass={p}"))
@@ -184,6 +170,26 @@ impl RedisConfig {
     /// Whether the URL asks for TLS.
     pub fn is_tls(&self) -> bool {
         self.client_url.starts_with("rediss://")
+    }
+
+    /// The client and an auto-reconnecting multiplexed connection: what both the broker
+    /// and the backend talk through. A server that cannot be reached is the error's
+    /// `Err(Ok(reason))`; a URL problem `Err(Err(..))`.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<(redis::Client, redis::aio::ConnectionManager), Result<String, UrlError>> {
+        let client = self.client().map_err(Err)?;
+        let conn = redis::aio::ConnectionManager::new_with_config(
+            client.clone(),
+            redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(30)))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2)),
+        )
+        .await
+        .map_err(|e| Ok(e.to_string()))?;
+        Ok((client, conn))
     }
 
     pub(crate) fn client(&self) -> Result<redis::Client, UrlError> {

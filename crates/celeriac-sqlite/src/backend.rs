@@ -15,7 +15,6 @@ use rusqlite::{params, OptionalExtension};
 use celeriac_core::error::BackendError;
 use celeriac_core::{ResultBackend, State, TaskMeta};
 
-use crate::config::SqliteConfig;
 use crate::db::Db;
 use crate::error::Error;
 use crate::schema::now;
@@ -29,13 +28,7 @@ pub struct SqliteBackend {
 impl SqliteBackend {
     /// Opens the database named by `url` (creating it if needed).
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let cfg = SqliteConfig::from_url(url)?;
-        let db = tokio::task::spawn_blocking(move || Db::open(&cfg))
-            .await
-            .map_err(|e| crate::error::OpenError {
-                path: std::path::PathBuf::new(),
-                reason: format!("open task failed: {e}"),
-            })??;
+        let db = Db::open_url(url).await?;
         Ok(Self { db })
     }
 

@@ -30,7 +30,6 @@ use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
 use celeriac_core::protocol::envelope;
 
-use crate::config::SqliteConfig;
 use crate::db::Db;
 use crate::error::{DbError, Error};
 use crate::schema::now;
@@ -55,13 +54,7 @@ struct Inner {
 impl SqliteBroker {
     /// Opens the database named by `url` (creating it if needed).
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let cfg = SqliteConfig::from_url(url)?;
-        let db = tokio::task::spawn_blocking(move || Db::open(&cfg))
-            .await
-            .map_err(|e| crate::error::OpenError {
-                path: std::path::PathBuf::new(),
-                reason: format!("open task failed: {e}"),
-            })??;
+        let db = Db::open_url(url).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,

@@ -130,6 +130,20 @@ impl Db {
         Ok(db)
     }
 
+    /// Reads a `sqlite://` URL and opens its file (off the async runtime: opening checks
+    /// and may migrate the file).
+    pub(crate) async fn open_url(url: &str) -> Result<Arc<Db>, crate::error::Error> {
+        let cfg = SqliteConfig::from_url(url)?;
+        let path = cfg.path.clone();
+        let opened = tokio::task::spawn_blocking(move || Db::open(&cfg))
+            .await
+            .map_err(|e| OpenError {
+                path,
+                reason: format!("could not be opened: {e}"),
+            })?;
+        Ok(opened?)
+    }
+
     fn submit(&self, job: Box<dyn Job>) -> Result<(), Box<dyn Job>> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         jobs.send(job).map_err(|e| e.0)
