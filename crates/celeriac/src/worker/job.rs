@@ -187,10 +187,9 @@ impl Shared {
             msg.headers.expires
         );
         if store {
+            // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
-            let mut meta = self.meta(&msg, State::Revoked, exc.to_value());
-            meta.children = Value::Null;
-            self.store(meta).await;
+            self.store(self.meta(&msg, State::Revoked, exc.to_value())).await;
         }
         self.stats.record(Some(&msg.headers.task), Event::Revoked);
         if let Some(d) = delivery {
