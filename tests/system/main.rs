@@ -4,6 +4,7 @@ mod cli;
 mod conformance;
 mod eager;
 mod interop;
+mod pools;
 mod proc;
 mod redis_engine;
 mod shutdown;

@@ -226,6 +226,40 @@ pub(crate) async fn slow_late(ctx: &TaskContext, seconds: f64) -> TaskResult<f64
     Ok(seconds)
 }
 
+/// Sleeps `ms`, then counts itself done under `key` (never, if stopped first).
+#[celeriac::task(name = "tasks.sleepy")]
+pub(crate) async fn sleepy(key: String, ms: u64) -> TaskResult<()> {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    bump(&format!("{key}:done"), 1);
+    Ok(())
+}
+
+/// Waits for its soft time limit, cleans up (counted under `key`), and fails as Celery's
+/// task would.
+#[celeriac::task(name = "tasks.tidy")]
+pub(crate) async fn tidy(ctx: &TaskContext, key: String) -> TaskResult<()> {
+    tokio::select! {
+        _ = ctx.soft_time_limit() => {
+            bump(&format!("{key}:cleaned"), 1);
+            Err(TaskError::soft_time_limit_exceeded())
+        }
+        _ = tokio::time::sleep(Duration::from_secs(30)) => Ok(()),
+    }
+}
+
+/// A blocking loop that checks its soft time limit.
+#[celeriac::task(name = "tasks.grind")]
+pub(crate) fn grind(ctx: &TaskContext, ms: u64) -> TaskResult<u64> {
+    let start = std::time::Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < Duration::from_millis(ms) {
+        ctx.check_soft_time_limit()?;
+        std::thread::sleep(Duration::from_millis(5));
+        rounds += 1;
+    }
+    Ok(rounds)
+}
+
 /// A task with no explicit name (gets `<module path>.noname`).
 #[celeriac::task]
 pub(crate) async fn noname() -> TaskResult<u8> {
@@ -260,6 +294,9 @@ pub(crate) fn builder_on(url: &str) -> AppBuilder {
         .task(echo)
         .task(noname)
         .task(slow_late)
+        .task(sleepy)
+        .task(tidy)
+        .task(grind)
 }
 
 /// An app with every test task.

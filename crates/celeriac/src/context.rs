@@ -43,6 +43,14 @@ pub struct RequestDeliveryInfo {
 #[derive(Clone)]
 pub struct TaskContext {
     inner: Arc<Inner>,
+    soft: Arc<SoftLimit>,
+}
+
+/// Fires once when a task passes its soft time limit.
+#[derive(Default)]
+struct SoftLimit {
+    fired: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
 }
 
 struct Inner {
@@ -104,6 +112,44 @@ impl TaskContext {
                 headers: h.extra.clone(),
                 eager,
             }),
+            soft: Arc::new(SoftLimit::default()),
+        }
+    }
+
+    pub(crate) fn fire_soft_time_limit(&self) {
+        self.soft
+            .fired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.soft.notify.notify_waiters();
+    }
+
+    /// Whether the task has passed its soft time limit (poll it in long loops of blocking
+    /// tasks; async tasks can `select!` on [`soft_time_limit`](Self::soft_time_limit)).
+    pub fn soft_time_limit_exceeded(&self) -> bool {
+        self.soft.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when the task passes its soft time limit (never, without one): the async
+    /// cancellation signal, so a task can clean up before the hard limit.
+    pub async fn soft_time_limit(&self) {
+        loop {
+            let notified = self.soft.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.soft_time_limit_exceeded() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// `Err(SoftTimeLimitExceeded)` once the soft limit has passed: `ctx.check_soft_time_limit()?`
+    /// in a loop stops the task as Celery's exception would.
+    pub fn check_soft_time_limit(&self) -> Result<(), TaskError> {
+        if self.soft_time_limit_exceeded() {
+            Err(TaskError::soft_time_limit_exceeded())
+        } else {
+            Ok(())
         }
     }
 

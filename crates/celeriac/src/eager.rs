@@ -50,6 +50,8 @@ pub(crate) async fn apply(
             msg.args.clone(),
             msg.kwargs.clone(),
             Pool::Async,
+            // Celery's eager mode applies no time limits either.
+            execute::Limits::default(),
         )
         .await;
         let id = msg.headers.id.clone();

@@ -114,6 +114,21 @@ impl TaskError {
         Self::with_module("RuntimeError", "builtins", message)
     }
 
+    /// `SoftTimeLimitExceeded` (module `billiard.exceptions`, as Celery stores it).
+    pub fn soft_time_limit_exceeded() -> Self {
+        let exception = ExceptionInfo {
+            exc_type: "SoftTimeLimitExceeded".into(),
+            exc_message: serde_json::json!([]),
+            exc_module: Some("billiard.exceptions".into()),
+        };
+        let traceback = Some(traceback_text(&exception, &[]));
+        TaskError::Failed(Failure {
+            exception,
+            traceback,
+            retryable: false,
+        })
+    }
+
     /// Retry after `countdown` seconds (`None`: the task's policy decides).
     pub fn retry(countdown: Option<f64>) -> Self {
         TaskError::Retry(RetryRequest {

@@ -4,15 +4,17 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::{json, Value};
+use tracing::warn;
 
 use celeriac_core::ExceptionInfo;
 
 use crate::context::TaskContext;
 use crate::error::{traceback_text, Failure, TaskError, EXC_MODULE};
-use crate::task::{Invocation, Task, TaskConfig, TaskOutput};
+use crate::task::{Invocation, Task, TaskConfig, TaskKind, TaskOutput};
 
 /// Where task bodies run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,6 +24,11 @@ pub enum Pool {
     Async,
     /// Every task on a thread of its own (async tasks are driven to completion there).
     Threads,
+    /// Every task in a child process, so a crash (abort, segfault, leak) kills only the
+    /// child; the worker's message loop stays in the parent.
+    Prefork,
+    /// One task at a time, in the worker's own loop (debugging).
+    Solo,
 }
 
 impl std::str::FromStr for Pool {
@@ -43,12 +50,96 @@ impl std::fmt::Display for Pool {
         f.write_str(match self {
             Pool::Async => "async",
             Pool::Threads => "threads",
+            Pool::Prefork => "prefork",
+            Pool::Solo => "solo",
         })
     }
 }
 
-/// Runs the task body for `ctx` in `pool`; a panic becomes a `RustPanic` failure.
+/// Time limits in force for one run, in seconds (Celery's `[hard, soft]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Limits {
+    pub(crate) hard: Option<f64>,
+    pub(crate) soft: Option<f64>,
+}
+
+impl Limits {
+    /// Celery's rule, per limit: the message's value if set, else the task's, else the
+    /// worker's.
+    pub(crate) fn resolve(
+        message: (Option<f64>, Option<f64>),
+        task: Limits,
+        worker: Limits,
+    ) -> Limits {
+        let pick = |m: Option<f64>, t: Option<f64>, w: Option<f64>| {
+            m.filter(|v| *v > 0.0)
+                .or(t.filter(|v| *v > 0.0))
+                .or(w.filter(|v| *v > 0.0))
+        };
+        Limits {
+            hard: pick(message.0, task.hard, worker.hard),
+            soft: pick(message.1, task.soft, worker.soft),
+        }
+    }
+}
+
+/// The FAILURE for a task stopped at its hard time limit, as Celery stores it.
+pub(crate) fn time_limit_exceeded(limit: f64) -> TaskError {
+    TaskError::Failed(Failure {
+        exception: ExceptionInfo {
+            exc_type: "TimeLimitExceeded".into(),
+            exc_message: json!([limit]),
+            exc_module: Some("billiard.exceptions".into()),
+        },
+        traceback: None,
+        retryable: false,
+    })
+}
+
+/// Runs the task body for `ctx` in `pool` within `limits`; a panic becomes a `RustPanic`
+/// failure, the hard limit a `TimeLimitExceeded` one. At the soft limit the context's
+/// soft-limit signal fires (the task decides what to do).
 pub(crate) async fn run(
+    task: &Arc<dyn Task>,
+    ctx: TaskContext,
+    args: Vec<Value>,
+    kwargs: serde_json::Map<String, Value>,
+    pool: Pool,
+    limits: Limits,
+) -> TaskOutput {
+    let soft_timer = limits.soft.map(|secs| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            ctx.fire_soft_time_limit();
+        })
+    });
+    let body = run_body(task, ctx, args, kwargs, pool);
+    let out = match limits.hard {
+        None => body.await,
+        Some(secs) => match tokio::time::timeout(Duration::from_secs_f64(secs), body).await {
+            Ok(out) => out,
+            Err(_) => {
+                if pool != Pool::Async || task.kind() == TaskKind::Blocking {
+                    // A thread cannot be stopped from outside: the task fails now and its
+                    // thread is abandoned, its eventual result discarded.
+                    warn!(
+                        "task {} hit its hard time limit ({secs}s) on a thread that cannot be stopped; \
+                         the thread is abandoned (use the prefork pool to kill such tasks)",
+                        task.name()
+                    );
+                }
+                Err(time_limit_exceeded(secs))
+            }
+        },
+    };
+    if let Some(t) = soft_timer {
+        t.abort();
+    }
+    out
+}
+
+async fn run_body(
     task: &Arc<dyn Task>,
     ctx: TaskContext,
     args: Vec<Value>,
@@ -64,11 +155,11 @@ pub(crate) async fn run(
         };
     match (invocation, pool) {
         (Invocation::Ready(out), _) => out,
-        (Invocation::Async(fut), Pool::Async) => AssertUnwindSafe(fut)
+        (Invocation::Async(fut), Pool::Async | Pool::Solo) => AssertUnwindSafe(fut)
             .catch_unwind()
             .await
             .unwrap_or_else(|p| Err(panic_failure(name, p.as_ref()))),
-        (Invocation::Async(fut), Pool::Threads) => {
+        (Invocation::Async(fut), Pool::Threads | Pool::Prefork) => {
             let handle = tokio::runtime::Handle::current();
             blocking(name, move || handle.block_on(fut)).await
         }

@@ -33,6 +33,12 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     if let Some(n) = w.hostname {
         builder = builder.name(n);
     }
+    if let Some(t) = w.time_limit {
+        builder = builder.time_limit(t.as_secs_f64());
+    }
+    if let Some(t) = w.soft_time_limit {
+        builder = builder.soft_time_limit(t.as_secs_f64());
+    }
     let worker = builder.build();
     println!("{}", worker.banner());
     let report = worker.run().await?;

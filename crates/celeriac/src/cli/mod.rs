@@ -112,6 +112,12 @@ struct WorkerArgs {
     /// Seconds a warm shutdown waits for running tasks.
     #[arg(long, default_value = "30", value_parser = seconds)]
     shutdown_timeout: Duration,
+    /// Hard time limit in seconds for tasks that set none.
+    #[arg(long, value_parser = seconds)]
+    time_limit: Option<Duration>,
+    /// Soft time limit in seconds for tasks that set none.
+    #[arg(long, value_parser = seconds)]
+    soft_time_limit: Option<Duration>,
 }
 
 #[derive(Args, Debug)]

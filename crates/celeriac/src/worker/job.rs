@@ -18,7 +18,7 @@ use super::stats::{Event, WorkerStats};
 use super::Phase;
 use crate::app::App;
 use crate::context::{RequestDeliveryInfo, TaskContext};
-use crate::execute::{self, Outcome, Pool};
+use crate::execute::{self, Limits, Outcome, Pool};
 use crate::task::Task;
 
 /// What every job needs from its worker.
@@ -28,6 +28,8 @@ pub(super) struct Shared {
     pub(super) pool: Pool,
     pub(super) stats: Arc<WorkerStats>,
     pub(super) phase: watch::Receiver<Phase>,
+    /// Worker-wide time limits (`--time-limit`, `--soft-time-limit`).
+    pub(super) limits: Limits,
 }
 
 /// An accepted task message waiting for (or holding) a slot.
@@ -189,7 +191,8 @@ impl Shared {
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
-            self.store(self.meta(&msg, State::Revoked, exc.to_value())).await;
+            self.store(self.meta(&msg, State::Revoked, exc.to_value()))
+                .await;
         }
         self.stats.record(Some(&msg.headers.task), Event::Revoked);
         if let Some(d) = delivery {
@@ -251,6 +254,14 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
         meta.date_done = None;
         shared.store(meta).await;
     }
+    let limits = Limits::resolve(
+        msg.headers.timelimit,
+        Limits {
+            hard: cfg.time_limit,
+            soft: cfg.soft_time_limit,
+        },
+        shared.limits,
+    );
     let ctx = TaskContext::new(
         app.clone(),
         &msg,
@@ -267,6 +278,7 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
         msg.args.clone(),
         msg.kwargs.clone(),
         shared.pool,
+        limits,
     )
     .await;
     let runtime = t0.elapsed().as_secs_f64();

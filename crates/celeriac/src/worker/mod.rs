@@ -35,7 +35,7 @@ use celeriac_core::Delivery;
 
 use crate::app::App;
 use crate::error::Error;
-use crate::execute::Pool;
+use crate::execute::{Limits, Pool};
 use job::{Job, Shared};
 use stats::Event;
 
@@ -94,6 +94,7 @@ pub struct WorkerBuilder {
     name: Option<String>,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    limits: Limits,
 }
 
 impl WorkerBuilder {
@@ -108,7 +109,22 @@ impl WorkerBuilder {
             name: None,
             shutdown_timeout: Duration::from_secs(30),
             handle_signals: false,
+            limits: Limits::default(),
         }
+    }
+
+    /// Hard time limit for tasks that set none (seconds): the task is stopped and fails
+    /// with `TimeLimitExceeded` (`task_time_limit`).
+    pub fn time_limit(mut self, secs: f64) -> Self {
+        self.limits.hard = Some(secs);
+        self
+    }
+
+    /// Soft time limit for tasks that set none (seconds): the task is told, and can clean
+    /// up before the hard limit (`task_soft_time_limit`).
+    pub fn soft_time_limit(mut self, secs: f64) -> Self {
+        self.limits.soft = Some(secs);
+        self
     }
 
     /// Queues to consume, in order of preference (default: the app's default queue).
@@ -175,12 +191,17 @@ impl WorkerBuilder {
         Worker {
             app: self.app,
             queues: self.queues,
-            concurrency: self.concurrency,
+            concurrency: if self.pool == Pool::Solo {
+                1
+            } else {
+                self.concurrency
+            },
             prefetch,
             pool: self.pool,
             name,
             shutdown_timeout: self.shutdown_timeout,
             handle_signals: self.handle_signals,
+            limits: self.limits,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
             stats: Arc::new(WorkerStats::default()),
         }
@@ -198,6 +219,7 @@ pub struct Worker {
     name: String,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    limits: Limits,
     shutdown: ShutdownHandle,
     stats: Arc<WorkerStats>,
 }
@@ -254,6 +276,7 @@ impl Worker {
             pool: self.pool,
             stats: self.stats.clone(),
             phase: self.shutdown.tx.subscribe(),
+            limits: self.limits,
         });
         let mut state = LoopState {
             shared,
@@ -268,7 +291,7 @@ impl Worker {
         let mut consumer = Some(consumer);
         let mut broker_down = false;
         loop {
-            state.start_pending();
+            state.start_pending().await;
             if *phase.borrow_and_update() != Phase::Running {
                 break;
             }
@@ -328,7 +351,7 @@ struct LoopState {
 
 impl LoopState {
     /// Starts waiting jobs while slots are free.
-    fn start_pending(&mut self) {
+    async fn start_pending(&mut self) {
         while !self.pending.is_empty() {
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 return;
@@ -336,6 +359,11 @@ impl LoopState {
             let Some(job) = self.pending.pop_front() else {
                 return;
             };
+            if self.shared.pool == Pool::Solo {
+                // Solo: the task runs in the worker's own loop, nothing else meanwhile.
+                job::execute(self.shared.clone(), job, slot).await;
+                continue;
+            }
             self.running
                 .spawn(job::execute(self.shared.clone(), job, slot));
         }
