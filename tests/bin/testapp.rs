@@ -113,6 +113,54 @@ fn mark(n: u64) -> TaskResult<u64> {
     Ok(n)
 }
 
+/// Returns the id of the process running it (prefork tests tell children apart).
+#[celeriac::task(name = "tasks.pid")]
+async fn pid() -> TaskResult<u32> {
+    Ok(std::process::id())
+}
+
+/// Aborts the process running it, as a `panic = "abort"` build or a C library would.
+#[celeriac::task(name = "tasks.abort")]
+fn abort() -> TaskResult<()> {
+    std::process::abort()
+}
+
+/// Kills the process running it with SIGSEGV, as a segfault would. (Safe Rust cannot
+/// fault; the first SIGSEGV is taken by std's stack-overflow handler, which then restores
+/// the default action, so the second one kills.)
+#[celeriac::task(name = "tasks.segfault")]
+fn segfault() -> TaskResult<()> {
+    let me = std::process::id().to_string();
+    for _ in 0..50 {
+        let _ = std::process::Command::new("kill")
+            .args(["-SEGV", &me])
+            .status();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Leaks `mb` MiB (written, so it is resident) and returns the process id.
+#[celeriac::task(name = "tasks.leak")]
+fn leak(mb: usize) -> TaskResult<u32> {
+    let v: Vec<u8> = vec![7u8; mb * 1024 * 1024];
+    std::hint::black_box(Box::leak(v.into_boxed_slice()));
+    Ok(std::process::id())
+}
+
+/// Burns a core for `secs` seconds, then returns how many rounds it did.
+#[celeriac::task(name = "tasks.spin")]
+fn spin(secs: f64) -> TaskResult<u64> {
+    let start = std::time::Instant::now();
+    let mut x: u64 = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+    }
+    Ok(x % 1000)
+}
+
 fn main() {
     celeriac::cli::run(
         celeriac::App::builder()
@@ -127,6 +175,11 @@ fn main() {
             .task(whoami)
             .task(record)
             .task(slow_late)
-            .task(mark),
+            .task(mark)
+            .task(pid)
+            .task(abort)
+            .task(segfault)
+            .task(leak)
+            .task(spin),
     )
 }

@@ -88,6 +88,19 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Binds `queue` to the direct exchange `exchange` with `routing_key`: messages
+    /// published there go to the queue (kombu's `queue_bind`). `declare_queue` binds a
+    /// queue to the exchange of its own name, as Celery declares its queues.
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let _ = (queue, exchange, routing_key);
+        Err(BrokerError::Unsupported("exchange bindings"))
+    }
+
     /// Publishes one message to the queue its `delivery_info` routes to.
     async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError>;
 

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use celeriac_core::broker::{
     Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishManyError,
-    PublishOptions,
+    PublishOptions, Subscription,
 };
 use celeriac_core::emulation::{spawn_consumer, Fetch};
 use celeriac_core::error::{BrokerError, PublishError};
@@ -412,6 +412,7 @@ impl Broker for SqliteBroker {
         c.native_delay = true;
         c.durable = true;
         c.shared = true;
+        c.fanout = true;
         c
     }
 
@@ -438,6 +439,31 @@ impl Broker for SqliteBroker {
             })
             .await
             .map_err(err(&self.inner.db, "declare"))
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let (q, ex, rk) = (
+            queue.to_string(),
+            exchange.to_string(),
+            routing_key.to_string(),
+        );
+        self.inner
+            .db
+            .call(true, move |c| {
+                c.execute("INSERT OR IGNORE INTO queues (name) VALUES (?1)", params![q])?;
+                c.execute(
+                    "INSERT OR IGNORE INTO bindings (exchange, routing_key, queue) VALUES (?1, ?2, ?3)",
+                    params![ex, rk, q],
+                )
+                .map(drop)
+            })
+            .await
+            .map_err(err(&self.inner.db, "bind"))
     }
 
     async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {
@@ -553,6 +579,75 @@ impl Broker for SqliteBroker {
             .await
             .map(|n| n as u64)
             .map_err(err(&self.inner.db, "queue depth"))
+    }
+
+    async fn publish_fanout(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        let (ex, body) = (
+            exchange.to_string(),
+            envelope::encode(&message, &uuid::Uuid::new_v4().to_string()),
+        );
+        let db = &self.inner.db;
+        db.call(true, move |c| {
+            let t = now();
+            c.execute(
+                "INSERT INTO broadcasts (exchange, envelope, created) VALUES (?1, ?2, ?3)",
+                params![ex, body, t],
+            )?;
+            // Broadcasts are for whoever listens now: keep a minute of them.
+            c.execute(
+                "DELETE FROM broadcasts WHERE created < ?1",
+                params![t - 60.0],
+            )
+            .map(drop)
+        })
+        .await
+        .map_err(|e| PublishError::new(message, e.broker(&db.name, "publish")))
+    }
+
+    async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        let db = self.inner.db.clone();
+        let ex = exchange.to_string();
+        let start: i64 = db
+            .call(false, |c| {
+                c.query_row("SELECT COALESCE(MAX(id), 0) FROM broadcasts", [], |r| {
+                    r.get(0)
+                })
+            })
+            .await
+            .map_err(err(&db, "subscribe"))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut last = start;
+            loop {
+                let changed = db.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let ex2 = ex.clone();
+                let rows: Result<Vec<(i64, Vec<u8>)>, _> = db
+                    .call(false, move |c| {
+                        let mut stmt = c.prepare_cached(
+                            "SELECT id, envelope FROM broadcasts WHERE exchange = ?1 AND id > ?2 ORDER BY id",
+                        )?;
+                        let rows = stmt.query_map(params![ex2, last], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                        rows.collect()
+                    })
+                    .await;
+                for (id, raw) in rows.unwrap_or_default() {
+                    last = id;
+                    if let Ok((message, _)) = envelope::decode(&raw) {
+                        if tx.send(message).is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = &mut changed => {}
+                    _ = tokio::time::sleep(db.cfg.poll_interval) => {}
+                }
+            }
+        });
+        Ok(Subscription::from_channel(rx))
     }
 
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {

@@ -38,8 +38,10 @@ impl std::str::FromStr for Pool {
         match s {
             "async" => Ok(Pool::Async),
             "threads" => Ok(Pool::Threads),
+            "prefork" | "processes" => Ok(Pool::Prefork),
+            "solo" => Ok(Pool::Solo),
             other => Err(format!(
-                "unknown pool `{other}` (expected async or threads)"
+                "unknown pool `{other}` (expected async, threads, prefork or solo)"
             )),
         }
     }

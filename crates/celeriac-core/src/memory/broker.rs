@@ -46,6 +46,8 @@ struct Inner {
 #[derive(Default)]
 struct State {
     queues: HashMap<String, Queue>,
+    /// Direct-exchange bindings: (exchange, routing key) → queues.
+    bindings: HashMap<(String, String), Vec<String>>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     unacked: HashMap<u64, Unacked>,
     next_tag: u64,
@@ -342,19 +344,69 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let mut st = self.inner.lock();
+        st.queues.entry(queue.to_string()).or_default();
+        let bound = st
+            .bindings
+            .entry((exchange.to_string(), routing_key.to_string()))
+            .or_default();
+        if !bound.iter().any(|q| q == queue) {
+            bound.push(queue.to_string());
+        }
+        Ok(())
+    }
+
     async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {
-        let queue = message.routing_key().to_string();
-        if queue.is_empty() {
+        let info = &message.properties.delivery_info;
+        let targets: Vec<String> = if info.exchange.is_empty() {
+            vec![info.routing_key.clone()]
+        } else {
+            let st = self.inner.lock();
+            st.bindings
+                .get(&(info.exchange.clone(), info.routing_key.clone()))
+                .cloned()
+                .unwrap_or_default()
+        };
+        if targets.iter().all(String::is_empty) {
+            let reason = if info.exchange.is_empty() {
+                "the message has no routing key (queue name)".to_string()
+            } else {
+                format!(
+                    "no queue is bound to exchange `{}` with routing key `{}`",
+                    info.exchange, info.routing_key
+                )
+            };
             return Err(PublishError::new(
                 message,
                 BrokerError::Operation {
                     op: "publish",
-                    reason: "the message has no routing key (queue name)".into(),
+                    reason,
                 },
             ));
         }
+        let Some((queue, more)) = targets.split_first() else {
+            return Ok(());
+        };
+        let queue = queue.clone();
+        let shared = Arc::new(message);
+        for other in more {
+            self.inner.push(
+                other,
+                Entry {
+                    message: shared.clone(),
+                    redelivered: false,
+                },
+                false,
+            );
+        }
         let entry = Entry {
-            message: Arc::new(message),
+            message: shared,
             redelivered: false,
         };
         let delay = options

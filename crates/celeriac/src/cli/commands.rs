@@ -33,6 +33,12 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     if let Some(n) = w.hostname {
         builder = builder.name(n);
     }
+    if let Some(n) = w.max_tasks_per_child {
+        builder = builder.max_tasks_per_child(n);
+    }
+    if let Some(kib) = w.max_memory_per_child {
+        builder = builder.max_memory_per_child(kib);
+    }
     if let Some(t) = w.time_limit {
         builder = builder.time_limit(t.as_secs_f64());
     }

@@ -106,9 +106,15 @@ struct WorkerArgs {
     /// Most unacknowledged messages held [default: concurrency × 4].
     #[arg(long)]
     prefetch: Option<usize>,
-    /// Where tasks run: async or threads.
+    /// Where tasks run: async, threads, prefork (child processes) or solo.
     #[arg(long, default_value = "async")]
     pool: Pool,
+    /// Prefork: replace a child process after this many tasks.
+    #[arg(long)]
+    max_tasks_per_child: Option<u64>,
+    /// Prefork: replace a child process whose resident memory passes this many KiB.
+    #[arg(long)]
+    max_memory_per_child: Option<u64>,
     /// Seconds a warm shutdown waits for running tasks.
     #[arg(long, default_value = "30", value_parser = seconds)]
     shutdown_timeout: Duration,
@@ -222,6 +228,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // A prefork worker starts this same binary as its child processes.
+    let app = crate::worker::prefork::run_child_if_requested(app);
     match AppCli::try_parse_from(args) {
         Ok(cli) => {
             let level = match &cli.command {

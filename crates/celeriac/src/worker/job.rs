@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use celeriac_core::protocol::{DecodeError, TaskMessage};
 use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
 
+use super::prefork::{PreforkPool, Ran};
 use super::stats::{Event, WorkerStats};
 use super::Phase;
 use crate::app::App;
@@ -30,6 +31,55 @@ pub(super) struct Shared {
     pub(super) phase: watch::Receiver<Phase>,
     /// Worker-wide time limits (`--time-limit`, `--soft-time-limit`).
     pub(super) limits: Limits,
+    /// Child processes, for the prefork pool.
+    pub(super) prefork: Option<Arc<PreforkPool>>,
+    /// Signals that stop running tasks, by task id.
+    pub(super) terminators: Terminators,
+}
+
+/// Per running task, the signal `revoke(terminate=true)` fires.
+#[derive(Default)]
+pub(super) struct Terminators {
+    map: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+impl Terminators {
+    fn register(&self, id: &str) -> Arc<tokio::sync::Notify> {
+        let n = Arc::new(tokio::sync::Notify::new());
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), n.clone());
+        n
+    }
+
+    fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Stops the running task `id`; false if it is not running here.
+    pub(super) fn terminate(&self, id: &str) -> bool {
+        match self.map.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ids of the tasks running now.
+    pub(super) fn running(&self) -> Vec<String> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
 }
 
 /// An accepted task message waiting for (or holding) a slot.
@@ -265,24 +315,63 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
     let ctx = TaskContext::new(
         app.clone(),
         &msg,
-        delivery_info,
+        delivery_info.clone(),
         shared.hostname.clone(),
         cfg.max_retries,
         false,
     );
     shared.stats.started();
     let t0 = Instant::now();
-    let output = execute::run(
-        &task,
-        ctx.clone(),
-        msg.args.clone(),
-        msg.kwargs.clone(),
-        shared.pool,
-        limits,
-    )
-    .await;
+    // `revoke(terminate=true)` reaches a running task through this.
+    let terminate = shared.terminators.register(&msg.headers.id);
+    let ran = match &shared.prefork {
+        Some(pool) => {
+            pool.run(
+                &msg,
+                &delivery_info,
+                &shared.hostname,
+                cfg.max_retries,
+                limits.hard,
+                limits.soft,
+                &terminate,
+            )
+            .await
+        }
+        None => {
+            let body = execute::run(
+                &task,
+                ctx.clone(),
+                msg.args.clone(),
+                msg.kwargs.clone(),
+                shared.pool,
+                limits,
+            );
+            tokio::select! {
+                out = body => Ran::Output(out),
+                _ = terminate.notified() => Ran::Terminated,
+            }
+        }
+    };
+    shared.terminators.remove(&msg.headers.id);
     let runtime = t0.elapsed().as_secs_f64();
     shared.stats.finished();
+    let output = match ran {
+        Ran::Output(output) => output,
+        Ran::Terminated => {
+            warn!("Task {label} terminated by a revoke request; stored REVOKED");
+            shared.stats.record(Some(&task_name), Event::Revoked);
+            if store_results {
+                let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                shared
+                    .store(shared.meta(&msg, State::Revoked, exc.to_value()))
+                    .await;
+            }
+            if let Some(d) = delivery.take() {
+                settle("ack", d.ack().await);
+            }
+            return;
+        }
+    };
     match execute::decide(output, &cfg, &ctx) {
         Outcome::Success(value) => {
             info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));

@@ -14,6 +14,7 @@
 
 mod banner;
 mod job;
+pub mod prefork;
 mod stats;
 
 pub use stats::{StatsSnapshot, TaskCounts, WorkerStats};
@@ -37,6 +38,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::execute::{Limits, Pool};
 use job::{Job, Shared};
+use prefork::{PreforkOptions, PreforkPool};
 use stats::Event;
 
 /// Where a worker is in its life.
@@ -95,6 +97,7 @@ pub struct WorkerBuilder {
     shutdown_timeout: Duration,
     handle_signals: bool,
     limits: Limits,
+    prefork: PreforkOptions,
 }
 
 impl WorkerBuilder {
@@ -110,7 +113,22 @@ impl WorkerBuilder {
             shutdown_timeout: Duration::from_secs(30),
             handle_signals: false,
             limits: Limits::default(),
+            prefork: PreforkOptions::default(),
         }
+    }
+
+    /// Prefork pool: replace a child process after it ran this many tasks
+    /// (`--max-tasks-per-child`).
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.prefork.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+
+    /// Prefork pool: replace a child process whose resident memory passes this many KiB
+    /// after a task (`--max-memory-per-child`).
+    pub fn max_memory_per_child(mut self, kib: u64) -> Self {
+        self.prefork.max_memory_per_child_kb = Some(kib);
+        self
     }
 
     /// Hard time limit for tasks that set none (seconds): the task is stopped and fails
@@ -202,6 +220,7 @@ impl WorkerBuilder {
             shutdown_timeout: self.shutdown_timeout,
             handle_signals: self.handle_signals,
             limits: self.limits,
+            prefork: self.prefork,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
             stats: Arc::new(WorkerStats::default()),
         }
@@ -220,6 +239,7 @@ pub struct Worker {
     shutdown_timeout: Duration,
     handle_signals: bool,
     limits: Limits,
+    prefork: PreforkOptions,
     shutdown: ShutdownHandle,
     stats: Arc<WorkerStats>,
 }
@@ -266,6 +286,14 @@ impl Worker {
         let consumer = broker
             .consume(ConsumeOptions::new(self.queues.clone(), self.prefetch))
             .await?;
+        let prefork = match self.pool {
+            Pool::Prefork => Some(Arc::new(
+                PreforkPool::start(self.prefork, self.concurrency)
+                    .await
+                    .map_err(|e| Error::Engine(format!("prefork pool: {e}").into()))?,
+            )),
+            _ => None,
+        };
         let signals = self
             .handle_signals
             .then(|| spawn_signal_listener(self.shutdown.clone()));
@@ -277,6 +305,8 @@ impl Worker {
             stats: self.stats.clone(),
             phase: self.shutdown.tx.subscribe(),
             limits: self.limits,
+            prefork: prefork.clone(),
+            terminators: job::Terminators::default(),
         });
         let mut state = LoopState {
             shared,
@@ -334,6 +364,9 @@ impl Worker {
             .await;
         if let Some(s) = signals {
             s.abort();
+        }
+        if let Some(pool) = prefork {
+            pool.shutdown().await;
         }
         Ok(report)
     }
