@@ -161,6 +161,19 @@ fn spin(secs: f64) -> TaskResult<u64> {
     Ok(x % 1000)
 }
 
+/// A blocking loop that stops at its soft time limit.
+#[celeriac::task(name = "tasks.grind")]
+fn grind(ctx: &TaskContext, secs: f64) -> TaskResult<u64> {
+    let start = std::time::Instant::now();
+    let mut rounds = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        ctx.check_soft_time_limit()?;
+        std::thread::sleep(Duration::from_millis(5));
+        rounds += 1;
+    }
+    Ok(rounds)
+}
+
 fn main() {
     celeriac::cli::run(
         celeriac::App::builder()
@@ -180,6 +193,7 @@ fn main() {
             .task(abort)
             .task(segfault)
             .task(leak)
-            .task(spin),
+            .task(spin)
+            .task(grind),
     )
 }

@@ -2,9 +2,11 @@
 
 mod cli;
 mod conformance;
+mod control;
 mod eager;
 mod interop;
 mod pools;
+mod prefork;
 mod proc;
 mod redis_engine;
 mod shutdown;

@@ -61,6 +61,11 @@ impl WorkerProcess {
         w
     }
 
+    /// The worker's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The worker's log so far.
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()

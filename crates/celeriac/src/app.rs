@@ -336,6 +336,16 @@ impl App {
         names
     }
 
+    /// This process's reply-to id (its "oid"): where replies to it are routed.
+    pub fn reply_to(&self) -> &str {
+        &self.inner.reply_to
+    }
+
+    /// Remote control of the workers (revoke, ping, any command).
+    pub fn control(&self) -> crate::control::Control {
+        crate::control::Control::new(self.clone())
+    }
+
     /// This process's node name for messages it sends (`gen<pid>@<host>`).
     pub fn origin(&self) -> &str {
         &self.inner.origin
@@ -348,7 +358,7 @@ impl App {
 
     /// A handle to the result of task `id`.
     pub fn async_result(&self, id: impl Into<String>) -> AsyncResult {
-        AsyncResult::new(id.into(), self.inner.backend.clone())
+        AsyncResult::new(id.into(), self)
     }
 
     /// Sends a task by name, for tasks this binary does not contain; `args` must be a JSON
@@ -391,10 +401,7 @@ impl App {
         let mut results = Vec::with_capacity(signatures.len());
         for sig in &signatures {
             let (msg, options) = self.prepare(sig, None)?;
-            results.push(AsyncResult::new(
-                msg.headers.id.clone(),
-                self.inner.backend.clone(),
-            ));
+            results.push(AsyncResult::new(msg.headers.id.clone(), self));
             batch.push((msg.encode(), options));
         }
         let deadline = self.retry_deadline();
@@ -498,7 +505,7 @@ impl App {
         let (msg, options) = self.prepare(&sig, parent)?;
         let id = msg.headers.id.clone();
         self.publish_retrying(msg.encode(), options).await?;
-        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+        Ok(AsyncResult::new(id, self))
     }
 }
 

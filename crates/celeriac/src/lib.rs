@@ -83,6 +83,7 @@ pub mod app;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod context;
+pub mod control;
 mod eager;
 pub mod engines;
 pub mod error;

@@ -23,6 +23,8 @@ use crate::error::Error;
 pub struct AsyncResult {
     id: String,
     source: Source,
+    /// The app that sent it, for `revoke`.
+    app: Option<crate::App>,
 }
 
 #[derive(Clone)]
@@ -40,10 +42,11 @@ impl std::fmt::Debug for AsyncResult {
 }
 
 impl AsyncResult {
-    pub(crate) fn new(id: String, backend: Option<Arc<dyn ResultBackend>>) -> Self {
+    pub(crate) fn new(id: String, app: &crate::App) -> Self {
         Self {
             id,
-            source: Source::Backend(backend),
+            source: Source::Backend(app.backend().cloned()),
+            app: Some(app.clone()),
         }
     }
 
@@ -51,6 +54,16 @@ impl AsyncResult {
         Self {
             id: meta.task_id.clone(),
             source: Source::Eager(Box::new(meta)),
+            app: None,
+        }
+    }
+
+    /// Revokes the task on every worker: if it has not started it will not run (REVOKED
+    /// is stored); with `terminate`, a running one is stopped too.
+    pub async fn revoke(&self, terminate: bool) -> Result<(), Error> {
+        match &self.app {
+            Some(app) => app.control().revoke(&[&self.id], terminate).await,
+            None => Ok(()),
         }
     }
 

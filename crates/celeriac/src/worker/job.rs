@@ -35,6 +35,8 @@ pub(super) struct Shared {
     pub(super) prefork: Option<Arc<PreforkPool>>,
     /// Signals that stop running tasks, by task id.
     pub(super) terminators: Terminators,
+    /// Revoked task ids.
+    pub(super) revoked: Revoked,
 }
 
 /// Per running task, the signal `revoke(terminate=true)` fires.
@@ -227,20 +229,19 @@ impl Shared {
     }
 
     /// An expired task: REVOKED `["expired"]`, acknowledged, not run.
-    pub(super) async fn expired(
+    /// A task that will not run — `reason` "expired" or "revoked": REVOKED
+    /// (`TaskRevokedError(reason)`), acknowledged.
+    pub(super) async fn not_run(
         self: Arc<Self>,
         delivery: Option<Delivery>,
         msg: TaskMessage,
         store: bool,
+        reason: &'static str,
     ) {
-        warn!(
-            "Task {} expired at {:?}; not run, stored REVOKED",
-            label(&msg),
-            msg.headers.expires
-        );
+        warn!("Task {} {reason}; not run, stored REVOKED", label(&msg));
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
-            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "expired");
+            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
             self.store(self.meta(&msg, State::Revoked, exc.to_value()))
                 .await;
         }
@@ -258,8 +259,63 @@ fn settle(op: &str, r: Result<(), celeriac_core::BrokerError>) {
     }
 }
 
-pub(super) fn is_expired(msg: &TaskMessage) -> bool {
-    msg.headers.expires.is_some_and(|e| e <= Utc::now())
+impl Shared {
+    /// Why `msg` must not run now, if it must not: revoked, or expired.
+    pub(super) fn why_not_run(&self, msg: &TaskMessage) -> Option<&'static str> {
+        if self.revoked.contains(&msg.headers.id) {
+            Some("revoked")
+        } else if msg.headers.expires.is_some_and(|e| e <= Utc::now()) {
+            Some("expired")
+        } else {
+            None
+        }
+    }
+}
+
+/// Ids of revoked tasks (Celery keeps them in memory, bounded, as here).
+#[derive(Default)]
+pub(super) struct Revoked {
+    inner: std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
+}
+
+impl Revoked {
+    /// Most ids remembered (Celery's `REVOKES_MAX`).
+    const MAX: usize = 50_000;
+
+    pub(super) fn insert(&self, ids: &[String]) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if g.0.insert(id.clone()) {
+                g.1.push_back(id.clone());
+            }
+        }
+        while g.1.len() > Self::MAX {
+            if let Some(old) = g.1.pop_front() {
+                g.0.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .contains(id)
+    }
+
+    pub(super) fn list(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Runs one accepted job in its slot and settles its message.
@@ -292,8 +348,12 @@ pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphore
         }
     }
     // An ETA task can expire while it waits.
-    if is_expired(&msg) {
-        shared.clone().expired(delivery, msg, store_results).await;
+    // Revoked or expired while it waited for a slot or its ETA.
+    if let Some(reason) = shared.why_not_run(&msg) {
+        shared
+            .clone()
+            .not_run(delivery, msg, store_results, reason)
+            .await;
         return;
     }
     let task_name = msg.headers.task.clone();

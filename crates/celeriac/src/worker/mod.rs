@@ -13,6 +13,7 @@
 //!   unsettled), early-ack ones were already acknowledged, as in Celery.
 
 mod banner;
+mod control;
 mod job;
 pub mod prefork;
 mod stats;
@@ -307,7 +308,21 @@ impl Worker {
             limits: self.limits,
             prefork: prefork.clone(),
             terminators: job::Terminators::default(),
+            revoked: job::Revoked::default(),
         });
+        // Remote control, where the broker has fanout exchanges.
+        let (revoked_tx, mut revoked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        let control = if broker.capabilities().fanout {
+            match broker.subscribe_fanout(crate::control::PIDBOX).await {
+                Ok(sub) => Some(control::spawn(shared.clone(), sub, revoked_tx)),
+                Err(e) => {
+                    warn!("remote control unavailable ({e}): revoke and ping will not reach this worker");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut state = LoopState {
             shared,
             slots: Arc::new(Semaphore::new(self.concurrency)),
@@ -333,6 +348,7 @@ impl Worker {
                         error!("worker job ended abnormally: {e}");
                     }
                 }
+                Some(ids) = revoked_rx.recv() => state.drop_revoked(&ids),
                 Some(due) = state.held.next(), if !state.held.is_empty() => {
                     if let Some(job) = state.held_jobs.remove(due.get_ref()) {
                         state.release_or_hold(job);
@@ -364,6 +380,9 @@ impl Worker {
             .await;
         if let Some(s) = signals {
             s.abort();
+        }
+        if let Some(c) = control {
+            c.abort();
         }
         if let Some(pool) = prefork {
             pool.shutdown().await;
@@ -423,17 +442,51 @@ impl LoopState {
             task,
         };
         info!("Task {} received", job.label());
-        if job::is_expired(&job.msg) {
+        if let Some(reason) = shared.why_not_run(&job.msg) {
             let store = !job
                 .msg
                 .headers
                 .ignore_result
                 .unwrap_or(job.task.config().ignore_result);
             self.running
-                .spawn(shared.expired(Some(job.delivery), job.msg, store));
+                .spawn(shared.not_run(Some(job.delivery), job.msg, store, reason));
             return;
         }
         self.release_or_hold(job);
+    }
+
+    /// Settles the waiting and held jobs a revoke named (REVOKED, acknowledged) at once,
+    /// rather than when they would have run.
+    fn drop_revoked(&mut self, ids: &[String]) {
+        let (revoked, keep): (Vec<Job>, Vec<Job>) = self
+            .pending
+            .drain(..)
+            .partition(|j| ids.contains(&j.msg.headers.id));
+        self.pending = keep.into();
+        let held: Vec<u64> = self
+            .held_jobs
+            .iter()
+            .filter(|(_, j)| ids.contains(&j.msg.headers.id))
+            .map(|(k, _)| *k)
+            .collect();
+        let held_jobs: Vec<Job> = held
+            .iter()
+            .filter_map(|k| self.held_jobs.remove(k))
+            .collect();
+        // Their DelayQueue timers fire later and find nothing.
+        for job in revoked.into_iter().chain(held_jobs) {
+            let store = !job
+                .msg
+                .headers
+                .ignore_result
+                .unwrap_or(job.task.config().ignore_result);
+            self.running.spawn(self.shared.clone().not_run(
+                Some(job.delivery),
+                job.msg,
+                store,
+                "revoked",
+            ));
+        }
     }
 
     /// Queues a job for a slot, or holds it (without a slot and without counting against

@@ -76,6 +76,12 @@ pub(crate) struct PreforkPool {
     /// Children are started one at a time, so the next connection is the new child's.
     spawning: tokio::sync::Mutex<()>,
     idle: Mutex<Vec<ChildProc>>,
+    /// Signalled when a child becomes idle.
+    returned: Notify,
+    /// How many children may exist (the worker's concurrency).
+    capacity: usize,
+    /// Children alive or being started.
+    live: std::sync::atomic::AtomicUsize,
     next_child: AtomicU64,
     next_seq: AtomicU64,
     options: PreforkOptions,
@@ -156,11 +162,15 @@ impl PreforkPool {
             listener,
             spawning: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            capacity: initial.max(1),
+            live: std::sync::atomic::AtomicUsize::new(0),
             next_child: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
             options,
         };
         for _ in 0..initial {
+            pool.live.fetch_add(1, Ordering::SeqCst);
             let child = pool.spawn().await?;
             pool.lock_idle().push(child);
         }
@@ -214,21 +224,55 @@ impl PreforkPool {
         })
     }
 
+    /// Reserves room for one more child, if the pool is not full.
+    fn reserve(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A child is gone (or was never started): its room is free.
+    fn gone(&self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// An idle child, a new one if there is room, or the next to come back.
     async fn take(&self) -> Result<ChildProc, String> {
-        let idle = self.lock_idle().pop();
-        match idle {
-            Some(c) => Ok(c),
-            None => self.spawn().await,
+        loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(c) = self.lock_idle().pop() {
+                return Ok(c);
+            }
+            if self.reserve() {
+                return self.spawn().await.inspect_err(|_| self.gone());
+            }
+            returned.await;
         }
+    }
+
+    fn put_idle(&self, child: ChildProc) {
+        self.lock_idle().push(child);
+        self.returned.notify_one();
     }
 
     /// Starts a child in the background to take the place of one that is gone.
     fn replace(self: &Arc<Self>) {
+        self.gone();
+        if !self.reserve() {
+            return;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
             match pool.spawn().await {
-                Ok(child) => pool.lock_idle().push(child),
-                Err(e) => warn!("prefork: could not replace a child ({e}); will retry on demand"),
+                Ok(child) => pool.put_idle(child),
+                Err(e) => {
+                    pool.gone();
+                    warn!("prefork: could not replace a child ({e}); will retry on demand");
+                }
             }
         });
     }
@@ -259,7 +303,7 @@ impl PreforkPool {
             self.replace();
             return;
         }
-        self.lock_idle().push(child);
+        self.put_idle(child);
     }
 
     /// Runs one task in a child: sends the message, waits for the answer, the hard time

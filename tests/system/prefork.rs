@@ -1,0 +1,227 @@
+//! The prefork pool, with real processes: crashes (abort, segfault) kill only a child,
+//! which is replaced; time limits and terminate kill the child; children are recycled by
+//! task count and by memory; a worker killed with SIGKILL leaves no child behind.
+
+use std::time::{Duration, Instant};
+
+use celeriac::{Error, Signature};
+use celeriac_testing::services::ScratchDir;
+use serde_json::{json, Value};
+
+use crate::proc::WorkerProcess;
+
+struct Prefork {
+    _dir: ScratchDir,
+    worker: WorkerProcess,
+    app: celeriac::App,
+}
+
+async fn prefork(args: &[&str]) -> Prefork {
+    let dir = ScratchDir::new("celeriac-prefork");
+    let url = dir.sqlite_url("q.sqlite", "");
+    let mut all = vec!["--pool", "prefork"];
+    all.extend_from_slice(args);
+    let worker = WorkerProcess::spawn(&url, &all, &[]);
+    let app = celeriac::App::builder()
+        .broker_url(&url)
+        .build()
+        .await
+        .unwrap();
+    Prefork {
+        _dir: dir,
+        worker,
+        app,
+    }
+}
+
+impl Prefork {
+    async fn call(&self, name: &str, args: Value) -> Result<Value, Error> {
+        let sig = Signature::new(name).args(args.as_array().cloned().unwrap_or_default());
+        self.run(sig).await
+    }
+
+    async fn run(&self, sig: Signature) -> Result<Value, Error> {
+        sig.apply_async(&self.app)
+            .await?
+            .get(Duration::from_secs(30))
+            .await
+    }
+}
+
+/// The children of `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_task_kills_only_its_child() {
+    let p = prefork(&["-c", "2"]).await;
+    let worker_pid = p.worker.pid();
+    let before = p
+        .call("tasks.pid", json!([]))
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap() as u32;
+    assert_ne!(
+        before, worker_pid,
+        "the task ran in the worker process itself"
+    );
+    for (task, signal) in [
+        ("tasks.abort", "signal 6 (SIGABRT)"),
+        ("tasks.segfault", "signal 11 (SIGSEGV)"),
+    ] {
+        let err = p.call(task, json!([])).await.unwrap_err();
+        let exc = err.exception().unwrap();
+        assert_eq!(
+            (exc.exc_type.as_str(), exc.exc_module.as_deref()),
+            ("WorkerLostError", Some("billiard.exceptions"))
+        );
+        assert!(exc.message().contains(signal), "{exc}");
+    }
+    // The worker is up, with its children replaced.
+    assert_eq!(p.call("tasks.add", json!([2, 3])).await.unwrap(), json!(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children_of(worker_pid).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "children not replaced: {:?}",
+            children_of(worker_pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.worker.log().contains("died running a task"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_in_the_prefork_pool() {
+    let p = prefork(&["-c", "1"]).await;
+    let t0 = Instant::now();
+    let err = p
+        .run(
+            Signature::new("tasks.spin")
+                .args(vec![json!(30.0)])
+                .time_limit(0.5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.exception().unwrap().exc_type, "TimeLimitExceeded");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let err = p
+        .run(
+            Signature::new("tasks.grind")
+                .args(vec![json!(30.0)])
+                .soft_time_limit(0.3)
+                .time_limit(10.0),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.exception().unwrap().exc_type, "SoftTimeLimitExceeded");
+    assert_eq!(p.call("tasks.add", json!([1, 1])).await.unwrap(), json!(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_with_terminate_kills_a_running_prefork_task() {
+    let p = prefork(&["-c", "1"]).await;
+    let r = Signature::new("tasks.spin")
+        .args(vec![json!(60.0)])
+        .apply_async(&p.app)
+        .await
+        .unwrap();
+    p.worker.wait_for_log(
+        &format!("spin[{}] received", r.id()),
+        Duration::from_secs(10),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    r.revoke(true).await.unwrap();
+    let err = r.get::<Value>(Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(err, Error::TaskRevoked { .. }), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(p.call("tasks.add", json!([1, 1])).await.unwrap(), json!(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_are_recycled_by_task_count_and_by_memory() {
+    let p = prefork(&["-c", "1", "--max-tasks-per-child", "2"]).await;
+    let mut pids = Vec::new();
+    for _ in 0..6 {
+        pids.push(
+            p.call("tasks.pid", json!([]))
+                .await
+                .unwrap()
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        (pids[0], pids[2], pids[4]),
+        (pids[1], pids[3], pids[5]),
+        "{pids:?}"
+    );
+    assert!(pids[0] != pids[2] && pids[2] != pids[4], "{pids:?}");
+
+    let p = prefork(&["-c", "1", "--max-memory-per-child", "40000"]).await;
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        pids.push(
+            p.call("tasks.leak", json!([64]))
+                .await
+                .unwrap()
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "a leaking child was not replaced: {pids:?}");
+    assert!(p.worker.log().contains("KiB: replacing it"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_worker_leaves_no_child_running() {
+    let mut p = prefork(&["-c", "3"]).await;
+    let worker_pid = p.worker.pid();
+    let r = Signature::new("tasks.spin")
+        .args(vec![json!(60.0)])
+        .apply_async(&p.app)
+        .await
+        .unwrap();
+    p.worker.wait_for_log(
+        &format!("spin[{}] received", r.id()),
+        Duration::from_secs(10),
+    );
+    let children = children_of(worker_pid);
+    assert_eq!(children.len(), 3, "{children:?}");
+    p.worker.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children.iter().any(|c| alive(*c)) {
+        assert!(
+            Instant::now() < deadline,
+            "orphans left: {:?}",
+            children.iter().filter(|c| alive(**c)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
