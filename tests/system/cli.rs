@@ -230,3 +230,36 @@ fn worker_prints_the_banner_and_stops_warm_on_sigterm() {
     assert!(stderr.contains("warm shutdown"), "{stderr}");
     assert!(stderr.contains("worker stopped"), "{stderr}");
 }
+
+/// The worker's heartbeat in the log: its counters, per task name, when they change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_logs_its_counters_per_task() {
+    let dir = ScratchDir::new("celeriac-cli-test");
+    let url = dir.sqlite_url("q.sqlite", "");
+    let w = crate::proc::WorkerProcess::spawn(
+        &url,
+        &["--stats-interval", "0.2", "-n", "beat@test"],
+        &[],
+    );
+    let app = celeriac::App::builder()
+        .broker_url(&url)
+        .build()
+        .await
+        .unwrap();
+    for sig in [
+        celeriac::Signature::new("tasks.add").args(vec![2.into(), 3.into()]),
+        celeriac::Signature::new("tasks.fail").args(vec!["x".into()]),
+    ] {
+        let r = sig.apply_async(&app).await.unwrap();
+        let _ = r.wait(Duration::from_secs(10)).await.unwrap();
+    }
+    w.wait_for_log(
+        "beat@test stats: 1 succeeded, 1 failed",
+        Duration::from_secs(10),
+    );
+    let log = w.log();
+    assert!(
+        log.contains("tasks.add 1/0/0") && log.contains("tasks.fail 0/1/0"),
+        "{log}"
+    );
+}

@@ -482,19 +482,34 @@ async fn fanout_broadcasts_cross_between_python_and_celeriac() {
 /// task the celeriac worker holds for its countdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_pings_and_revokes_on_a_celeriac_worker() {
-    let Some(it) = Interop::new("python_client_pings_and_revokes_on_a_celeriac_worker") else { return };
+    let Some(it) = Interop::new("python_client_pings_and_revokes_on_a_celeriac_worker") else {
+        return;
+    };
     let _rust = it.rust_worker(&["-n", "rust@test"]);
-    let r = it.python_client(vec![json!({"op": "ping", "timeout": 1})]).await;
+    let r = it
+        .python_client(vec![json!({"op": "ping", "timeout": 1})])
+        .await;
     assert_eq!(r[0]["replies"], json!([{"rust@test": {"ok": "pong"}}]));
     let k = key();
     let mut held = json!({"op": "send", "name": "tasks.record", "args": [k, 1], "countdown": 3});
     let sent = it.python_client(vec![held.take()]).await;
     let id = sent[0]["id"].as_str().unwrap().to_string();
-    let c = redis::Client::open(it.broker()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let c = redis::Client::open(it.broker())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let unacked = format!("{}unacked", it.scope.prefix);
     until("the celeriac worker holds the task", || {
         let (mut c, unacked) = (c.clone(), unacked.clone());
-        async move { redis::cmd("HLEN").arg(unacked).query_async::<u64>(&mut c).await.unwrap() == 1 }
+        async move {
+            redis::cmd("HLEN")
+                .arg(unacked)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap()
+                == 1
+        }
     })
     .await;
     let r = it
@@ -504,8 +519,13 @@ async fn python_client_pings_and_revokes_on_a_celeriac_worker() {
             json!({"op": "records", "key": k}),
         ])
         .await;
-    assert_eq!((r[1]["state"].clone(), r[1]["exc_type"].clone()), (json!("REVOKED"), json!("TaskRevokedError")));
+    assert_eq!(
+        (r[1]["state"].clone(), r[1]["exc_type"].clone()),
+        (json!("REVOKED"), json!("TaskRevokedError"))
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let records = it.python_client(vec![json!({"op": "records", "key": k})]).await;
+    let records = it
+        .python_client(vec![json!({"op": "records", "key": k})])
+        .await;
     assert_eq!(records[0]["values"], json!([]), "the revoked task ran");
 }

@@ -115,3 +115,34 @@ async fn solo_pool_runs_one_task_at_a_time() {
     }
     assert_eq!(count(&format!("{k}:max")), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_grows_under_load_and_shrinks_when_idle() {
+    let app = app().await;
+    let w = start(&app, |b| {
+        b.autoscale(4, 1)
+            .autoscale_keepalive(Duration::from_millis(300))
+            .prefetch(20)
+    });
+    until("started with MIN slots", || async {
+        w.stats.snapshot().concurrency == 1
+    })
+    .await;
+    let k = key();
+    let results = app
+        .send_many((0..12).map(|_| gauge::new(k.clone(), 200)).collect())
+        .await
+        .unwrap();
+    for r in results {
+        r.get::<()>(WAIT).await.unwrap();
+    }
+    assert_eq!(
+        count(&format!("{k}:max")),
+        4,
+        "never more than MAX at once, and it grew to MAX"
+    );
+    until("shrunk back to MIN", || async {
+        w.stats.snapshot().concurrency == 1
+    })
+    .await;
+}

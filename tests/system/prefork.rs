@@ -225,3 +225,32 @@ async fn killing_the_worker_leaves_no_child_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscale_starts_children_as_load_grows() {
+    let p = prefork(&["--autoscale", "3,1"]).await;
+    let worker_pid = p.worker.pid();
+    assert_eq!(children_of(worker_pid).len(), 1, "MIN children at start");
+    let results = p
+        .app
+        .send_many(
+            (0..6)
+                .map(|_| Signature::new("tasks.spin").args(vec![json!(1.0)]))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while children_of(worker_pid).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not grow: {:?}",
+            children_of(worker_pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in results {
+        r.get::<Value>(Duration::from_secs(30)).await.unwrap();
+    }
+    assert!(children_of(worker_pid).len() <= 3, "more children than MAX");
+}

@@ -321,3 +321,57 @@ async fn calls_a_python_celery_worker_on_redis() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "5\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_revoke_talk_to_running_workers() {
+    let dir = ScratchDir::new("celeriac-tool");
+    let url = dir.sqlite_url("celeriac.sqlite", "");
+    let app = celeriac::App::builder()
+        .broker_url(&url)
+        .task(add)
+        .build()
+        .await
+        .unwrap();
+    let w = app.worker().name("inspected@test").build();
+    let stop = w.shutdown_handle();
+    tokio::spawn(w.run());
+    let d = &dir;
+    let run = |args: Vec<String>| {
+        let mut c = celeriac(d);
+        c.args(args);
+        async move {
+            tokio::task::spawn_blocking(move || c.assert().get_output().clone())
+                .await
+                .unwrap()
+        }
+    };
+    let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let mut out = run(args("inspect ping --timeout 0.5")).await;
+    for _ in 0..20 {
+        if out.status.success() {
+            break;
+        }
+        out = run(args("inspect ping --timeout 0.5")).await;
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inspected@test: {\"ok\":\"pong\"}\n"
+    );
+    let out = run(args("inspect stats --timeout 0.5")).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("inspected@test: {"),
+        "{out:?}"
+    );
+    let r = add::new(1, 2)
+        .countdown(2.0)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let out = run(vec!["revoke".into(), r.id().to_string()]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "revoked 1 task\n");
+    let err = r.get::<i64>(Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, celeriac::Error::TaskRevoked { .. }), "{err}");
+    let out = run(args("inspect ping --timeout 0.3 -d nobody@nowhere")).await;
+    assert_eq!(out.status.code(), Some(1));
+    stop.warm();
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::progress::Progress;
-use super::{CallArgs, Common, InspectCommand, PurgeArgs, WorkerArgs};
+use super::{CallArgs, Common, InspectCommand, PurgeArgs, ReplyArgs, WorkerArgs};
 use crate::app::App;
 use crate::error::Error;
 use crate::result::AsyncResult;
@@ -20,7 +20,8 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
         .worker()
         .pool(w.pool)
         .handle_signals(true)
-        .shutdown_timeout(w.shutdown_timeout);
+        .shutdown_timeout(w.shutdown_timeout)
+        .stats_interval(w.stats_interval);
     if !w.queues.is_empty() {
         builder = builder.queues(w.queues);
     }
@@ -32,6 +33,9 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     }
     if let Some(n) = w.hostname {
         builder = builder.name(n);
+    }
+    if let Some((max, min)) = w.autoscale {
+        builder = builder.autoscale(max, min);
     }
     if let Some(n) = w.max_tasks_per_child {
         builder = builder.max_tasks_per_child(n);
@@ -76,7 +80,43 @@ pub(super) async fn common(app: App, command: Common) -> Result<i32, Error> {
             Ok(0)
         }
         Common::Status => status(app).await,
+        Common::Revoke(r) => {
+            let ids: Vec<&str> = r.ids.iter().map(String::as_str).collect();
+            app.control().revoke(&ids, r.terminate).await?;
+            println!(
+                "revoked {} task{}{}",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                if r.terminate {
+                    " (terminating running ones)"
+                } else {
+                    ""
+                }
+            );
+            Ok(0)
+        }
+        Common::Inspect(InspectCommand::Ping(a)) => inspect(app, "ping", a).await,
+        Common::Inspect(InspectCommand::Stats(a)) => inspect(app, "stats", a).await,
+        Common::Inspect(InspectCommand::Active(a)) => inspect(app, "active", a).await,
+        Common::Inspect(InspectCommand::Revoked(a)) => inspect(app, "revoked", a).await,
     }
+}
+
+/// Broadcasts a remote-control command and prints each worker's reply on a line.
+async fn inspect(app: App, method: &str, a: ReplyArgs) -> Result<i32, Error> {
+    let destination = (!a.destination.is_empty()).then_some(a.destination.as_slice());
+    let replies = app
+        .control()
+        .broadcast(method, json!({}), destination, Some(a.timeout))
+        .await?;
+    if replies.is_empty() {
+        eprintln!("error: no worker replied within {:?}", a.timeout);
+        return Ok(1);
+    }
+    for (node, reply) in replies {
+        println!("{node}: {reply}");
+    }
+    Ok(0)
 }
 
 async fn call(app: App, c: CallArgs) -> Result<i32, Error> {

@@ -82,6 +82,8 @@ enum Common {
     Result(ResultArgs),
     /// Delete every waiting message in a queue.
     Purge(PurgeArgs),
+    /// Revoke tasks on every worker (they will not run; with --terminate, running ones stop).
+    Revoke(RevokeArgs),
     /// Inspect the broker.
     #[command(subcommand)]
     Inspect(InspectCommand),
@@ -109,6 +111,12 @@ struct WorkerArgs {
     /// Where tasks run: async, threads, prefork (child processes) or solo.
     #[arg(long, default_value = "async")]
     pool: Pool,
+    /// Seconds between the worker's stats lines in the log (when anything changed).
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    stats_interval: Duration,
+    /// Grow up to MAX tasks at once while messages wait, shrink back to MIN when idle.
+    #[arg(long, value_name = "MAX,MIN", value_parser = autoscale)]
+    autoscale: Option<(usize, usize)>,
     /// Prefork: replace a child process after this many tasks.
     #[arg(long)]
     max_tasks_per_child: Option<u64>,
@@ -174,10 +182,38 @@ struct PurgeArgs {
     yes: bool,
 }
 
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    /// Task ids.
+    #[arg(required = true)]
+    ids: Vec<String>,
+    /// Stop the tasks if they are running (prefork: the child is killed).
+    #[arg(long)]
+    terminate: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReplyArgs {
+    /// Seconds to wait for replies.
+    #[arg(long, default_value = "1", value_parser = seconds)]
+    timeout: Duration,
+    /// Only these workers (node names, comma separated).
+    #[arg(long, short = 'd', value_delimiter = ',')]
+    destination: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum InspectCommand {
     /// Messages waiting in each queue.
     Queues,
+    /// Which workers answer.
+    Ping(ReplyArgs),
+    /// Each worker's counters.
+    Stats(ReplyArgs),
+    /// The tasks each worker runs now.
+    Active(ReplyArgs),
+    /// The task ids each worker holds as revoked.
+    Revoked(ReplyArgs),
 }
 
 /// A JSON array argument (a newtype, so clap does not read `Vec` as "repeatable").
@@ -198,6 +234,19 @@ fn json_object(text: &str) -> Result<serde_json::Map<String, Value>, String> {
         Ok(_) => Err("expected a JSON object, like '{\"x\": 1}'".into()),
         Err(e) => Err(format!("not valid JSON: {e}")),
     }
+}
+
+fn autoscale(text: &str) -> Result<(usize, usize), String> {
+    let bad = || "expected MAX,MIN with MAX ≥ MIN ≥ 1, like 10,3".to_string();
+    let (max, min) = text.split_once(',').ok_or_else(bad)?;
+    let (max, min): (usize, usize) = (
+        max.trim().parse().map_err(|_| bad())?,
+        min.trim().parse().map_err(|_| bad())?,
+    );
+    if min == 0 || max < min {
+        return Err(bad());
+    }
+    Ok((max, min))
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {

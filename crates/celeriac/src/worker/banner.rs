@@ -41,7 +41,13 @@ pub(super) fn render(w: &Worker) -> String {
         "[config]".to_string(),
         format!(".> transport:   {}", app.broker_url()),
         format!(".> results:     {}", app.backend_url()),
-        format!(".> concurrency: {} ({})", w.concurrency, w.pool),
+        match w.autoscale {
+            Some(a) => format!(
+                ".> concurrency: {}..{} ({}, autoscale)",
+                a.min, a.max, w.pool
+            ),
+            None => format!(".> concurrency: {} ({})", w.concurrency, w.pool),
+        },
         format!(
             ".> prefetch:    {}",
             if w.prefetch == 0 {

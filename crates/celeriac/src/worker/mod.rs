@@ -99,6 +99,16 @@ pub struct WorkerBuilder {
     handle_signals: bool,
     limits: Limits,
     prefork: PreforkOptions,
+    autoscale: Option<Autoscale>,
+    stats_interval: Duration,
+}
+
+/// Autoscaling bounds and how long an unused slot is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Autoscale {
+    max: usize,
+    min: usize,
+    keepalive: Duration,
 }
 
 impl WorkerBuilder {
@@ -115,7 +125,40 @@ impl WorkerBuilder {
             handle_signals: false,
             limits: Limits::default(),
             prefork: PreforkOptions::default(),
+            autoscale: None,
+            stats_interval: Duration::from_secs(60),
         }
+    }
+
+    /// How often the worker logs its counters when they changed (default 60 s): its
+    /// heartbeat in the log. The same counters answer the `stats` remote-control command.
+    pub fn stats_interval(mut self, every: Duration) -> Self {
+        self.stats_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Grows the pool up to `max` tasks at once while messages wait, and shrinks it back
+    /// towards `min` when slots stay unused (`--autoscale MAX,MIN`). Overrides
+    /// [`concurrency`](Self::concurrency).
+    pub fn autoscale(mut self, max: usize, min: usize) -> Self {
+        let max = max.max(1);
+        self.autoscale = Some(Autoscale {
+            max,
+            min: min.clamp(1, max),
+            keepalive: self
+                .autoscale
+                .map_or(Duration::from_secs(30), |a| a.keepalive),
+        });
+        self.concurrency = max;
+        self
+    }
+
+    /// How long an unused autoscaled slot is kept before the pool shrinks (default 30 s).
+    pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
+        if let Some(a) = &mut self.autoscale {
+            a.keepalive = keepalive;
+        }
+        self
     }
 
     /// Prefork pool: replace a child process after it ran this many tasks
@@ -222,6 +265,8 @@ impl WorkerBuilder {
             handle_signals: self.handle_signals,
             limits: self.limits,
             prefork: self.prefork,
+            autoscale: self.autoscale,
+            stats_interval: self.stats_interval,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
             stats: Arc::new(WorkerStats::default()),
         }
@@ -241,6 +286,8 @@ pub struct Worker {
     handle_signals: bool,
     limits: Limits,
     prefork: PreforkOptions,
+    autoscale: Option<Autoscale>,
+    stats_interval: Duration,
     shutdown: ShutdownHandle,
     stats: Arc<WorkerStats>,
 }
@@ -289,9 +336,13 @@ impl Worker {
             .await?;
         let prefork = match self.pool {
             Pool::Prefork => Some(Arc::new(
-                PreforkPool::start(self.prefork, self.concurrency)
-                    .await
-                    .map_err(|e| Error::Engine(format!("prefork pool: {e}").into()))?,
+                PreforkPool::start(
+                    self.prefork,
+                    self.autoscale.map_or(self.concurrency, |a| a.min),
+                    self.concurrency,
+                )
+                .await
+                .map_err(|e| Error::Engine(format!("prefork pool: {e}").into()))?,
             )),
             _ => None,
         };
@@ -325,7 +376,14 @@ impl Worker {
         };
         let mut state = LoopState {
             shared,
-            slots: Arc::new(Semaphore::new(self.concurrency)),
+            slots: Arc::new(Semaphore::new(
+                self.autoscale.map_or(self.concurrency, |a| a.min),
+            )),
+            scale: self.autoscale.map(|a| Scaler {
+                bounds: a,
+                current: a.min,
+                idle_since: None,
+            }),
             pending: VecDeque::new(),
             held: DelayQueue::new(),
             held_jobs: HashMap::new(),
@@ -334,6 +392,11 @@ impl Worker {
         };
         let mut phase = self.shutdown.tx.subscribe();
         let mut consumer = Some(consumer);
+        let heartbeat = spawn_heartbeat(self.name.clone(), self.stats.clone(), self.stats_interval);
+        let mut scale_tick = tokio::time::interval(Duration::from_millis(250));
+        scale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        self.stats
+            .set_concurrency(self.autoscale.map_or(self.concurrency, |a| a.min));
         let mut broker_down = false;
         loop {
             state.start_pending().await;
@@ -349,6 +412,7 @@ impl Worker {
                     }
                 }
                 Some(ids) = revoked_rx.recv() => state.drop_revoked(&ids),
+                _ = scale_tick.tick(), if state.scale.is_some() => state.autoscale(),
                 Some(due) = state.held.next(), if !state.held.is_empty() => {
                     if let Some(job) = state.held_jobs.remove(due.get_ref()) {
                         state.release_or_hold(job);
@@ -384,6 +448,7 @@ impl Worker {
         if let Some(c) = control {
             c.abort();
         }
+        heartbeat.abort();
         if let Some(pool) = prefork {
             pool.shutdown().await;
         }
@@ -391,9 +456,17 @@ impl Worker {
     }
 }
 
+/// The autoscaler's state: the current pool size and since when a slot went unused.
+struct Scaler {
+    bounds: Autoscale,
+    current: usize,
+    idle_since: Option<tokio::time::Instant>,
+}
+
 struct LoopState {
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
+    scale: Option<Scaler>,
     pending: VecDeque<Job>,
     held: DelayQueue<u64>,
     held_jobs: HashMap<u64, Job>,
@@ -453,6 +526,42 @@ impl LoopState {
             return;
         }
         self.release_or_hold(job);
+    }
+
+    /// One autoscaler step: grow while messages wait for a slot, shrink by one after a
+    /// slot went unused for the keepalive.
+    fn autoscale(&mut self) {
+        let Some(scale) = &mut self.scale else { return };
+        let free = self.slots.available_permits();
+        if !self.pending.is_empty() && scale.current < scale.bounds.max {
+            let grow = self.pending.len().min(scale.bounds.max - scale.current);
+            self.slots.add_permits(grow);
+            scale.current += grow;
+            scale.idle_since = None;
+            info!(
+                "autoscale: {} → {} slots",
+                scale.current - grow,
+                scale.current
+            );
+        } else if self.pending.is_empty() && free > 0 && scale.current > scale.bounds.min {
+            let since = *scale
+                .idle_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= scale.bounds.keepalive {
+                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                    slot.forget();
+                    scale.current -= 1;
+                    scale.idle_since = None;
+                    info!("autoscale: {} → {} slots", scale.current + 1, scale.current);
+                    if let Some(pool) = &self.shared.prefork {
+                        pool.shrink_to(scale.current);
+                    }
+                }
+            }
+        } else {
+            scale.idle_since = None;
+        }
+        self.shared.stats.set_concurrency(scale.current);
     }
 
     /// Settles the waiting and held jobs a revoke named (REVOKED, acknowledged) at once,
@@ -563,6 +672,42 @@ impl LoopState {
             abandoned,
         }
     }
+}
+
+/// Logs the worker's counters every `every` when they changed since the last line.
+fn spawn_heartbeat(
+    name: String,
+    stats: Arc<WorkerStats>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = stats.snapshot();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = stats.snapshot();
+            if now == last {
+                continue;
+            }
+            let per_task: Vec<String> = now
+                .per_task
+                .iter()
+                .map(|(t, c)| format!("{t} {}/{}/{}", c.succeeded, c.failed, c.retried))
+                .collect();
+            info!(
+                "{name} stats: {} succeeded, {} failed, {} retried, {} active of {}; per task (ok/failed/retried): {}",
+                now.succeeded,
+                now.failed,
+                now.retried,
+                now.active,
+                now.concurrency,
+                per_task.join(", ")
+            );
+            last = now;
+        }
+    })
 }
 
 fn spawn_signal_listener(handle: ShutdownHandle) -> tokio::task::JoinHandle<()> {

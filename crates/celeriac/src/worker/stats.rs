@@ -15,6 +15,7 @@ pub struct WorkerStats {
     rejected: AtomicU64,
     revoked: AtomicU64,
     active: AtomicU64,
+    concurrency: AtomicU64,
     per_task: Mutex<BTreeMap<String, TaskCounts>>,
 }
 
@@ -46,6 +47,8 @@ pub struct StatsSnapshot {
     pub revoked: u64,
     /// Tasks running now.
     pub active: u64,
+    /// Tasks that may run at once now (changes with autoscaling).
+    pub concurrency: u64,
     /// Per task name.
     pub per_task: BTreeMap<String, TaskCounts>,
 }
@@ -88,6 +91,10 @@ impl WorkerStats {
         self.active.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_concurrency(&self, n: usize) {
+        self.concurrency.store(n as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn finished(&self) {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -102,6 +109,7 @@ impl WorkerStats {
             rejected: self.rejected.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
+            concurrency: self.concurrency.load(Ordering::Relaxed),
             per_task: self
                 .per_task
                 .lock()

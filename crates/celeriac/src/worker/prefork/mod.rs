@@ -145,8 +145,12 @@ fn rss_kb(pid: u32) -> Option<u64> {
 }
 
 impl PreforkPool {
-    /// Binds the socket and starts `initial` children.
-    pub(crate) async fn start(options: PreforkOptions, initial: usize) -> Result<Self, String> {
+    /// Binds the socket and starts `initial` children, of at most `capacity`.
+    pub(crate) async fn start(
+        options: PreforkOptions,
+        initial: usize,
+        capacity: usize,
+    ) -> Result<Self, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
         let socket_path = std::env::temp_dir().join(format!(
@@ -163,7 +167,7 @@ impl PreforkPool {
             spawning: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
             returned: Notify::new(),
-            capacity: initial.max(1),
+            capacity: capacity.max(initial).max(1),
             live: std::sync::atomic::AtomicUsize::new(0),
             next_child: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
@@ -411,6 +415,21 @@ impl PreforkPool {
         );
         self.replace();
         error
+    }
+
+    /// Retires idle children until at most `n` are alive (autoscaling down).
+    pub(crate) fn shrink_to(&self, n: usize) {
+        while self.live.load(Ordering::SeqCst) > n.max(1) {
+            let Some(child) = self.lock_idle().pop() else {
+                return;
+            };
+            debug!(
+                "prefork: retiring child {} (pid {}) as the pool shrinks",
+                child.id, child.pid
+            );
+            retire(child);
+            self.gone();
+        }
     }
 
     /// Stops every idle child (running ones stop when their tasks are abandoned).
