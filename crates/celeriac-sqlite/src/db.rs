@@ -104,6 +104,13 @@ impl Db {
         let name = cfg.display();
         let thread_name = name.clone();
         let busy_timeout = cfg.busy_timeout;
+        let wake = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(wake_path(&cfg.path))
+            .map_err(|e| debug!("{name}: no wake file ({e}); other processes will poll"))
+            .ok();
         std::thread::Builder::new()
             .name("celeriac-sqlite".into())
             .spawn(move || {
@@ -112,7 +119,7 @@ impl Db {
                 if let Err(e) = schema::set_busy_handler(&mut conn, busy_timeout) {
                     error!("{thread_name}: cannot install the busy handler: {e}");
                 }
-                run(conn, rx, thread_changed, thread_name)
+                run(conn, rx, thread_changed, thread_name, wake)
             })
             .map_err(|e| OpenError {
                 path: cfg.path.clone(),
@@ -177,7 +184,13 @@ impl Db {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, changed: Arc<Notify>, name: String) {
+fn run(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Box<dyn Job>>,
+    changed: Arc<Notify>,
+    name: String,
+    wake: Option<std::fs::File>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -235,24 +248,39 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, changed: Arc<Noti
         }
         if writes && ok {
             changed.notify_waiters();
+            if let Some(f) = &wake {
+                use std::os::unix::fs::FileExt;
+                let _ = f.write_at(b"w", 0);
+            }
         }
     }
 }
 
-/// Watches the database's directory for changes to its file or `-wal` file.
+/// The file every process touches after each committed write: `<database>-wake`.
+///
+/// Watching the `-wal` file itself is not enough: SQLite writes the WAL frames (which
+/// notifies watchers) before it publishes the commit in the shared-memory index (which,
+/// being a memory map, notifies nobody), so a woken reader can look too early, see
+/// nothing, and sleep until its next poll. A write to this file happens after the commit
+/// is visible.
+pub(crate) fn wake_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push("-wake");
+    db.with_file_name(name)
+}
+
+/// Watches the database's directory for writes to its wake file (see [`wake_path`]).
 fn watch(cfg: &SqliteConfig, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = cfg.path.parent()?.to_path_buf();
-    let file = cfg.path.file_name()?.to_os_string();
-    let mut wal = file.clone();
-    wal.push("-wal");
+    let wake = wake_path(&cfg.path).file_name()?.to_os_string();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             if event.kind.is_modify() || event.kind.is_create() {
-                let ours = event.paths.iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n == file.as_os_str() || n == wal.as_os_str())
-                });
+                let ours = event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| n == wake.as_os_str()));
                 if ours {
                     changed.notify_waiters();
                 }
