@@ -20,7 +20,7 @@ use super::Phase;
 use crate::app::App;
 use crate::context::{RequestDeliveryInfo, TaskContext};
 use crate::execute::{self, Limits, Outcome, Pool};
-use crate::task::Task;
+use crate::task::{Task, TaskConfig};
 
 /// What every job needs from its worker.
 pub(super) struct Shared {
@@ -147,7 +147,16 @@ impl Shared {
 
     /// Stores a record, retrying with back-off while the backend is unreachable, so a
     /// result is not lost to a backend outage (until a cold shutdown gives up).
-    pub(super) async fn store(&self, meta: TaskMeta) {
+    pub(super) fn store(
+        &self,
+        meta: TaskMeta,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        // Boxed so that the futures of the jobs that await this stay small: a worker keeps
+        // one job future per running task, and 10,000 of them add up.
+        Box::pin(self.store_retrying(meta))
+    }
+
+    async fn store_retrying(&self, meta: TaskMeta) {
         let Some(backend) = self.app.backend() else {
             return;
         };
@@ -319,214 +328,277 @@ impl Revoked {
 }
 
 /// Runs one accepted job in its slot and settles its message.
-pub(super) async fn execute(shared: Arc<Shared>, job: Job, _slot: OwnedSemaphorePermit) {
+pub(super) fn execute(
+    shared: Arc<Shared>,
+    job: Job,
+    slot: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> {
+    // Taken apart here and run in an `async move` block rather than an `async fn`: a
+    // future keeps its arguments and what is moved out of them side by side
+    // (rust-lang/rust#62958), which would hold the message twice. A worker holds one such
+    // future per running task, so its size is the worker's memory per task.
     let Job {
         delivery,
         msg,
         task,
     } = job;
-    let cfg = task.config();
-    let app = &shared.app;
-    let acks_late = cfg.acks_late.unwrap_or(app.config().acks_late);
-    let store_results =
-        !msg.headers.ignore_result.unwrap_or(cfg.ignore_result) && app.backend().is_some();
-    let queue = delivery.queue().to_string();
-    let delivery_info = RequestDeliveryInfo {
-        exchange: msg.properties.delivery_info.exchange.clone(),
-        routing_key: if msg.properties.delivery_info.routing_key.is_empty() {
-            queue.clone()
-        } else {
-            msg.properties.delivery_info.routing_key.clone()
-        },
-        priority: msg.properties.priority,
-        redelivered: delivery.redelivered(),
-    };
-    let mut delivery = Some(delivery);
-    if !acks_late {
-        if let Some(d) = delivery.take() {
-            settle("ack", d.ack().await);
-        }
-    }
-    // An ETA task can expire while it waits.
-    // Revoked or expired while it waited for a slot or its ETA.
-    if let Some(reason) = shared.why_not_run(&msg) {
-        shared
-            .clone()
-            .not_run(delivery, msg, store_results, reason)
-            .await;
-        return;
-    }
-    let task_name = msg.headers.task.clone();
-    let label = label(&msg);
-    if store_results && cfg.track_started.unwrap_or(app.config().track_started) {
-        let started = json!({"pid": std::process::id(), "hostname": shared.hostname});
-        let mut meta = shared.meta(&msg, State::Started, started);
-        meta.date_done = None;
-        shared.store(meta).await;
-    }
-    let limits = Limits::resolve(
-        msg.headers.timelimit,
-        Limits {
-            hard: cfg.time_limit,
-            soft: cfg.soft_time_limit,
-        },
-        shared.limits,
-    );
-    let ctx = TaskContext::new(
-        app.clone(),
-        &msg,
-        delivery_info.clone(),
-        shared.hostname.clone(),
-        cfg.max_retries,
-        false,
-    );
-    shared.stats.started();
-    let t0 = Instant::now();
-    // `revoke(terminate=true)` reaches a running task through this.
-    let terminate = shared.terminators.register(&msg.headers.id);
-    let ran = match &shared.prefork {
-        Some(pool) => {
-            pool.run(
-                &msg,
-                &delivery_info,
-                &shared.hostname,
-                cfg.max_retries,
-                limits.hard,
-                limits.soft,
-                &terminate,
-            )
-            .await
-        }
-        None => {
-            let body = execute::run(
-                &task,
-                ctx.clone(),
-                msg.args.clone(),
-                msg.kwargs.clone(),
-                shared.pool,
-                limits,
-            );
-            tokio::select! {
-                out = body => Ran::Output(out),
-                _ = terminate.notified() => Ran::Terminated,
-            }
-        }
-    };
-    shared.terminators.remove(&msg.headers.id);
-    let runtime = t0.elapsed().as_secs_f64();
-    shared.stats.finished();
-    let output = match ran {
-        Ran::Output(output) => output,
-        Ran::Terminated => {
-            warn!("Task {label} terminated by a revoke request; stored REVOKED");
-            shared.stats.record(Some(&task_name), Event::Revoked);
-            if store_results {
-                let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
-                shared
-                    .store(shared.meta(&msg, State::Revoked, exc.to_value()))
-                    .await;
-            }
+    async move {
+        let _slot = slot; // held until the job ends
+        let cfg = task.config();
+        let app = &shared.app;
+        let acks_late = cfg.acks_late.unwrap_or(app.config().acks_late);
+        let store_results =
+            !msg.headers.ignore_result.unwrap_or(cfg.ignore_result) && app.backend().is_some();
+        let queue = delivery.queue().to_string();
+        let delivery_info = RequestDeliveryInfo {
+            exchange: msg.properties.delivery_info.exchange.clone(),
+            routing_key: if msg.properties.delivery_info.routing_key.is_empty() {
+                queue.clone()
+            } else {
+                msg.properties.delivery_info.routing_key.clone()
+            },
+            priority: msg.properties.priority,
+            redelivered: delivery.redelivered(),
+        };
+        let mut delivery = Some(delivery);
+        if !acks_late {
             if let Some(d) = delivery.take() {
                 settle("ack", d.ack().await);
             }
+        }
+        // Revoked or expired while it waited for a slot or its ETA.
+        if let Some(reason) = shared.why_not_run(&msg) {
+            Box::pin(shared.clone().not_run(delivery, msg, store_results, reason)).await;
             return;
         }
-    };
-    match execute::decide(output, &cfg, &ctx) {
-        Outcome::Success(value) => {
-            info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
-            shared.stats.record(Some(&task_name), Event::Succeeded);
-            if store_results {
-                shared.store(shared.meta(&msg, State::Success, value)).await;
-            }
+        let task_name = msg.headers.task.clone();
+        let label = label(&msg);
+        if store_results && cfg.track_started.unwrap_or(app.config().track_started) {
+            let started = json!({"pid": std::process::id(), "hostname": shared.hostname});
+            let mut meta = shared.meta(&msg, State::Started, started);
+            meta.date_done = None;
+            shared.store(meta).await;
         }
-        Outcome::Retry { countdown, reason } => {
-            let mut next = msg.clone();
-            next.headers.retries += 1;
-            next.headers.eta =
-                (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
-            next.headers.parent_id = Some(msg.headers.id.clone());
-            // A fresh message: not a redelivery, whatever the original was.
-            next.headers.extra.remove("redelivered");
-            next.properties.delivery_info.redelivered = None;
-            if next.properties.delivery_info.routing_key.is_empty() {
-                next.properties.delivery_info.routing_key = queue.clone();
+        let limits = Limits::resolve(
+            msg.headers.timelimit,
+            Limits {
+                hard: cfg.time_limit,
+                soft: cfg.soft_time_limit,
+            },
+            shared.limits,
+        );
+        let ctx = TaskContext::new(
+            app.clone(),
+            &msg,
+            delivery_info.clone(),
+            shared.hostname.clone(),
+            cfg.max_retries,
+            false,
+        );
+        shared.stats.started();
+        let t0 = Instant::now();
+        // `revoke(terminate=true)` reaches a running task through this.
+        let terminate = shared.terminators.register(&msg.headers.id);
+        let ran = match &shared.prefork {
+            // Boxed, like the body below: the job future lives as long as the task, so it stays
+            // small (10,000 sleeping tasks should not carry 10,000 copies of the prefork state).
+            Some(pool) => {
+                Box::pin(pool.run(
+                    &msg,
+                    &delivery_info,
+                    &shared.hostname,
+                    cfg.max_retries,
+                    limits.hard,
+                    limits.soft,
+                    &terminate,
+                ))
+                .await
             }
-            match app.publish(&next).await {
-                Ok(()) => {
-                    info!("Task {label} retry: {reason}");
-                    shared.stats.record(Some(&task_name), Event::Retried);
-                    if store_results {
-                        let mut meta = shared.meta(&msg, State::Retry, Value::Null);
-                        meta.traceback = Some(format!("Traceback (most recent call last):\n  (Rust task)\ncelery.exceptions.Retry: {reason}\n"));
-                        meta.children = json!([[[msg.headers.id, null], null]]);
-                        meta.date_done = None;
-                        shared.store(meta).await;
-                    }
-                }
-                Err(e) => {
-                    error!("Task {label}: cannot send its retry ({e})");
-                    if let Some(d) = delivery.take() {
-                        // Late ack: the original goes back to the queue, nothing is lost.
-                        settle("restore", d.restore().await);
-                        return;
-                    }
-                    shared.stats.record(Some(&task_name), Event::Failed);
-                    if store_results {
-                        let exc = ExceptionInfo::new(
-                            "RetryError",
-                            crate::error::EXC_MODULE,
-                            format!("cannot send retry: {e}"),
-                        );
-                        shared.store(shared.meta_failure(&msg, &exc, None)).await;
-                    }
-                }
-            }
-        }
-        Outcome::Failure(f) => {
-            error!("Task {label} raised unexpected: {}", f.exception);
-            if let Some(tb) = &f.traceback {
-                debug!("Task {label} traceback:\n{tb}");
-            }
-            shared.stats.record(Some(&task_name), Event::Failed);
-            if store_results {
-                shared
-                    .store(shared.meta_failure(&msg, &f.exception, f.traceback.clone()))
-                    .await;
-            }
-        }
-        Outcome::Reject {
-            requeue: true,
-            reason,
-        } => {
-            warn!("Task {label} rejected its message ({reason}); requeued");
-            shared.stats.record(None, Event::Rejected);
-            match delivery.take() {
-                Some(d) => settle("reject", d.reject(true).await),
-                None => {
-                    // Early ack already removed the original: send it again instead.
-                    if let Err(e) = app.publish(&msg).await {
-                        error!("Task {label}: cannot requeue ({e})");
-                    }
+            None => {
+                let body = Box::pin(execute::run(
+                    &task,
+                    ctx.clone(),
+                    msg.args.clone(),
+                    msg.kwargs.clone(),
+                    shared.pool,
+                    limits,
+                ));
+                tokio::select! {
+                    out = body => Ran::Output(out),
+                    _ = terminate.notified() => Ran::Terminated,
                 }
             }
-            return;
-        }
-        Outcome::Reject {
-            requeue: false,
-            reason,
-        } => {
-            warn!("Task {label} rejected its message ({reason}); dropped");
-            shared.stats.record(None, Event::Rejected);
-            if store_results {
-                let mut meta = shared.meta_failure(&msg, &execute::reject_exception(&reason), None);
-                meta.traceback = None;
-                shared.store(meta).await;
-            }
-        }
-        Outcome::Ignore => info!("Task {label} ignored"),
+        };
+        shared.terminators.remove(&msg.headers.id);
+        let runtime = t0.elapsed().as_secs_f64();
+        shared.stats.finished();
+        // Boxed: this future is allocated once per job for the job's whole life, so what only
+        // happens after the task ran should not make it bigger.
+        Box::pin(finish(Finished {
+            shared,
+            cfg,
+            ctx,
+            msg,
+            delivery,
+            queue,
+            label,
+            task_name,
+            store_results,
+            runtime,
+            ran,
+        }))
+        .await
     }
-    if let Some(d) = delivery.take() {
-        settle("ack", d.ack().await);
+}
+
+/// A job whose task has run (or was terminated), ready to be recorded and settled.
+struct Finished {
+    shared: Arc<Shared>,
+    cfg: TaskConfig,
+    ctx: TaskContext,
+    msg: TaskMessage,
+    delivery: Option<Delivery>,
+    queue: String,
+    label: String,
+    task_name: String,
+    store_results: bool,
+    runtime: f64,
+    ran: Ran,
+}
+
+/// Records a finished job's outcome (result, retry, stats) and settles its message.
+fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
+    let Finished {
+        shared,
+        cfg,
+        ctx,
+        msg,
+        mut delivery,
+        queue,
+        label,
+        task_name,
+        store_results,
+        runtime,
+        ran,
+    } = job;
+    // See `execute` for why this is an `async move` block.
+    async move {
+        let app = &shared.app;
+        let output = match ran {
+            Ran::Output(output) => output,
+            Ran::Terminated => {
+                warn!("Task {label} terminated by a revoke request; stored REVOKED");
+                shared.stats.record(Some(&task_name), Event::Revoked);
+                if store_results {
+                    let exc =
+                        ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                    shared
+                        .store(shared.meta(&msg, State::Revoked, exc.to_value()))
+                        .await;
+                }
+                if let Some(d) = delivery.take() {
+                    settle("ack", d.ack().await);
+                }
+                return;
+            }
+        };
+        match execute::decide(output, &cfg, &ctx) {
+            Outcome::Success(value) => {
+                info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
+                shared.stats.record(Some(&task_name), Event::Succeeded);
+                if store_results {
+                    shared.store(shared.meta(&msg, State::Success, value)).await;
+                }
+            }
+            Outcome::Retry { countdown, reason } => {
+                let mut next = msg.clone();
+                next.headers.retries += 1;
+                next.headers.eta =
+                    (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
+                next.headers.parent_id = Some(msg.headers.id.clone());
+                // A fresh message: not a redelivery, whatever the original was.
+                next.headers.extra.remove("redelivered");
+                next.properties.delivery_info.redelivered = None;
+                if next.properties.delivery_info.routing_key.is_empty() {
+                    next.properties.delivery_info.routing_key = queue.clone();
+                }
+                match Box::pin(app.publish(&next)).await {
+                    Ok(()) => {
+                        info!("Task {label} retry: {reason}");
+                        shared.stats.record(Some(&task_name), Event::Retried);
+                        if store_results {
+                            let mut meta = shared.meta(&msg, State::Retry, Value::Null);
+                            meta.traceback = Some(format!("Traceback (most recent call last):\n  (Rust task)\ncelery.exceptions.Retry: {reason}\n"));
+                            meta.children = json!([[[msg.headers.id, null], null]]);
+                            meta.date_done = None;
+                            shared.store(meta).await;
+                        }
+                    }
+                    Err(e) => {
+                        error!("Task {label}: cannot send its retry ({e})");
+                        if let Some(d) = delivery.take() {
+                            // Late ack: the original goes back to the queue, nothing is lost.
+                            settle("restore", d.restore().await);
+                            return;
+                        }
+                        shared.stats.record(Some(&task_name), Event::Failed);
+                        if store_results {
+                            let exc = ExceptionInfo::new(
+                                "RetryError",
+                                crate::error::EXC_MODULE,
+                                format!("cannot send retry: {e}"),
+                            );
+                            shared.store(shared.meta_failure(&msg, &exc, None)).await;
+                        }
+                    }
+                }
+            }
+            Outcome::Failure(f) => {
+                error!("Task {label} raised unexpected: {}", f.exception);
+                if let Some(tb) = &f.traceback {
+                    debug!("Task {label} traceback:\n{tb}");
+                }
+                shared.stats.record(Some(&task_name), Event::Failed);
+                if store_results {
+                    shared
+                        .store(shared.meta_failure(&msg, &f.exception, f.traceback.clone()))
+                        .await;
+                }
+            }
+            Outcome::Reject {
+                requeue: true,
+                reason,
+            } => {
+                warn!("Task {label} rejected its message ({reason}); requeued");
+                shared.stats.record(None, Event::Rejected);
+                match delivery.take() {
+                    Some(d) => settle("reject", d.reject(true).await),
+                    None => {
+                        // Early ack already removed the original: send it again instead.
+                        if let Err(e) = Box::pin(app.publish(&msg)).await {
+                            error!("Task {label}: cannot requeue ({e})");
+                        }
+                    }
+                }
+                return;
+            }
+            Outcome::Reject {
+                requeue: false,
+                reason,
+            } => {
+                warn!("Task {label} rejected its message ({reason}); dropped");
+                shared.stats.record(None, Event::Rejected);
+                if store_results {
+                    let mut meta =
+                        shared.meta_failure(&msg, &execute::reject_exception(&reason), None);
+                    meta.traceback = None;
+                    shared.store(meta).await;
+                }
+            }
+            Outcome::Ignore => info!("Task {label} ignored"),
+        }
+        if let Some(d) = delivery.take() {
+            settle("ack", d.ack().await);
+        }
     }
 }
