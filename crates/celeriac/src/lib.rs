@@ -110,6 +110,8 @@ pub mod guide {
     pub mod architecture {}
     #[doc = include_str!("../../../docs/worker.md")]
     pub mod worker {}
+    #[doc = include_str!("../../../docs/pools.md")]
+    pub mod pools {}
     #[doc = include_str!("../../../docs/states.md")]
     pub mod states {}
     #[doc = include_str!("../../../docs/retries.md")]
