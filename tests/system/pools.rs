@@ -1,6 +1,6 @@
 //! Pools and time limits: hard limits stop async tasks (the future is dropped) and fail
 //! thread tasks (the thread is abandoned); soft limits reach the task through its
-//! context; the solo pool runs one task at a time.
+//! context; the solo pool runs one task at a time, within the same limits.
 
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,32 @@ async fn solo_pool_runs_one_task_at_a_time() {
         r.get::<()>(WAIT).await.unwrap();
     }
     assert_eq!(count(&format!("{k}:max")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_in_the_solo_pool() {
+    let app = app().await;
+    let _w = start(&app, |b| b.pool(Pool::Solo));
+    let k = key();
+    let t0 = Instant::now();
+    let r = sleepy::new(k.clone(), 5_000)
+        .time_limit(0.2)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(exception_of(&r).await.exc_type, "TimeLimitExceeded");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "not stopped at its limit"
+    );
+    let r = tidy::new(k.clone())
+        .soft_time_limit(0.2)
+        .time_limit(5.0)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(exception_of(&r).await.exc_type, "SoftTimeLimitExceeded");
+    assert_eq!(count(&format!("{k}:cleaned")), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

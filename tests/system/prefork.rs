@@ -1,6 +1,8 @@
 //! The prefork pool, with real processes: crashes (abort, segfault) kill only a child,
 //! which is replaced; time limits and terminate kill the child; children are recycled by
-//! task count and by memory; a worker killed with SIGKILL leaves no child behind.
+//! task count and by memory; a worker killed with SIGKILL leaves no child behind; warm
+//! shutdown lets a running task finish, cold shutdown kills it and requeues its late-ack
+//! message.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use crate::proc::WorkerProcess;
 
 struct Prefork {
     _dir: ScratchDir,
+    url: String,
     worker: WorkerProcess,
     app: celeriac::App,
 }
@@ -22,6 +25,7 @@ async fn prefork(args: &[&str]) -> Prefork {
     let mut all = vec!["--pool", "prefork"];
     all.extend_from_slice(args);
     let worker = WorkerProcess::spawn(&url, &all, &[]);
+    let url = url.to_string();
     let app = celeriac::App::builder()
         .broker_url(&url)
         .build()
@@ -29,6 +33,7 @@ async fn prefork(args: &[&str]) -> Prefork {
         .unwrap();
     Prefork {
         _dir: dir,
+        url,
         worker,
         app,
     }
@@ -253,4 +258,64 @@ async fn autoscale_starts_children_as_load_grows() {
         r.get::<Value>(Duration::from_secs(30)).await.unwrap();
     }
     assert!(children_of(worker_pid).len() <= 3, "more children than MAX");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_shutdown_finishes_and_cold_shutdown_requeues_prefork_tasks() {
+    // Warm: the running task finishes, the waiting one goes back to the queue.
+    let mut p = prefork(&["-c", "1", "--shutdown-timeout", "20"]).await;
+    let running = Signature::new("tasks.slow_late")
+        .args(vec![json!(1.0)])
+        .apply_async(&p.app)
+        .await
+        .unwrap();
+    let waiting = Signature::new("tasks.add")
+        .args(vec![json!(2), json!(3)])
+        .apply_async(&p.app)
+        .await
+        .unwrap();
+    p.worker.wait_for_log(
+        &format!("slow_late[{}] received", running.id()),
+        Duration::from_secs(10),
+    );
+    let children = children_of(p.worker.pid());
+    assert!(p.worker.terminate().success(), "{}", p.worker.log());
+    assert_eq!(running.state().await.unwrap(), celeriac::State::Success);
+    assert_eq!(waiting.state().await.unwrap(), celeriac::State::Pending);
+    assert_eq!(p.app.broker().queue_depth("celery").await.unwrap(), 1);
+    assert!(children.iter().all(|c| !alive(*c)), "children left running");
+
+    // Cold (the shutdown timeout passes): the running late-ack task's child is killed and
+    // its message requeued; nothing was half-acknowledged.
+    let mut cold = WorkerProcess::spawn(
+        &p.url,
+        &["--pool", "prefork", "-c", "1", "--shutdown-timeout", "0.5"],
+        &[],
+    );
+    let long = Signature::new("tasks.slow_late")
+        .args(vec![json!(60.0)])
+        .apply_async(&p.app)
+        .await
+        .unwrap();
+    cold.wait_for_log(
+        &format!("slow_late[{}] received", long.id()),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        waiting.get::<i64>(Duration::from_secs(10)).await.unwrap(),
+        5
+    );
+    let children = children_of(cold.pid());
+    let t0 = Instant::now();
+    cold.terminate();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(children.iter().all(|c| !alive(*c)), "children left running");
+    assert_eq!(long.state().await.unwrap(), celeriac::State::Pending);
+    assert_eq!(p.app.broker().queue_depth("celery").await.unwrap(), 1);
+    // Redelivered, it runs (and, seeing the redelivery, skips its sleep).
+    let _again = WorkerProcess::spawn(&p.url, &["--pool", "prefork", "-c", "1"], &[]);
+    assert_eq!(
+        long.get::<f64>(Duration::from_secs(20)).await.unwrap(),
+        60.0
+    );
 }
