@@ -5,13 +5,60 @@
 //! client may already have read). Waiting is the engine's job: engines that can push
 //! (Redis pub/sub, the memory engine's notifications) override
 //! [`ResultBackend::wait_ready`]; the default polls with back-off.
+//!
+//! Chords need the backend too: it counts a chord's finished header parts atomically and
+//! elects exactly one caller to fire the body ([`ResultBackend::chord_part`]), so a chord
+//! completes once however many workers (celeriac's or Celery's) run its parts.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use crate::error::BackendError;
-use crate::state::TaskMeta;
+use crate::state::{State, TaskMeta};
+
+/// One finished chord header task, reported after its own record was stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChordPart {
+    /// The chord's group id (`headers.group`).
+    pub group_id: String,
+    /// The header task's id.
+    pub task_id: String,
+    /// Its position in the header (`headers.group_index`); results are ordered by it.
+    pub group_index: Option<u64>,
+    /// How it ended (SUCCESS, or FAILURE/REVOKED, which fail the chord).
+    pub state: State,
+    /// Its result as stored: the return value, or the exception dict.
+    pub result: Value,
+}
+
+/// What [`ResultBackend::chord_part`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChordJoin {
+    /// Parts are still missing, or another caller fires the body.
+    Waiting,
+    /// This caller completed the chord and holds the right to fire the body: every part,
+    /// in header order. Call [`ResultBackend::chord_finish`] with `claim` afterwards.
+    Complete {
+        /// The header parts, ordered by `group_index`.
+        parts: Vec<ChordPart>,
+        /// Proof of the claim, for [`ResultBackend::chord_finish`].
+        claim: String,
+    },
+    /// The chord already completed (a late duplicate of a part).
+    Done,
+}
+
+/// How a claimed chord ended, for [`ResultBackend::chord_finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChordEnd {
+    /// The body was sent: drop the chord's data, remember it as done.
+    Fired,
+    /// A part failed (the body was failed instead): forget the chord's size so a late
+    /// duplicate part does not fail it again.
+    Failed,
+}
 
 /// A store of task results.
 #[async_trait]
@@ -53,5 +100,77 @@ pub trait ResultBackend: Send + Sync + 'static {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// Prepares chord `group_id` for `size` header parts (Celery's `set_chord_size`),
+    /// before any part is sent. Re-applying a chord with the same group id starts afresh.
+    async fn chord_start(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        let _ = (group_id, size);
+        Err(BackendError::Unsupported("chords"))
+    }
+
+    /// Records a finished header part, once per `(task_id, group_index)` however often it
+    /// is reported, and says whether this caller completed the chord. Exactly one caller
+    /// gets [`ChordJoin::Complete`] per chord.
+    async fn chord_part(&self, part: &ChordPart) -> Result<ChordJoin, BackendError> {
+        let _ = part;
+        Err(BackendError::Unsupported("chords"))
+    }
+
+    /// Ends a chord this caller claimed with [`ChordJoin::Complete`].
+    async fn chord_finish(
+        &self,
+        group_id: &str,
+        claim: &str,
+        end: ChordEnd,
+    ) -> Result<(), BackendError> {
+        let _ = (group_id, claim, end);
+        Err(BackendError::Unsupported("chords"))
+    }
+
+    /// Saves a group's member ids (Celery's `GroupResult.save()`), so the group can be
+    /// restored by id later, from any process.
+    async fn save_group(&self, group_id: &str, task_ids: &[String]) -> Result<(), BackendError> {
+        let _ = (group_id, task_ids);
+        Err(BackendError::Unsupported("saved groups"))
+    }
+
+    /// The member ids of a saved group, or `None`.
+    async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
+        let _ = group_id;
+        Err(BackendError::Unsupported("saved groups"))
+    }
+
+    /// Deletes a saved group (not its members' results).
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        let _ = group_id;
+        Err(BackendError::Unsupported("saved groups"))
+    }
+}
+
+/// The `{"result": [[gid, null], [[[tid, null], null], ...]]}` record Celery's
+/// `GroupResult.save()` writes, and back.
+pub mod group_record {
+    use serde_json::{json, Value};
+
+    /// The record for a group of plain task results.
+    pub fn encode(group_id: &str, task_ids: &[String]) -> Value {
+        let members: Vec<Value> = task_ids
+            .iter()
+            .map(|id| json!([[id, null], null]))
+            .collect();
+        json!({"result": [[group_id, null], members]})
+    }
+
+    /// The member ids of a saved record (nested groups are flattened to their ids).
+    pub fn decode(record: &Value) -> Option<Vec<String>> {
+        let members = record.get("result")?.get(1)?.as_array()?;
+        members
+            .iter()
+            .map(|m| {
+                // [[id, parent], children] — or, for a nested group, [[gid, parent], [...]].
+                m.get(0)?.get(0)?.as_str().map(str::to_string)
+            })
+            .collect()
     }
 }

@@ -10,6 +10,7 @@
 //! | [`protocol`] | [`TaskMessage`]: encode/decode of task messages (the only place) and the kombu envelope |
 //! | [`message`] | [`Message`]: what brokers move (headers, properties, body bytes) |
 //! | [`signature`] | [`Signature`]: a task call that has not run |
+//! | [`canvas`] | chains, groups, chords, map/starmap/chunks as Celery's signature dicts |
 //! | [`state`] | [`State`], [`TaskMeta`], [`ExceptionInfo`]: result records in Celery's format |
 //! | [`routing`] | [`Router`]: task name → queue |
 //! | [`broker`] / [`backend`] | the two traits every engine implements |
@@ -20,6 +21,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod canvas;
 pub mod emulation;
 pub mod error;
 pub mod memory;
@@ -31,10 +33,11 @@ pub mod state;
 pub mod time;
 pub mod url;
 
-pub use backend::ResultBackend;
+pub use backend::{ChordEnd, ChordJoin, ChordPart, ResultBackend};
 pub use broker::{
     Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions, Subscription,
 };
+pub use canvas::{Canvas, CanvasError};
 pub use error::{BackendError, BrokerError, PublishError};
 pub use message::Message;
 pub use protocol::{DecodeError, TaskMessage};

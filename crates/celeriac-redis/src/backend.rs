@@ -9,6 +9,11 @@
 //! (the record may already be there); after a lost pub/sub connection, the subscriber
 //! reconnects with back-off, subscribes again and re-reads every awaited key, as Celery's
 //! client does, so no result published during the outage is missed.
+//!
+//! Chords use Celery 5.7's keys and algorithm (`celery-taskset-meta-<gid>.j/.s/.t/.d/.c`,
+//! one atomic script per part that also elects the worker firing the body, a claim
+//! extended before publishing and released by a cleanup script), so a chord whose parts
+//! run on a mix of Celery and celeriac workers fires its body exactly once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,9 +27,11 @@ use redis::Script;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use celeriac_core::backend::group_record;
 use celeriac_core::error::BackendError;
 use celeriac_core::url::EngineUrl;
-use celeriac_core::{ResultBackend, TaskMeta};
+use celeriac_core::{ChordEnd, ChordJoin, ChordPart, ResultBackend, State, TaskMeta};
+use serde_json::{json, Value};
 
 use crate::config::RedisConfig;
 use crate::error::{self, Error};
@@ -43,6 +50,9 @@ struct Inner {
     conn: ConnectionManager,
     keys: ResultKeys,
     store: Script,
+    chord_part: Script,
+    chord_extend: Script,
+    chord_cleanup: Script,
     /// Waiters by task id.
     waiters: Mutex<HashMap<String, Arc<Slot>>>,
     /// The live pub/sub sink; `None` while (re)connecting.
@@ -90,6 +100,9 @@ impl RedisBackend {
                 client,
                 conn,
                 store: Script::new(include_str!("lua/store_result.lua")),
+                chord_part: Script::new(include_str!("lua/chord_part.lua")),
+                chord_extend: Script::new(include_str!("lua/chord_claim_extend.lua")),
+                chord_cleanup: Script::new(include_str!("lua/chord_cleanup.lua")),
                 waiters: Mutex::new(HashMap::new()),
                 sink,
                 subscriber_started: AtomicBool::new(false),
@@ -286,6 +299,30 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
+/// Chord join data expiry (Celery: `result_chord_expires`, default `result_expires`, 1 day).
+const CHORD_EXPIRES: u64 = 86_400;
+/// The first claim on firing a body: Celery's `max(5, 2 × result_chord_join_timeout)`.
+const CHORD_CLAIM_TTL: u64 = 6;
+/// The claim while publishing the body: Celery's estimate of its publish retry budget
+/// with default settings (observed: 21 s).
+const CHORD_PUBLISH_TTL: u64 = 21;
+/// How long a fired chord stays marked done: Celery's `max(2 × claim TTL, 300)`.
+const CHORD_DONE_TTL: u64 = 300;
+
+/// A part as stored in `.j`: `[1, tid, state, result]`.
+fn decode_part(group_id: &str, raw: &[u8], score: f64) -> Option<ChordPart> {
+    let v = celeriac_core::protocol::json::parse_lenient(raw).ok()?;
+    let task_id = v.get(1)?.as_str()?.to_string();
+    let state = State::parse(v.get(2)?.as_str()?);
+    Some(ChordPart {
+        group_id: group_id.to_string(),
+        task_id,
+        group_index: (score.is_finite() && score >= 0.0).then_some(score as u64),
+        state,
+        result: v.get(3).cloned().unwrap_or(Value::Null),
+    })
+}
+
 #[async_trait]
 impl ResultBackend for RedisBackend {
     fn url(&self) -> String {
@@ -371,5 +408,180 @@ impl ResultBackend for RedisBackend {
                 }
             }
         }
+    }
+
+    async fn chord_start(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        let keys = &self.inner.keys;
+        redis::pipe()
+            .cmd("DEL")
+            .arg(keys.group(group_id, ".c"))
+            .ignore()
+            .cmd("SET")
+            .arg(keys.group(group_id, ".s"))
+            .arg(size)
+            .arg("EX")
+            .arg(CHORD_EXPIRES)
+            .ignore()
+            .exec_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.err("chord start", e))
+    }
+
+    async fn chord_part(&self, part: &ChordPart) -> Result<ChordJoin, BackendError> {
+        let inner = &*self.inner;
+        let gid = &part.group_id;
+        let k = |suffix: &str| inner.keys.group(gid, suffix);
+        let score = part
+            .group_index
+            .map_or_else(|| "+inf".to_string(), |i| i.to_string());
+        let encoded = json!([1, part.task_id, part.state.as_str(), part.result]).to_string();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (count, adjust, size, claimed): (i64, Option<i64>, Option<i64>, i64) = inner
+            .chord_part
+            .key(k(".j"))
+            .key(k(".t"))
+            .key(k(".s"))
+            .key(k(".d"))
+            .key(k(""))
+            .key(k(".c"))
+            .arg(&part.task_id)
+            .arg(encoded)
+            .arg("1")
+            .arg(score)
+            .arg(CHORD_EXPIRES)
+            .arg(CHORD_EXPIRES)
+            .arg(CHORD_CLAIM_TTL)
+            .arg(&token)
+            .invoke_async(&mut inner.conn.clone())
+            .await
+            .map_err(|e| inner.err("chord part", e))?;
+        if count == -1 {
+            return Ok(ChordJoin::Done);
+        }
+        let Some(size) = size else {
+            return Ok(ChordJoin::Waiting);
+        };
+        if claimed != 1 || count != size + adjust.unwrap_or(0) {
+            return Ok(ChordJoin::Waiting);
+        }
+        let raw: Vec<(Vec<u8>, f64)> = redis::cmd("ZRANGE")
+            .arg(k(".j"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut inner.conn.clone())
+            .await
+            .map_err(|e| inner.err("chord join", e))?;
+        let mut parts = Vec::with_capacity(raw.len());
+        for (value, score) in raw {
+            parts.push(
+                decode_part(gid, &value, score).ok_or_else(|| BackendError::Corrupt {
+                    task_id: gid.clone(),
+                    reason: format!(
+                        "chord part is not [1, id, state, result]: {}",
+                        String::from_utf8_lossy(&value)
+                    ),
+                })?,
+            );
+        }
+        let held: i64 = inner
+            .chord_extend
+            .key(k(".c"))
+            .key(k(".s"))
+            .arg(&token)
+            .arg(CHORD_PUBLISH_TTL)
+            .invoke_async(&mut inner.conn.clone())
+            .await
+            .map_err(|e| inner.err("chord claim", e))?;
+        if held != 1 {
+            warn!("chord {gid}: the claim to fire its body passed to another worker");
+            return Ok(ChordJoin::Waiting);
+        }
+        Ok(ChordJoin::Complete {
+            parts,
+            claim: token,
+        })
+    }
+
+    async fn chord_finish(
+        &self,
+        group_id: &str,
+        claim: &str,
+        end: ChordEnd,
+    ) -> Result<(), BackendError> {
+        let inner = &*self.inner;
+        let k = |suffix: &str| inner.keys.group(group_id, suffix);
+        match end {
+            ChordEnd::Fired => {
+                let cleaned: i64 = inner
+                    .chord_cleanup
+                    .key(k(".c"))
+                    .key(k(".j"))
+                    .key(k(".t"))
+                    .key(k(".s"))
+                    .key(k(".d"))
+                    .arg(claim)
+                    .arg(CHORD_DONE_TTL)
+                    .invoke_async(&mut inner.conn.clone())
+                    .await
+                    .map_err(|e| inner.err("chord cleanup", e))?;
+                if cleaned != 1 {
+                    warn!(
+                        "chord {group_id}: claim lost before cleanup; its data is left to expire"
+                    );
+                }
+                Ok(())
+            }
+            ChordEnd::Failed => redis::cmd("DEL")
+                .arg(k(".s"))
+                .exec_async(&mut inner.conn.clone())
+                .await
+                .map_err(|e| inner.err("chord finish", e)),
+        }
+    }
+
+    async fn save_group(&self, group_id: &str, task_ids: &[String]) -> Result<(), BackendError> {
+        let key = self.inner.keys.group(group_id, "");
+        let record = group_record::encode(group_id, task_ids).to_string();
+        redis::pipe()
+            .atomic()
+            .cmd("SETEX")
+            .arg(&key)
+            .arg(CHORD_EXPIRES)
+            .arg(&record)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&key)
+            .arg(&record)
+            .ignore()
+            .exec_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.err("save group", e))
+    }
+
+    async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.inner.keys.group(group_id, ""))
+            .query_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.err("restore group", e))?;
+        raw.map(|r| {
+            celeriac_core::protocol::json::parse_lenient(&r)
+                .ok()
+                .and_then(|v| group_record::decode(&v))
+                .ok_or_else(|| BackendError::Corrupt {
+                    task_id: group_id.to_string(),
+                    reason: "not a saved group record".into(),
+                })
+        })
+        .transpose()
+    }
+
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        redis::cmd("DEL")
+            .arg(self.inner.keys.group(group_id, ""))
+            .exec_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| self.inner.err("forget group", e))
     }
 }

@@ -141,6 +141,12 @@ impl ResultKeys {
         format!("{}celery-task-meta-{task_id}", self.prefix)
     }
 
+    /// `celery-taskset-meta-<gid><suffix>`: a saved group (no suffix) and a chord's join
+    /// keys (`.j` results, `.s` size, `.t` size adjustment, `.d` parts seen, `.c` claim).
+    pub fn group(&self, group_id: &str, suffix: &str) -> String {
+        format!("{}celery-taskset-meta-{group_id}{suffix}", self.prefix)
+    }
+
     /// The task id of a meta key or channel, if it is one.
     pub fn task_id_of<'a>(&self, key: &'a str) -> Option<&'a str> {
         key.strip_prefix(self.prefix.as_str())?

@@ -18,12 +18,13 @@ use crate::error::OpenError;
 pub const APPLICATION_ID: i32 = 0x6365_6C72;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Schema migrations, version `i + 1` at index `i`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../migrations/001_initial.sql"),
     include_str!("../migrations/002_broadcasts.sql"),
+    include_str!("../migrations/003_chords.sql"),
 ];
 
 /// Opens (creating if needed) and checks the database at `cfg.path`.

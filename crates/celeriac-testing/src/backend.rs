@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac_core::{ExceptionInfo, ResultBackend, State, TaskMeta};
+use celeriac_core::{
+    ChordEnd, ChordJoin, ChordPart, ExceptionInfo, ResultBackend, State, TaskMeta,
+};
 use serde_json::{json, Value};
 
 fn id() -> String {
@@ -163,4 +165,99 @@ pub async fn records_expire(b: Arc<dyn ResultBackend>) {
         b.get(&tid).await.unwrap().is_none(),
         "record outlived its expiry"
     );
+}
+
+fn part(gid: &str, tid: &str, index: u64, result: Value) -> ChordPart {
+    ChordPart {
+        group_id: gid.to_string(),
+        task_id: tid.to_string(),
+        group_index: Some(index),
+        state: State::Success,
+        result,
+    }
+}
+
+/// A chord completes exactly once, for one of many concurrent parts, with every part's
+/// result in header order whatever order they finished in; a part reported twice counts
+/// once; a late duplicate after the chord fired is told the chord is done.
+pub async fn chord_completes_once_in_header_order(b: Arc<dyn ResultBackend>) {
+    let gid = id();
+    let n = 40u64;
+    b.chord_start(&gid, n as usize).await.unwrap();
+    let ids: Vec<String> = (0..n).map(|_| id()).collect();
+    // A redelivered part before the end: counted once.
+    assert_eq!(
+        b.chord_part(&part(&gid, &ids[5], 5, json!(5)))
+            .await
+            .unwrap(),
+        ChordJoin::Waiting
+    );
+    let mut joins = Vec::new();
+    for i in (0..n).rev() {
+        let (b, gid, tid) = (b.clone(), gid.clone(), ids[i as usize].clone());
+        joins.push(tokio::spawn(async move {
+            b.chord_part(&part(&gid, &tid, i, json!(i))).await.unwrap()
+        }));
+    }
+    let mut complete = Vec::new();
+    for j in joins {
+        if let ChordJoin::Complete { parts, claim } = j.await.unwrap() {
+            complete.push((parts, claim));
+        }
+    }
+    assert_eq!(
+        complete.len(),
+        1,
+        "the chord completed {} times",
+        complete.len()
+    );
+    let (parts, claim) = complete.pop().unwrap();
+    let results: Vec<Value> = parts.iter().map(|p| p.result.clone()).collect();
+    assert_eq!(results, (0..n).map(|i| json!(i)).collect::<Vec<_>>());
+    assert_eq!(parts[3].task_id, ids[3]);
+    b.chord_finish(&gid, &claim, ChordEnd::Fired).await.unwrap();
+    assert_eq!(
+        b.chord_part(&part(&gid, &ids[0], 0, json!(0)))
+            .await
+            .unwrap(),
+        ChordJoin::Done
+    );
+}
+
+/// A failed part is passed on with its state; after a failed chord is finished, a late
+/// duplicate part does not complete it again.
+pub async fn failed_chord_is_not_completed_again(b: Arc<dyn ResultBackend>) {
+    let gid = id();
+    b.chord_start(&gid, 2).await.unwrap();
+    let (a, f) = (id(), id());
+    b.chord_part(&part(&gid, &a, 0, json!(1))).await.unwrap();
+    let failed = ChordPart {
+        state: State::Failure,
+        result: ExceptionInfo::new("ValueError", "builtins", "boom").to_value(),
+        ..part(&gid, &f, 1, Value::Null)
+    };
+    let ChordJoin::Complete { parts, claim } = b.chord_part(&failed).await.unwrap() else {
+        panic!("the last part did not complete the chord");
+    };
+    assert_eq!(parts[1].state, State::Failure);
+    assert_eq!(parts[1].result["exc_type"], "ValueError");
+    b.chord_finish(&gid, &claim, ChordEnd::Failed)
+        .await
+        .unwrap();
+    let again = b.chord_part(&failed).await.unwrap();
+    assert!(
+        !matches!(again, ChordJoin::Complete { .. }),
+        "a failed chord completed again: {again:?}"
+    );
+}
+
+/// A saved group's member ids can be restored by group id, and forgotten.
+pub async fn groups_are_saved_and_restored(b: Arc<dyn ResultBackend>) {
+    let gid = id();
+    assert_eq!(b.restore_group(&gid).await.unwrap(), None);
+    let members = vec![id(), id(), id()];
+    b.save_group(&gid, &members).await.unwrap();
+    assert_eq!(b.restore_group(&gid).await.unwrap(), Some(members));
+    b.forget_group(&gid).await.unwrap();
+    assert_eq!(b.restore_group(&gid).await.unwrap(), None);
 }

@@ -74,6 +74,9 @@ macro_rules! backend_conformance {
             many_waiters_are_all_released,
             forget_deletes,
             records_expire,
+            chord_completes_once_in_header_order,
+            failed_chord_is_not_completed_again,
+            groups_are_saved_and_restored,
         );
     };
     (@tests $factory:path; $($check:ident),* $(,)?) => {

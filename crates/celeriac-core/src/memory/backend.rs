@@ -1,6 +1,7 @@
 //! The in-process result store: records in a map with expiry times, and one `Notify`
 //! per task id that somebody is waiting on, so a waiter wakes exactly when its task's
-//! record changes.
+//! record changes. Chords are counted under the same lock, so exactly one part completes
+//! each chord.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::backend::ResultBackend;
+use crate::backend::{ChordEnd, ChordJoin, ChordPart, ResultBackend};
 use crate::error::BackendError;
 use crate::state::{State, TaskMeta};
 use crate::url::EngineUrl;
@@ -31,7 +32,25 @@ struct Records {
     records: HashMap<String, (TaskMeta, Option<Instant>)>,
     waiters: HashMap<String, (Arc<Notify>, usize)>,
     stores_since_sweep: usize,
+    chords: HashMap<String, Chord>,
+    groups: HashMap<String, Vec<String>>,
 }
+
+/// One chord's join state, as Celery's Redis backend keeps it in `.s`/`.j`/`.d`/`.c`.
+#[derive(Default)]
+struct Chord {
+    /// Expected parts (`None` until `chord_start`, or after a failure).
+    size: Option<usize>,
+    /// Parts recorded, deduplicated by `(task id, group index)`.
+    parts: Vec<ChordPart>,
+    /// Who fires the body.
+    claim: Option<String>,
+    /// When the chord was fired (late duplicates are ignored for a while after).
+    done_at: Option<Instant>,
+}
+
+/// How long a fired chord is remembered, to ignore late duplicate parts (Celery: 300 s).
+const CHORD_DONE_TTL: Duration = Duration::from_secs(300);
 
 static INSTANCES: OnceLock<Mutex<HashMap<String, Arc<Inner>>>> = OnceLock::new();
 
@@ -167,6 +186,92 @@ impl ResultBackend for MemoryBackend {
             }
         };
         Ok(result)
+    }
+
+    async fn chord_start(&self, group_id: &str, size: usize) -> Result<(), BackendError> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        st.chords
+            .retain(|_, c| c.done_at.is_none_or(|t| now < t + CHORD_DONE_TTL));
+        st.chords.insert(
+            group_id.to_string(),
+            Chord {
+                size: Some(size),
+                ..Chord::default()
+            },
+        );
+        Ok(())
+    }
+
+    async fn chord_part(&self, part: &ChordPart) -> Result<ChordJoin, BackendError> {
+        Ok(self.chord_join(part))
+    }
+
+    async fn chord_finish(
+        &self,
+        group_id: &str,
+        claim: &str,
+        end: ChordEnd,
+    ) -> Result<(), BackendError> {
+        let mut st = self.lock();
+        if let Some(chord) = st.chords.get_mut(group_id) {
+            match end {
+                ChordEnd::Fired if chord.claim.as_deref() == Some(claim) => {
+                    *chord = Chord {
+                        done_at: Some(Instant::now()),
+                        ..Chord::default()
+                    };
+                }
+                ChordEnd::Fired => {}
+                ChordEnd::Failed => chord.size = None,
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_group(&self, group_id: &str, task_ids: &[String]) -> Result<(), BackendError> {
+        self.lock()
+            .groups
+            .insert(group_id.to_string(), task_ids.to_vec());
+        Ok(())
+    }
+
+    async fn restore_group(&self, group_id: &str) -> Result<Option<Vec<String>>, BackendError> {
+        Ok(self.lock().groups.get(group_id).cloned())
+    }
+
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        self.lock().groups.remove(group_id);
+        Ok(())
+    }
+}
+
+impl MemoryBackend {
+    fn chord_join(&self, part: &ChordPart) -> ChordJoin {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let chord = st.chords.entry(part.group_id.clone()).or_default();
+        if chord.done_at.is_some_and(|t| now < t + CHORD_DONE_TTL) {
+            return ChordJoin::Done;
+        }
+        let seen = chord
+            .parts
+            .iter()
+            .any(|p| p.task_id == part.task_id && p.group_index == part.group_index);
+        if !seen {
+            chord.parts.push(part.clone());
+        }
+        match chord.size {
+            Some(size) if chord.parts.len() >= size && chord.claim.is_none() => {
+                let claim = uuid::Uuid::new_v4().simple().to_string();
+                chord.claim = Some(claim.clone());
+                let mut parts = chord.parts.clone();
+                // Header order; parts without an index last, in arrival order.
+                parts.sort_by_key(|p| p.group_index.unwrap_or(u64::MAX));
+                ChordJoin::Complete { parts, claim }
+            }
+            _ => ChordJoin::Waiting,
+        }
     }
 }
 
