@@ -135,6 +135,14 @@ pub trait Broker: Send + Sync + 'static {
     /// How many messages wait in `queue` (not counting delivered, unsettled ones).
     async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError>;
 
+    /// Waits until work the broker does in the background has reached it — above all the
+    /// restores of deliveries dropped unsettled, which `Drop` cannot wait for. A worker
+    /// calls this before it exits, so a cold shutdown's late-ack messages are back in their
+    /// queues when the process ends.
+    async fn flush(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     /// The queues this broker knows of.
     async fn queues(&self) -> Result<Vec<String>, BrokerError>;
 

@@ -71,6 +71,8 @@ struct Inner {
     /// Delivery tags this process holds unsettled.
     outstanding: Mutex<HashSet<String>>,
     maintenance_started: AtomicBool,
+    /// Restores of dropped deliveries still running, for `flush`.
+    restoring: tokio::sync::watch::Sender<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,6 +108,7 @@ impl RedisBroker {
                 declared: Mutex::new(HashSet::new()),
                 outstanding: Mutex::new(HashSet::new()),
                 maintenance_started: AtomicBool::new(false),
+                restoring: tokio::sync::watch::channel(0).0,
             }),
         })
     }
@@ -444,10 +447,12 @@ impl Acker for Inner {
             return;
         };
         let tag = tag.to_string();
+        me.restoring.send_modify(|n| *n += 1);
         rt.spawn(async move {
             if let Err(e) = me.restore_tag(&tag, true).await {
                 warn!("could not return dropped delivery {tag} to its queue ({e}); the visibility sweep will");
             }
+            me.restoring.send_modify(|n| *n -= 1);
         });
     }
 }
@@ -669,6 +674,13 @@ async fn record(inner: &Inner, items: &[(String, String)]) -> Result<(), BrokerE
 
 #[async_trait]
 impl Broker for RedisBroker {
+    async fn flush(&self) -> Result<(), BrokerError> {
+        let mut rx = self.inner.restoring.subscribe();
+        // Bounded: a restore that cannot reach Redis is left to the visibility sweep.
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|n| *n == 0)).await;
+        Ok(())
+    }
+
     fn url(&self) -> String {
         self.inner.cfg.masked.clone()
     }

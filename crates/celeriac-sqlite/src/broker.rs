@@ -402,6 +402,16 @@ fn claim(
 
 #[async_trait]
 impl Broker for SqliteBroker {
+    async fn flush(&self) -> Result<(), BrokerError> {
+        // The database thread runs jobs in order: once this no-op is through, every
+        // restore queued before it (by dropped deliveries) is committed.
+        self.inner
+            .db
+            .call(true, |_| Ok(()))
+            .await
+            .map_err(|e| e.broker(&self.inner.db.name, "flush"))
+    }
+
     fn url(&self) -> String {
         self.inner.db.name.clone()
     }

@@ -666,6 +666,11 @@ impl LoopState {
             self.running.abort_all();
             while self.running.join_next().await.is_some() {}
         }
+        // Dropped deliveries restore themselves in the background: let that land before
+        // the process may exit.
+        if let Err(e) = self.shared.app.broker().flush().await {
+            warn!("could not confirm that unfinished messages went back to their queues: {e}");
+        }
         WorkerReport {
             stats: stats.snapshot(),
             returned,

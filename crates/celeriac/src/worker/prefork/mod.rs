@@ -432,12 +432,11 @@ impl PreforkPool {
         }
     }
 
-    /// Stops every idle child (running ones stop when their tasks are abandoned).
+    /// Stops every idle child (running ones stop when their tasks are abandoned) and waits
+    /// for them to exit, so none outlives the worker.
     pub(crate) async fn shutdown(&self) {
         let children: Vec<ChildProc> = self.lock_idle().drain(..).collect();
-        for child in children {
-            retire(child);
-        }
+        futures::future::join_all(children.into_iter().map(stop)).await;
         let _ = std::fs::remove_file(&self.socket_path);
     }
 }
@@ -452,22 +451,26 @@ async fn kill(mut child: ChildProc) {
     let _ = child.process.kill().await;
 }
 
-/// Lets a child go: closing its socket makes it exit; it is killed if it lingers.
+/// Lets a child go in the background: closing its socket makes it exit; it is killed if
+/// it lingers.
 fn retire(child: ChildProc) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(stop(child));
+    }
+}
+
+/// Closes a child's socket and waits for it to exit, killing it after 5 s.
+async fn stop(child: ChildProc) {
     let ChildProc {
         mut process,
         writer,
         ..
     } = child;
     drop(writer);
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            if tokio::time::timeout(Duration::from_secs(5), process.wait())
-                .await
-                .is_err()
-            {
-                let _ = process.kill().await;
-            }
-        });
+    if tokio::time::timeout(Duration::from_secs(5), process.wait())
+        .await
+        .is_err()
+    {
+        let _ = process.kill().await;
     }
 }
