@@ -116,6 +116,9 @@ impl Signature {
     pub fn chord(header: Signature, body: Signature) -> Signature {
         let header = match header.canvas() {
             Ok(Canvas::Group(_)) => header,
+            Ok(Canvas::Chunks { task, items, size }) => {
+                Signature::chunks_group(&task, &items, size)
+            }
             _ => Signature::group([header]),
         };
         let mut kwargs = Map::new();
@@ -171,6 +174,15 @@ impl Signature {
         let mut sig = canvas_sig(names::CHUNKS, "chunks", kwargs);
         inherit_errors(&mut sig, [&task]);
         sig
+    }
+
+    /// The group of [`xstarmap`](Self::xstarmap) messages a chunks signature is sent as.
+    pub fn chunks_group(task: &Signature, items: &[Value], size: usize) -> Signature {
+        Signature::group(
+            items
+                .chunks(size.max(1))
+                .map(|c| Signature::xstarmap(task.clone(), c.to_vec())),
+        )
     }
 
     /// What this signature is: a task, or a canvas with its parts.

@@ -150,6 +150,33 @@ impl ExceptionInfo {
         }
     }
 
+    /// Python's `repr()` of the exception: `ValueError('boom')` — what Celery writes into
+    /// messages such as a chord's `Dependency <id> raised ValueError('boom')`.
+    ///
+    /// ```
+    /// use celeriac_core::ExceptionInfo;
+    /// assert_eq!(ExceptionInfo::new("ValueError", "builtins", "boom").python_repr(), "ValueError('boom')");
+    /// ```
+    pub fn python_repr(&self) -> String {
+        let args: Vec<Value> = match &self.exc_message {
+            Value::Array(items) => items.clone(),
+            Value::Null => Vec::new(),
+            other => vec![other.clone()],
+        };
+        let tuple = crate::protocol::json::args_repr(&args);
+        // "(a,)" / "(a, b)" / "()" → "a" / "a, b" / "".
+        let inner = tuple
+            .strip_prefix('(')
+            .and_then(|t| t.strip_suffix(')'))
+            .unwrap_or(&tuple);
+        let inner = if args.len() == 1 {
+            inner.strip_suffix(',').unwrap_or(inner)
+        } else {
+            inner
+        };
+        format!("{}({inner})", self.exc_type)
+    }
+
     /// Reads an exception dict out of a stored `result` value, if it is one.
     pub fn from_value(v: &Value) -> Option<Self> {
         let obj = v.as_object()?;

@@ -223,6 +223,25 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
         .map(|n| n.to_string().trim_start_matches("r#").to_string())
         .collect();
     let indexes: Vec<usize> = (0..names.len()).collect();
+    let rest_names: Vec<_> = names.iter().skip(1).cloned().collect();
+    let rest_types: Vec<_> = types.iter().skip(1).cloned().collect();
+    // `map(items)` for one-argument tasks: each item is the argument.
+    let map_fn = if names.len() == 1 {
+        let t = &types[0];
+        quote! {
+            /// One message that calls this task once per item, in order, and returns the
+            /// list of results (Celery's `task.map(items)`).
+            #vis fn map(items: impl ::core::iter::IntoIterator<Item = #t>) -> ::celeriac::Signature {
+                ::celeriac::__private::map_signature(
+                    <Self as ::celeriac::Task>::name(&#ident),
+                    false,
+                    items.into_iter().map(|item| ::celeriac::__private::arg(&item)).collect(),
+                )
+            }
+        }
+    } else {
+        quote!()
+    };
 
     let name_expr = match &options.name {
         Some(lit) => quote!(#lit),
@@ -298,6 +317,46 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
                     ::std::vec![#(::celeriac::__private::arg(&#names)),*],
                 )
             }
+
+            /// A partial call for a chain or callback: the parent's result becomes the first
+            /// argument, these are the rest (Celery's `task.s(...)`).
+            #[allow(clippy::too_many_arguments)]
+            #vis fn s(#(#rest_names: #rest_types),*) -> ::celeriac::Signature {
+                ::celeriac::__private::signature(
+                    <Self as ::celeriac::Task>::name(&#ident),
+                    ::std::vec![#(::celeriac::__private::arg(&#rest_names)),*],
+                )
+            }
+
+            /// A call that ignores a parent's result: every argument given here
+            /// (Celery's `task.si(...)`).
+            #[allow(clippy::too_many_arguments)]
+            #vis fn si(#(#names: #types),*) -> ::celeriac::Signature {
+                Self::new(#(#names),*).set_immutable(true)
+            }
+
+            /// One message that calls this task once per argument tuple, in order, and
+            /// returns the list of results (Celery's `task.starmap(items)`).
+            #vis fn starmap(items: impl ::core::iter::IntoIterator<Item = (#(#types,)*)>) -> ::celeriac::Signature {
+                ::celeriac::__private::map_signature(
+                    <Self as ::celeriac::Task>::name(&#ident),
+                    true,
+                    items.into_iter().map(|(#(#names,)*)| ::celeriac::__private::tuple(::std::vec![#(::celeriac::__private::arg(&#names)),*])).collect(),
+                )
+            }
+
+            /// Argument tuples split into messages of `size` calls each, sent as a group;
+            /// a chord body receives the list of each message's list of results (Celery's
+            /// `task.chunks(items, n)`).
+            #vis fn chunks(items: impl ::core::iter::IntoIterator<Item = (#(#types,)*)>, size: usize) -> ::celeriac::Group {
+                ::celeriac::__private::chunks_group(
+                    <Self as ::celeriac::Task>::name(&#ident),
+                    items.into_iter().map(|(#(#names,)*)| ::celeriac::__private::tuple(::std::vec![#(::celeriac::__private::arg(&#names)),*])).collect(),
+                    size,
+                )
+            }
+
+            #map_fn
 
             /// The name this task is registered under.
             #vis fn name() -> &'static str {

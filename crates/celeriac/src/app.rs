@@ -263,6 +263,9 @@ impl AppBuilder {
                 )));
             }
         }
+        for t in crate::builtins::all() {
+            tasks.entry(t.name().to_string()).or_insert(t);
+        }
         let mut router = Router::new(self.config.default_queue.clone());
         for (pattern, route) in self.routes {
             router.add(pattern, route);
@@ -390,20 +393,35 @@ impl App {
     /// Sends many signatures in one batch (pipelined where the broker can); returns their
     /// results in order. Eager apps run them one by one.
     pub async fn send_many(&self, signatures: Vec<Signature>) -> Result<Vec<AsyncResult>, Error> {
-        if self.inner.config.always_eager {
+        if self.inner.config.always_eager || signatures.iter().any(|s| s.subtask_type.is_some()) {
             let mut out = Vec::with_capacity(signatures.len());
             for s in signatures {
-                out.push(crate::eager::apply(self, s, None).await?);
+                out.push(self.send_signature(s, None).await?);
             }
             return Ok(out);
         }
-        let mut batch: Vec<(Message, PublishOptions)> = Vec::with_capacity(signatures.len());
+        let mut messages = Vec::with_capacity(signatures.len());
         let mut results = Vec::with_capacity(signatures.len());
         for sig in &signatures {
-            let (msg, options) = self.prepare(sig, None)?;
+            let (msg, _) = self.prepare(sig, None)?;
             results.push(AsyncResult::new(msg.headers.id.clone(), self));
-            batch.push((msg.encode(), options));
+            messages.push(msg);
         }
+        self.publish_batch(messages).await?;
+        Ok(results)
+    }
+
+    /// Publishes built messages as one batch, retrying while the broker is unreachable.
+    pub(crate) async fn publish_batch(&self, messages: Vec<TaskMessage>) -> Result<(), Error> {
+        match messages.len() {
+            0 => return Ok(()),
+            1 => return self.publish(&messages[0]).await,
+            _ => {}
+        }
+        let mut batch: Vec<(Message, PublishOptions)> = messages
+            .iter()
+            .map(|m| (m.encode(), self.publish_options(m)))
+            .collect();
         let deadline = self.retry_deadline();
         let mut pause = Duration::from_millis(100);
         while let Err(e) = self.inner.broker.publish_many(batch).await {
@@ -419,7 +437,7 @@ impl App {
             pause = (pause * 2).min(Duration::from_secs(2));
             batch = e.unpublished;
         }
-        Ok(results)
+        Ok(())
     }
 
     fn retry_deadline(&self) -> Option<tokio::time::Instant> {
@@ -467,7 +485,19 @@ impl App {
         sig: &Signature,
         parent: Option<(String, String)>,
     ) -> Result<(TaskMessage, PublishOptions), Error> {
-        let route = self.inner.router.route(sig);
+        // `celery.map`/`celery.starmap` are routed like the task they map (Celery's
+        // `route_name`).
+        let mapped = match (sig.task.as_str(), sig.kwargs.get("task")) {
+            (
+                celeriac_core::canvas::names::MAP | celeriac_core::canvas::names::STARMAP,
+                Some(t),
+            ) => t.get("task").and_then(Value::as_str).map(|name| Signature {
+                task: name.to_string(),
+                ..sig.clone()
+            }),
+            _ => None,
+        };
+        let route = self.inner.router.route(mapped.as_ref().unwrap_or(sig));
         let ctx = SendContext {
             origin: self.inner.origin.clone(),
             reply_to: self.inner.reply_to.clone(),
@@ -499,6 +529,17 @@ impl App {
         sig: Signature,
         parent: Option<(String, String)>,
     ) -> Result<AsyncResult, Error> {
+        if sig.subtask_type.is_some() {
+            if self.inner.config.always_eager {
+                return crate::eager::apply_canvas(self, sig, parent).await;
+            }
+            let how = crate::canvas::Apply {
+                parent,
+                ..Default::default()
+            };
+            let handle = crate::canvas::send(self, sig, how).await?;
+            return Ok(AsyncResult::new(handle.id().to_string(), self));
+        }
         if self.inner.config.always_eager {
             return crate::eager::apply(self, sig, parent).await;
         }

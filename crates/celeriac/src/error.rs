@@ -257,6 +257,9 @@ pub enum Error {
     /// A signature cannot be sent (bad option or argument).
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    /// A canvas signature (chain, group, chord) that cannot be applied.
+    #[error(transparent)]
+    Canvas(#[from] celeriac_core::CanvasError),
     /// Arguments given by name-based sending are not `[args]` / `{kwargs}`.
     #[error("invalid arguments for `{task}`: {reason}")]
     InvalidArguments {

@@ -53,6 +53,7 @@
 //! | [`App`] | registry, broker, result backend, routes, config; sends tasks |
 //! | [`Signature`] | a call not yet run, with options (`countdown`, `eta`, `expires`, `queue`, `priority`, ...) |
 //! | [`AsyncResult`] | `get`, `wait`, `ready`, `state`, `successful`, `failed`, `forget` |
+//! | [`chain!`], [`group`], [`chord`] | workflows, as Celery's canvas; [`GroupResult`] |
 //! | [`Worker`] | consumes queues and runs tasks; warm and cold shutdown |
 //! | [`TaskContext`] | the running request: id, retries, ETA, parent/root ids, delivery info; `retry` |
 //! | [`TaskError`] | failure (with Python exception names), retry, reject, ignore |
@@ -80,6 +81,8 @@
 //! | `redis-tls` | no | `rediss://` (system OpenSSL) |
 
 pub mod app;
+mod builtins;
+pub mod canvas;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod context;
@@ -93,6 +96,7 @@ pub mod task;
 pub mod worker;
 
 pub use app::{App, AppBuilder, Config};
+pub use canvas::{chain, chord, group, Group, GroupResult};
 pub use celeriac_core::{self as core, ExceptionInfo, Route, Signature, State, TaskMeta};
 pub use celeriac_macros::task;
 pub use context::{RequestDeliveryInfo, TaskContext};
@@ -154,6 +158,58 @@ pub mod __private {
     /// Encodes one argument.
     pub fn arg<T: Serialize + ?Sized>(value: &T) -> Result<Value, serde_json::Error> {
         serde_json::to_value(value)
+    }
+
+    /// An argument tuple as the JSON array a starmap item is.
+    pub fn tuple(args: Vec<Result<Value, serde_json::Error>>) -> Result<Value, serde_json::Error> {
+        args.into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+    }
+
+    /// `celery.map` (`star = false`) or `celery.starmap` over encoded items.
+    pub fn map_signature(
+        task: &str,
+        star: bool,
+        items: Vec<Result<Value, serde_json::Error>>,
+    ) -> crate::Signature {
+        let (items, error) = split(items);
+        let inner = crate::Signature::new(task);
+        let mut sig = if star {
+            crate::Signature::xstarmap(inner, items)
+        } else {
+            crate::Signature::xmap(inner, items)
+        };
+        sig.encode_error = error;
+        sig
+    }
+
+    /// `celery.chunks` over encoded argument tuples, as a group.
+    pub fn chunks_group(
+        task: &str,
+        items: Vec<Result<Value, serde_json::Error>>,
+        size: usize,
+    ) -> crate::Group {
+        let (items, error) = split(items);
+        let mut sig = crate::Signature::chunks(crate::Signature::new(task), items, size);
+        sig.encode_error = error;
+        crate::Group::from_signature(sig)
+    }
+
+    fn split(items: Vec<Result<Value, serde_json::Error>>) -> (Vec<Value>, Option<String>) {
+        let mut error = None;
+        let values = items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    error.get_or_insert_with(|| format!("item {i} cannot be encoded as JSON: {e}"));
+                    None
+                }
+            })
+            .collect();
+        (values, error)
     }
 
     /// `my_crate::tasks` + `add` → `my_crate.tasks.add`, computed once per task.

@@ -12,6 +12,8 @@ pub(super) fn render(w: &Worker) -> String {
     let tasks: String = app
         .task_names()
         .iter()
+        // Celery's banner leaves out its built-in `celery.*` tasks too.
+        .filter(|t| !t.starts_with("celery."))
         .map(|t| format!("  . {t}\n"))
         .collect();
     let left = [

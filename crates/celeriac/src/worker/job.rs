@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use celeriac_core::protocol::{DecodeError, TaskMessage};
 use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
 
+use super::flow;
 use super::prefork::{PreforkPool, Ran};
 use super::stats::{Event, WorkerStats};
 use super::Phase;
@@ -253,6 +254,16 @@ impl Shared {
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
             self.store(self.meta(&msg, State::Revoked, exc.to_value()))
                 .await;
+        }
+        if msg.embed.chord.is_some() {
+            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+            Box::pin(flow::chord_member_done(
+                &self,
+                &msg,
+                State::Revoked,
+                exc.to_value(),
+            ))
+            .await;
         }
         self.stats.record(Some(&msg.headers.task), Event::Revoked);
         if let Some(d) = delivery {
@@ -496,6 +507,14 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                         .store(shared.meta(&msg, State::Revoked, exc.to_value()))
                         .await;
                 }
+                let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                Box::pin(flow::chord_member_done(
+                    &shared,
+                    &msg,
+                    State::Revoked,
+                    exc.to_value(),
+                ))
+                .await;
                 if let Some(d) = delivery.take() {
                     settle("ack", d.ack().await);
                 }
@@ -504,10 +523,37 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
         };
         match execute::decide(output, &cfg, &ctx) {
             Outcome::Success(value) => {
-                info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
-                shared.stats.record(Some(&task_name), Event::Succeeded);
-                if store_results {
-                    shared.store(shared.meta(&msg, State::Success, value)).await;
+                match Box::pin(flow::on_success(&shared, &msg, &value)).await {
+                    Ok(()) => {
+                        info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
+                        shared.stats.record(Some(&task_name), Event::Succeeded);
+                        if store_results {
+                            shared
+                                .store(shared.meta(&msg, State::Success, value.clone()))
+                                .await;
+                        }
+                        Box::pin(flow::chord_member_done(
+                            &shared,
+                            &msg,
+                            State::Success,
+                            value,
+                        ))
+                        .await;
+                    }
+                    Err(e) => {
+                        // As Celery: a task whose successors cannot be sent has failed.
+                        let exc = ExceptionInfo::new(
+                            "CanvasError",
+                            crate::error::EXC_MODULE,
+                            format!("cannot send what follows the task: {e}"),
+                        );
+                        error!("Task {label} raised unexpected: {exc}");
+                        shared.stats.record(Some(&task_name), Event::Failed);
+                        if store_results {
+                            shared.store(shared.meta_failure(&msg, &exc, None)).await;
+                        }
+                        Box::pin(flow::on_failure(&shared, &msg, &exc, None, store_results)).await;
+                    }
                 }
             }
             Outcome::Retry { countdown, reason } => {
@@ -564,6 +610,14 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                         .store(shared.meta_failure(&msg, &f.exception, f.traceback.clone()))
                         .await;
                 }
+                Box::pin(flow::on_failure(
+                    &shared,
+                    &msg,
+                    &f.exception,
+                    f.traceback.clone(),
+                    store_results,
+                ))
+                .await;
             }
             Outcome::Reject {
                 requeue: true,

@@ -14,6 +14,7 @@
 
 mod banner;
 mod control;
+mod flow;
 mod job;
 pub mod prefork;
 mod stats;
