@@ -113,6 +113,22 @@ fn mark(n: u64) -> TaskResult<u64> {
     Ok(n)
 }
 
+/// A chord body that counts its runs: appends `body <count> <sum>` to the file named by
+/// `CELERIAC_MARK_FILE` and returns the numbers it was given.
+#[celeriac::task(name = "tasks.mark_all")]
+fn mark_all(numbers: Vec<i64>) -> TaskResult<Vec<i64>> {
+    use std::io::Write;
+    let path = std::env::var("CELERIAC_MARK_FILE")
+        .map_err(|_| TaskError::runtime_error("CELERIAC_MARK_FILE is not set"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let sum: i64 = numbers.iter().sum();
+    f.write_all(format!("body {} {sum}\n", numbers.len()).as_bytes())?;
+    Ok(numbers)
+}
+
 /// Returns the id of the process running it (prefork tests tell children apart).
 #[celeriac::task(name = "tasks.pid")]
 async fn pid() -> TaskResult<u32> {
@@ -189,6 +205,7 @@ fn main() {
             .task(record)
             .task(slow_late)
             .task(mark)
+            .task(mark_all)
             .task(pid)
             .task(abort)
             .task(segfault)

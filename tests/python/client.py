@@ -28,7 +28,8 @@ if HERE not in sys.path:
 _OUT = sys.stdout
 sys.stdout = sys.stderr
 
-from celery.result import AsyncResult  # noqa: E402
+from celery import chain, chord, group  # noqa: E402
+from celery.result import AsyncResult, GroupResult  # noqa: E402
 
 from celeriac_interop import tasks  # noqa: E402
 
@@ -174,6 +175,80 @@ def op_send(req):
     return wait_for(res, wait, started)
 
 
+def build(spec):
+    """A canvas from its JSON description (see README.md, "canvas")."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"a canvas spec is an object, got {spec!r}")
+    if "chain" in spec:
+        return chain(*[build(s) for s in spec["chain"]])
+    if "group" in spec:
+        return group(*[build(s) for s in spec["group"]])
+    if "chord" in spec:
+        return chord([build(s) for s in spec["chord"]], build(spec["body"]))
+    name = spec.get("task")
+    if not isinstance(name, str) or not name:
+        raise ValueError("a task spec needs a task name")
+    if "map" in spec:
+        return app.tasks[name].map(spec["map"])
+    if "starmap" in spec:
+        return app.tasks[name].starmap(spec["starmap"])
+    if "chunks" in spec:
+        return app.tasks[name].chunks(spec["chunks"], spec["n"]).group()
+    sig = app.signature(
+        name,
+        args=tuple(spec.get("args") or ()),
+        kwargs=dict(spec.get("kwargs") or {}),
+        immutable=bool(spec.get("immutable") or False),
+        **(spec.get("options") or {}),
+    )
+    for link in spec.get("link") or ():
+        sig.link(build(link))
+    for link in spec.get("link_error") or ():
+        sig.link_error(build(link))
+    return sig
+
+
+def ids_of(res):
+    """The result tree as ids: a GroupResult's children, a chain's parents."""
+    out = {"id": res.id, "kind": type(res).__name__}
+    if isinstance(res, GroupResult):
+        out["children"] = [ids_of(c) for c in res.results]
+    if res.parent is not None:
+        out["parent"] = ids_of(res.parent)
+    return out
+
+
+def op_canvas(req):
+    """Apply a canvas, optionally wait for its result (a group's: the list)."""
+    sig = build(req.get("canvas"))
+    wait = wait_seconds(req)
+    started = time.monotonic()
+    res = sig.apply_async()
+    if isinstance(res, GroupResult) and req.get("save"):
+        res.save()
+    if wait is None:
+        return ids_of(res)
+    out = wait_for(res, wait, started)
+    out["tree"] = ids_of(res)
+    return out
+
+
+def op_group(req):
+    """Restore a saved group (celery-taskset-meta-<id>) and wait for its results."""
+    group_id = req.get("id")
+    if not isinstance(group_id, str) or not group_id:
+        raise ValueError("group needs an id")
+    res = GroupResult.restore(group_id, app=app)
+    if res is None:
+        return {"id": group_id, "found": False}
+    wait = wait_seconds(req)
+    out = {"id": group_id, "found": True, "children": [r.id for r in res.results]}
+    if wait is not None:
+        out["result"] = safe(res.get(timeout=wait))
+        out["completed"] = res.completed_count()
+    return out
+
+
 def op_get(req):
     task_id = req.get("id")
     if not isinstance(task_id, str) or not task_id:
@@ -246,6 +321,8 @@ OPS = {
     "records": op_records,
     "revoke": op_revoke,
     "ping": op_ping,
+    "canvas": op_canvas,
+    "group": op_group,
 }
 
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use celeriac::Signature;
+use celeriac::{chain, chord, group, GroupResult, Signature};
 use celeriac_testing::python::{celery_venv, CeleryVenv};
 use celeriac_testing::services::RedisScope;
 use serde_json::{json, Value};
@@ -528,4 +528,239 @@ async fn python_client_pings_and_revokes_on_a_celeriac_worker() {
         .python_client(vec![json!({"op": "records", "key": k})])
         .await;
     assert_eq!(records[0]["values"], json!([]), "the revoked task ran");
+}
+
+/// A task spec for the Python client's `canvas` op (tests/python/README.md).
+fn py_task(name: &str, args: Value) -> Value {
+    json!({"task": name, "args": args})
+}
+
+fn py_canvas(spec: Value) -> Value {
+    json!({"op": "canvas", "canvas": spec, "wait": 30})
+}
+
+/// Issue 6: a stock Python client's chain, group, chord, callbacks, map/starmap/chunks
+/// and saved group run on celeriac workers, with Celery's results and errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_canvas_runs_on_celeriac_workers() {
+    let Some(it) = Interop::new("python_canvas_runs_on_celeriac_workers") else {
+        return;
+    };
+    let _rust = it.rust_worker(&["-c", "4", "-n", "rust@test"]);
+    let (linked, errback) = (uuid(), uuid());
+    let adds = |n: i64| {
+        (0..n)
+            .map(|i| py_task("tasks.add", json!([i, i])))
+            .collect::<Vec<_>>()
+    };
+    let requests = vec![
+        // 0: ((1+1)+3)*10
+        py_canvas(json!({"chain": [
+            py_task("tasks.add", json!([1, 1])),
+            py_task("tasks.add", json!([3])),
+            py_task("tasks.mul", json!([10])),
+        ]})),
+        // 1: a group, results in order
+        py_canvas(json!({"group": adds(10)})),
+        // 2: a chord
+        py_canvas(json!({"chord": adds(10), "body": py_task("tasks.xsum", json!([]))})),
+        // 3: a chord with a failing header member
+        py_canvas(json!({"chord": [
+            py_task("tasks.add", json!([1, 1])),
+            py_task("tasks.fail", json!(["bad"])),
+        ], "body": py_task("tasks.xsum", json!([]))})),
+        // 4: a failure in the middle of a chain
+        py_canvas(json!({"chain": [
+            py_task("tasks.add", json!([1, 1])),
+            {"task": "tasks.fail", "args": ["mid"], "immutable": true},
+            py_task("tasks.add", json!([1])),
+        ]})),
+        // 5, 6: link and link_error
+        py_canvas(json!({"task": "tasks.add", "args": [2, 2], "link": [
+            {"task": "tasks.echo", "args": ["linked"], "immutable": true,
+             "options": {"task_id": linked}}]})),
+        py_canvas(json!({"task": "tasks.fail", "args": ["x"], "link_error": [
+            {"task": "tasks.echo", "args": ["errback"], "immutable": true,
+             "options": {"task_id": errback}}]})),
+        // 7, 8, 9: map, starmap, chunks
+        py_canvas(json!({"task": "tasks.echo", "map": [1, "two", [3]]})),
+        py_canvas(json!({"task": "tasks.add", "starmap": [[1, 2], [3, 4]]})),
+        py_canvas(
+            json!({"task": "tasks.add", "chunks": (0..10).map(|i| json!([i, i])).collect::<Vec<_>>(), "n": 3}),
+        ),
+        // 10: a chain through a group (Celery makes it a chord): (2+1) + (2+2)
+        py_canvas(json!({"chain": [
+            py_task("tasks.add", json!([1, 1])),
+            {"group": [py_task("tasks.add", json!([1])), py_task("tasks.add", json!([2]))]},
+            py_task("tasks.xsum", json!([])),
+        ]})),
+        // 11: a saved group
+        json!({"op": "canvas", "canvas": {"group": adds(3)}, "wait": 30, "save": true}),
+        // 12, 13: the callbacks' results
+        json!({"op": "get", "id": linked, "wait": 20}),
+        json!({"op": "get", "id": errback, "wait": 20}),
+    ];
+    let r = it.python_client(requests).await;
+    let ok = |i: usize| {
+        assert!(r[i]["exc_type"].is_null(), "request {i}: {}", r[i]);
+        r[i]["result"].clone()
+    };
+    assert_eq!(ok(0), json!(50));
+    assert_eq!(ok(1), json!((0..10).map(|i| i * 2).collect::<Vec<_>>()));
+    assert_eq!(ok(2), json!(90));
+    // Python's `get` raises the failed header task's own error first (it checks the
+    // parents); the body's record carries the ChordError, read below.
+    assert_eq!(r[3]["exc_type"], "ValueError", "{}", r[3]);
+    assert_eq!(
+        (&r[4]["exc_type"], &r[4]["exc_message"], &r[4]["state"]),
+        (&json!("ValueError"), &json!("mid"), &json!("FAILURE")),
+        "{}",
+        r[4]
+    );
+    assert_eq!(ok(5), json!(4));
+    assert_eq!(r[6]["exc_type"], "ValueError");
+    assert_eq!(ok(7), json!([1, "two", [3]]));
+    assert_eq!(ok(8), json!([3, 7]));
+    assert_eq!(ok(9), json!([[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]));
+    assert_eq!(ok(10), json!(7));
+    assert_eq!(ok(12), json!("linked"));
+    assert_eq!(ok(13), json!("errback"));
+    let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    let tree = &r[3]["tree"];
+    let body = app.async_result(tree["id"].as_str().unwrap());
+    let err = body.get::<Value>(WAIT).await.unwrap_err();
+    let exc = err.exception().expect("the body failed");
+    let failed = tree["parent"]["children"][1]["id"].as_str().unwrap();
+    assert_eq!(
+        (exc.exc_type.as_str(), exc.message()),
+        (
+            "ChordError",
+            format!("Dependency {failed} raised ValueError('bad')")
+        )
+    );
+    // The group Python saved is restored by a celeriac client.
+    let saved = r[11]["id"].as_str().unwrap();
+    let back = GroupResult::restore(&app, saved)
+        .await
+        .unwrap()
+        .expect("the group Python saved");
+    assert_eq!(back.get::<i64>(WAIT).await.unwrap(), vec![0, 2, 4]);
+}
+
+/// Issue 6: a celeriac client's canvas runs on a stock Python Celery worker — Celery
+/// continues its chains, joins its chords in the Redis backend and restores its groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celeriac_canvas_runs_on_a_python_worker() {
+    let Some(it) = Interop::new("celeriac_canvas_runs_on_a_python_worker") else {
+        return;
+    };
+    let _py = it.python_worker("py@test", "celery", 4);
+    let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    let r = chain![add::new(1, 1), add::s(3), mul::s(10)]
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 50);
+
+    let g = group((0..10).map(|i| add::new(i, i)))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let sums: Vec<i64> = g.get(WAIT).await.unwrap();
+    assert_eq!(sums, (0..10).map(|i| i * 2).collect::<Vec<_>>());
+
+    let r = chord(group((0..10).map(|i| add::new(i, i))), xsum::s())
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 90);
+
+    let fail_id = uuid();
+    let r = chord(
+        group([add::new(1, 1), fail::new("bad".into()).task_id(&fail_id)]),
+        xsum::s(),
+    )
+    .apply_async(&app)
+    .await
+    .unwrap();
+    let err = r.get::<i64>(WAIT).await.unwrap_err();
+    let exc = err.exception().expect("a task failure");
+    assert_eq!(
+        (exc.exc_type.as_str(), exc.message()),
+        (
+            "ChordError",
+            format!("Dependency {fail_id} raised ValueError('bad')")
+        )
+    );
+
+    let r = chain![add::new(1, 1), fail::si("mid".into()), add::s(1)]
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let err = r.get::<i64>(WAIT).await.unwrap_err();
+    assert_eq!(err.exception().unwrap().message(), "mid");
+    assert_eq!(r.state().await.unwrap(), celeriac::State::Failure);
+
+    let (linked, errback) = (uuid(), uuid());
+    let r = add::new(2, 2)
+        .link(echo::si(json!("linked")).task_id(&linked))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 4);
+    let f = fail::new("x".into())
+        .link_error(echo::si(json!("errback")).task_id(&errback))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert!(f.get::<Value>(WAIT).await.is_err());
+    for (id, want) in [(&linked, "linked"), (&errback, "errback")] {
+        let v: Value = app.async_result(id.as_str()).get(WAIT).await.unwrap();
+        assert_eq!(v, json!(want));
+    }
+
+    let r = echo::map([json!(1), json!("two")])
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<Value>(WAIT).await.unwrap(), json!([1, "two"]));
+    let r = add::starmap([(1, 2), (3, 4)])
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<Vec<i64>>(WAIT).await.unwrap(), vec![3, 7]);
+    let parts: Vec<Vec<i64>> = add::chunks((0..10).map(|i| (i, i)), 3)
+        .apply_async(&app)
+        .await
+        .unwrap()
+        .get(WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        parts,
+        vec![vec![0, 2, 4], vec![6, 8, 10], vec![12, 14, 16], vec![18]]
+    );
+    let r = chain![add::new(1, 1), group([add::s(1), add::s(2)]), xsum::s()]
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 7);
+
+    // A group celeriac saved is restored by Python's GroupResult.restore.
+    let g = group((0..3).map(|i| add::new(i, i)))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    g.save().await.unwrap();
+    let py = it
+        .python_client(vec![json!({"op": "group", "id": g.id(), "wait": 20})])
+        .await;
+    assert_eq!(py[0]["found"], json!(true), "{}", py[0]);
+    assert_eq!(py[0]["result"], json!([0, 2, 4]));
+    let ids: Vec<&str> = g.results().iter().map(|r| r.id()).collect();
+    assert_eq!(py[0]["children"], json!(ids));
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
 }

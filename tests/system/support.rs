@@ -261,6 +261,30 @@ pub(crate) fn grind(ctx: &TaskContext, ms: u64) -> TaskResult<u64> {
 }
 
 /// A task with no explicit name (gets `<module path>.noname`).
+#[celeriac::task(name = "tasks.mul")]
+pub(crate) async fn mul(x: i64, y: i64) -> TaskResult<i64> {
+    Ok(x * y)
+}
+
+#[celeriac::task(name = "tasks.xsum")]
+pub(crate) fn xsum(numbers: Vec<i64>) -> TaskResult<i64> {
+    Ok(numbers.iter().sum())
+}
+
+#[celeriac::task(name = "tasks.sq")]
+pub(crate) async fn sq(x: i64) -> TaskResult<i64> {
+    Ok(x * x)
+}
+
+/// Logs what it received (a parent's result, or a failed task's id) under `key`, and
+/// counts its runs under `<key>:runs`.
+#[celeriac::task(name = "tasks.note")]
+pub(crate) async fn note(value: Value, key: String) -> TaskResult<Value> {
+    bump(&format!("{key}:runs"), 1);
+    log(&key, value.clone());
+    Ok(value)
+}
+
 #[celeriac::task]
 pub(crate) async fn noname() -> TaskResult<u8> {
     Ok(1)
@@ -297,6 +321,10 @@ pub(crate) fn builder_on(url: &str) -> AppBuilder {
         .task(sleepy)
         .task(tidy)
         .task(grind)
+        .task(mul)
+        .task(xsum)
+        .task(sq)
+        .task(note)
 }
 
 /// An app with every test task.

@@ -1,0 +1,338 @@
+//! The canvas end to end — chains, groups, chords, callbacks, map/starmap/chunks — on
+//! every engine: memory://, SQLite and Redis run the same checks, each with a worker in
+//! the test process.
+
+use std::time::Duration;
+
+use celeriac::{chain, chord, group, App, GroupResult, State};
+use celeriac_testing::services::{RedisScope, ScratchDir};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// Runs every check against `app` with a worker of 4 slots.
+async fn all_checks(app: &App) {
+    let w = start(app, |b| b.concurrency(4));
+    chains_pass_results_along(app).await;
+    a_failure_stops_the_chain_and_fails_its_last_step(app).await;
+    groups_return_results_in_order_and_as_completed(app).await;
+    chords_join_their_header_in_order(app).await;
+    a_failing_header_fails_the_chord_body(app).await;
+    a_group_inside_a_chain_becomes_a_chord(app).await;
+    callbacks_and_errbacks_run(app).await;
+    map_starmap_and_chunks(app).await;
+    w.warm().await;
+}
+
+async fn chains_pass_results_along(app: &App) {
+    let r = chain![add::new(1, 1), add::s(3), mul::s(10)]
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 50);
+    // `si` ignores the parent's result.
+    let r = chain![add::new(1, 1), add::si(10, 10), mul::s(2)]
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 40);
+    // Nested chains are flattened.
+    let inner = chain![add::s(1), add::s(1)];
+    let r = chain![add::new(0, 0), inner, mul::s(5)]
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 10);
+}
+
+async fn a_failure_stops_the_chain_and_fails_its_last_step(app: &App) {
+    let k = key();
+    let r = chain![
+        add::new(1, 1),
+        fail::si("boom".into()),
+        note::s(k.clone()),
+        mul::s(2)
+    ]
+    .apply_async(app)
+    .await
+    .unwrap();
+    // The chain's result (its last step) carries the failure that stopped it.
+    let err = r.get::<i64>(LONG).await.unwrap_err();
+    let exc = err.exception().expect("a task failure");
+    assert_eq!(
+        (exc.exc_type.as_str(), exc.message()),
+        ("ValueError", "boom".to_string())
+    );
+    assert_eq!(r.state().await.unwrap(), State::Failure);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        count(&format!("{k}:runs")),
+        0,
+        "a step after the failure ran"
+    );
+}
+
+async fn groups_return_results_in_order_and_as_completed(app: &App) {
+    let g = group((0..20).map(|i| add::new(i, i)))
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(g.len(), 20);
+    let got: Vec<i64> = g.get(LONG).await.unwrap();
+    assert_eq!(got, (0..20).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(g.completed_count().await.unwrap(), 20);
+    assert!(g.ready().await.unwrap() && g.successful().await.unwrap());
+    let mut seen: Vec<usize> = g
+        .iter_results::<i64>(LONG)
+        .map(|r| {
+            let (i, v) = r.unwrap();
+            assert_eq!(v, i as i64 * 2);
+            i
+        })
+        .collect()
+        .await;
+    seen.sort();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    // Saved, it is found by id.
+    g.save().await.unwrap();
+    let back = GroupResult::restore(app, g.id())
+        .await
+        .unwrap()
+        .expect("saved group");
+    assert_eq!(back.get::<i64>(LONG).await.unwrap(), got);
+
+    // A failing member: `get` fails, `failed` says so.
+    let g = group([add::new(1, 1), fail::new("no".into())])
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert!(g.get::<Value>(LONG).await.is_err());
+    assert!(g.failed().await.unwrap());
+}
+
+async fn chords_join_their_header_in_order(app: &App) {
+    let r = chord(group((0..50).map(|i| add::new(i, i))), xsum::s())
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<i64>(LONG).await.unwrap(),
+        (0..50).map(|i| i * 2).sum::<i64>()
+    );
+    // The body gets the list in header order, whatever order the parts finished in.
+    let k = key();
+    let r = chord(
+        group([hold::new(key(), 300), add::new(1, 1), hold::new(key(), 100)]),
+        note::s(k.clone()),
+    )
+    .apply_async(app)
+    .await
+    .unwrap();
+    let list = r.get::<Value>(LONG).await.unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(3));
+    assert_eq!(list[1], json!(2));
+    assert_eq!(count(&format!("{k}:runs")), 1);
+    // An empty header: the body runs at once with [].
+    let r = chord(group([]), xsum::s()).apply_async(app).await.unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 0);
+}
+
+async fn a_failing_header_fails_the_chord_body(app: &App) {
+    let k = key();
+    let r = chord(
+        group([add::new(1, 1), fail::new("bad".into())]),
+        note::s(k.clone()),
+    )
+    .apply_async(app)
+    .await
+    .unwrap();
+    let err = r.get::<Value>(LONG).await.unwrap_err();
+    let exc = err.exception().expect("a task failure");
+    assert_eq!(exc.exc_type, "ChordError");
+    assert_eq!(exc.exc_module.as_deref(), Some("celery.exceptions"));
+    let msg = exc.message();
+    assert!(
+        msg.starts_with("Dependency ") && msg.ends_with(" raised ValueError('bad')"),
+        "{msg}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(&format!("{k}:runs")), 0, "the body ran");
+}
+
+async fn a_group_inside_a_chain_becomes_a_chord(app: &App) {
+    let r = chain![add::new(1, 1), group([add::s(1), add::s(2)]), xsum::s()]
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 7);
+    // A chord inside a chain, followed by more steps.
+    let r = chain![
+        chord(group([add::new(1, 1), add::new(2, 2)]), xsum::s()),
+        mul::s(10)
+    ]
+    .apply_async(app)
+    .await
+    .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 60);
+}
+
+async fn callbacks_and_errbacks_run(app: &App) {
+    let (ok, err) = (key(), key());
+    let r = add::new(2, 2)
+        .link(note::s(ok.clone()))
+        .link_error(note::s(err.clone()))
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 4);
+    until("the callback ran", || async {
+        count(&format!("{ok}:runs")) == 1
+    })
+    .await;
+    assert_eq!(entries(&ok), vec![json!(4)]);
+
+    let f = fail::new("x".into())
+        .link(note::s(ok.clone()))
+        .link_error(note::s(err.clone()))
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert!(f.get::<Value>(LONG).await.is_err());
+    until("the errback ran", || async {
+        count(&format!("{err}:runs")) == 1
+    })
+    .await;
+    // An errback gets the failed task's id.
+    assert_eq!(entries(&err), vec![json!(f.id())]);
+    assert_eq!(
+        count(&format!("{ok}:runs")),
+        1,
+        "the callback ran on a failure"
+    );
+
+    // Two callbacks both run.
+    let (a, b) = (key(), key());
+    add::new(1, 2)
+        .link(note::s(a.clone()))
+        .link(note::s(b.clone()))
+        .apply_async(app)
+        .await
+        .unwrap();
+    until("both callbacks ran", || async {
+        count(&format!("{a}:runs")) == 1 && count(&format!("{b}:runs")) == 1
+    })
+    .await;
+}
+
+async fn map_starmap_and_chunks(app: &App) {
+    let r = sq::map([1, 2, 3]).apply_async(app).await.unwrap();
+    assert_eq!(r.get::<Vec<i64>>(LONG).await.unwrap(), vec![1, 4, 9]);
+    let r = add::starmap([(1, 1), (2, 2)])
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<Vec<i64>>(LONG).await.unwrap(), vec![2, 4]);
+    let g = add::chunks((0..10).map(|i| (i, i)), 3)
+        .apply_async(app)
+        .await
+        .unwrap();
+    assert_eq!(g.len(), 4);
+    let parts: Vec<Vec<i64>> = g.get(LONG).await.unwrap();
+    assert_eq!(
+        parts,
+        vec![vec![0, 2, 4], vec![6, 8, 10], vec![12, 14, 16], vec![18]]
+    );
+    // A failing item fails the whole map, with its error.
+    let r = fail::map(["nope".to_string()])
+        .apply_async(app)
+        .await
+        .unwrap();
+    let err = r.get::<Value>(LONG).await.unwrap_err();
+    assert_eq!(err.exception().unwrap().exc_type, "ValueError");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canvas_on_memory() {
+    all_checks(&app().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canvas_on_sqlite() {
+    let dir = ScratchDir::new("celeriac-canvas");
+    let app = builder_on(&dir.sqlite_url("c.sqlite", ""))
+        .build()
+        .await
+        .unwrap();
+    all_checks(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canvas_on_redis() {
+    let Some(scope) = RedisScope::new("canvas_on_redis") else {
+        return;
+    };
+    let app = builder_on(&scope.url("")).build().await.unwrap();
+    all_checks(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canvas_in_eager_mode() {
+    let app = builder().always_eager(true).build().await.unwrap();
+    let r = chain![add::new(1, 1), add::s(3), mul::s(10)]
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 50);
+    let g = group((0..5).map(|i| add::new(i, i)))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(g.get::<i64>(LONG).await.unwrap(), vec![0, 2, 4, 6, 8]);
+    let r = chord(group((0..5).map(|i| add::new(i, i))), xsum::s())
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<i64>(LONG).await.unwrap(), 20);
+    let r = chord(group([add::new(1, 1), fail::new("bad".into())]), xsum::s())
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let err = r.get::<i64>(LONG).await.unwrap_err();
+    assert_eq!(err.exception().unwrap().exc_type, "ChordError");
+    let g = add::chunks((0..4).map(|i| (i, i)), 2)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(
+        g.get::<Vec<i64>>(LONG).await.unwrap(),
+        vec![vec![0, 2], vec![4, 6]]
+    );
+}
+
+/// A chord of 1,000 under 4 workers sharing one memory:// broker fires its body once, with
+/// the results in header order (the SQLite and Redis versions, with 4 worker processes, are
+/// in `tests/multiprocess.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chord_of_1000_fires_once_under_four_workers_on_memory() {
+    let app = app().await;
+    let workers: Vec<_> = (0..4).map(|_| start(&app, |b| b.concurrency(4))).collect();
+    let k = key();
+    let r = chord(group((0..1000).map(|i| add::new(i, i))), note::s(k.clone()))
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let got: Vec<i64> = r.get(LONG).await.unwrap();
+    assert_eq!(got, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&format!("{k}:runs")),
+        1,
+        "the body ran other than once"
+    );
+    for w in workers {
+        w.warm().await;
+    }
+}
