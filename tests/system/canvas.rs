@@ -24,6 +24,7 @@ async fn all_checks(app: &App) {
     a_group_inside_a_chain_becomes_a_chord(app).await;
     callbacks_and_errbacks_run(app).await;
     map_starmap_and_chunks(app).await;
+    pool_style_calls(app).await;
     w.warm().await;
 }
 
@@ -254,6 +255,43 @@ async fn map_starmap_and_chunks(app: &App) {
     assert_eq!(err.exception().unwrap().exc_type, "ValueError");
 }
 
+/// `app.map` / `app.starmap` / `app.imap_unordered`: Python's `Pool` over the workers.
+async fn pool_style_calls(app: &App) {
+    for chunksize in [1, 7] {
+        let squares = app.map(sq, 0..50, chunksize).await.unwrap();
+        assert_eq!(squares, (0..50).map(|i| i * i).collect::<Vec<_>>());
+        let sums = app
+            .starmap(add, (0..50).map(|i| (i, 1)), chunksize)
+            .await
+            .unwrap();
+        assert_eq!(sums, (1..=50).collect::<Vec<_>>());
+        let mut seen: Vec<i64> = app
+            .imap_unordered(add, (0..50).map(|i| (i, i)), chunksize)
+            .await
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        seen.sort();
+        assert_eq!(seen, (0..50).map(|i| i * 2).collect::<Vec<_>>());
+    }
+    assert!(app.map(sq, [], 3).await.unwrap().is_empty());
+    // The first failure (in item order) is the error; imap_unordered yields it and goes on.
+    let err = app
+        .map(fail, ["a".to_string(), "b".to_string()], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exception().unwrap().message(), "a");
+    let items: Vec<Result<(), celeriac::Error>> = app
+        .imap_unordered(fail, [("x".to_string(),), ("y".to_string(),)], 1)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|r| r.is_err()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canvas_on_memory() {
     all_checks(&app().await).await;
@@ -310,6 +348,7 @@ async fn canvas_in_eager_mode() {
         g.get::<Vec<i64>>(LONG).await.unwrap(),
         vec![vec![0, 2], vec![4, 6]]
     );
+    assert_eq!(app.map(sq, 1..=4, 3).await.unwrap(), vec![1, 4, 9, 16]);
 }
 
 /// A chord of 1,000 under 4 workers sharing one memory:// broker fires its body once, with

@@ -369,6 +369,11 @@ fn expand(options: Options, func: ItemFn) -> syn::Result<TokenStream2> {
             #vis #asyncness fn run(#run_ctx #(#names: #types),*) -> #ret #body
         }
 
+        impl ::celeriac::TypedTask for #ident {
+            type Args = (#(#types,)*);
+            type Output = <#ret as ::celeriac::__private::TaskReturn>::Ok;
+        }
+
         impl ::celeriac::Task for #ident {
             fn name(&self) -> &'static str {
                 #name_expr

@@ -91,6 +91,7 @@ mod eager;
 pub mod engines;
 pub mod error;
 mod execute;
+mod map;
 pub mod result;
 pub mod task;
 pub mod worker;
@@ -103,7 +104,7 @@ pub use context::{RequestDeliveryInfo, TaskContext};
 pub use error::{Error, Failure, RetryRequest, TaskError, TaskResult};
 pub use execute::Pool;
 pub use result::AsyncResult;
-pub use task::{Task, TaskConfig, TaskKind};
+pub use task::{Task, TaskConfig, TaskKind, TypedTask};
 pub use worker::{ShutdownHandle, Worker, WorkerBuilder, WorkerReport};
 
 pub mod guide {
@@ -134,7 +135,7 @@ pub struct ReadmeDoctests;
 /// Support code for `#[celeriac::task]`; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::task::{result_value, Arguments, Invocation, TaskOutput};
+    pub use crate::task::{result_value, Arguments, Invocation, TaskOutput, TaskReturn};
     pub use futures::future::FutureExt;
     pub use serde_json::{Map, Value};
 

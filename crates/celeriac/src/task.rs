@@ -67,6 +67,27 @@ pub trait Task: Send + Sync + 'static {
     fn invoke(&self, ctx: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>) -> Invocation;
 }
 
+/// The argument and result types of a `#[celeriac::task]` (the macro implements it), for
+/// typed pool-style calls such as [`App::map`](crate::App::map).
+pub trait TypedTask: Task + Copy {
+    /// The arguments as a tuple (`(i64, i64)` for `add(x: i64, y: i64)`); the context
+    /// parameter is not one of them.
+    type Args: serde::Serialize + Send + 'static;
+    /// What a successful call returns (the `T` of `TaskResult<T>`).
+    type Output: Send + 'static;
+}
+
+/// The success type of a task's `Result` return type (used by the macro).
+#[doc(hidden)]
+pub trait TaskReturn {
+    /// `T` of `Result<T, E>`.
+    type Ok;
+}
+
+impl<T, E> TaskReturn for Result<T, E> {
+    type Ok = T;
+}
+
 /// Per-task settings, with Celery's defaults and names.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
