@@ -117,6 +117,8 @@ pub mod guide {
     pub mod worker {}
     #[doc = include_str!("../../../docs/pools.md")]
     pub mod pools {}
+    #[doc = include_str!("../../../docs/canvas.md")]
+    pub mod canvas {}
     #[doc = include_str!("../../../docs/states.md")]
     pub mod states {}
     #[doc = include_str!("../../../docs/retries.md")]
