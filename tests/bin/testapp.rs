@@ -129,6 +129,17 @@ fn mark_all(numbers: Vec<i64>) -> TaskResult<Vec<i64>> {
     Ok(numbers)
 }
 
+/// Sends `tasks.add(n, n)` from inside the task and returns the new task's id: in a prefork
+/// child this proves the child reaches the worker's broker.
+#[celeriac::task(name = "tasks.relay")]
+async fn relay(ctx: &TaskContext, n: i64) -> TaskResult<String> {
+    let sent = ctx
+        .send(add::new(n, n))
+        .await
+        .map_err(|e| TaskError::runtime_error(e.to_string()))?;
+    Ok(sent.id().to_string())
+}
+
 /// Returns the id of the process running it (prefork tests tell children apart).
 #[celeriac::task(name = "tasks.pid")]
 async fn pid() -> TaskResult<u32> {
@@ -206,6 +217,7 @@ fn main() {
             .task(slow_late)
             .task(mark)
             .task(mark_all)
+            .task(relay)
             .task(pid)
             .task(abort)
             .task(segfault)

@@ -53,6 +53,22 @@ impl Prefork {
     }
 }
 
+/// A task running in a child sends a task through the worker's broker (the child is told
+/// the worker's URLs; it does not fall back to a default file in its working directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_sends_tasks_through_the_workers_broker() {
+    let p = prefork(&["-c", "1"]).await;
+    let sent = p.call("tasks.relay", json!([21])).await.unwrap();
+    let sent = sent.as_str().expect("the relayed task's id");
+    let sum: i64 = p
+        .app
+        .async_result(sent)
+        .get(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(sum, 42);
+}
+
 /// The children of `pid`, from `/proc`.
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

@@ -91,6 +91,8 @@ struct Inner {
     backend: Option<Arc<dyn ResultBackend>>,
     broker_url: String,
     backend_url: String,
+    /// The URLs as resolved, credentials included (handed to prefork children only).
+    connect_urls: (String, String),
     tasks: HashMap<String, Arc<dyn Task>>,
     router: Router,
     config: Config,
@@ -279,6 +281,7 @@ impl AppBuilder {
                 backend_url: backend
                     .as_ref()
                     .map_or_else(|| "disabled://".to_string(), |b| b.url()),
+                connect_urls: (broker_url, backend_url),
                 broker,
                 backend,
                 tasks,
@@ -295,6 +298,12 @@ impl App {
     /// Starts building an app.
     pub fn builder() -> AppBuilder {
         AppBuilder::default()
+    }
+
+    /// The broker and backend URLs this app was built with, unmasked: what a prefork child
+    /// must connect to.
+    pub(crate) fn connect_urls(&self) -> &(String, String) {
+        &self.inner.connect_urls
     }
 
     /// The broker.

@@ -341,6 +341,7 @@ impl Worker {
                     self.prefork,
                     self.autoscale.map_or(self.concurrency, |a| a.min),
                     self.concurrency,
+                    self.app.connect_urls().clone(),
                 )
                 .await
                 .map_err(|e| Error::Engine(format!("prefork pool: {e}").into()))?,

@@ -20,6 +20,11 @@ use crate::execute::{self, Limits, Pool};
 pub const SOCKET_ENV: &str = "CELERIAC_PREFORK_SOCKET";
 /// The child's number, for its hello.
 pub const CHILD_ENV: &str = "CELERIAC_PREFORK_CHILD";
+/// The worker's broker URL: a child builds its app on the same engines (a task may send
+/// tasks), not on whatever the defaults would pick in its working directory.
+pub(crate) const BROKER_ENV: &str = "CELERIAC_PREFORK_BROKER_URL";
+/// The worker's result backend URL.
+pub(crate) const BACKEND_ENV: &str = "CELERIAC_PREFORK_BACKEND_URL";
 
 /// Runs this process as a prefork child and exits, if the worker started it as one;
 /// otherwise hands `builder` back untouched.
@@ -43,6 +48,13 @@ pub fn run_child_if_requested(builder: AppBuilder) -> AppBuilder {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let mut builder = builder;
+    if let Ok(url) = std::env::var(BROKER_ENV) {
+        builder = builder.broker_url(url);
+    }
+    if let Ok(url) = std::env::var(BACKEND_ENV) {
+        builder = builder.result_backend_url(url);
+    }
     std::process::exit(child_main(builder, &socket, child))
 }
 

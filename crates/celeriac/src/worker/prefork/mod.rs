@@ -71,6 +71,8 @@ pub(crate) enum Ran {
 /// The children of one worker.
 pub(crate) struct PreforkPool {
     exe: PathBuf,
+    /// The worker's broker and backend URLs, for the children.
+    urls: (String, String),
     socket_path: PathBuf,
     listener: UnixListener,
     /// Children are started one at a time, so the next connection is the new child's.
@@ -150,6 +152,7 @@ impl PreforkPool {
         options: PreforkOptions,
         initial: usize,
         capacity: usize,
+        urls: (String, String),
     ) -> Result<Self, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
@@ -162,6 +165,7 @@ impl PreforkPool {
             .map_err(|e| format!("cannot listen on {}: {e}", socket_path.display()))?;
         let pool = Self {
             exe,
+            urls,
             socket_path,
             listener,
             spawning: tokio::sync::Mutex::new(()),
@@ -192,6 +196,8 @@ impl PreforkPool {
         let process = tokio::process::Command::new(&self.exe)
             .env(SOCKET_ENV, &self.socket_path)
             .env(CHILD_ENV, id.to_string())
+            .env(child::BROKER_ENV, &self.urls.0)
+            .env(child::BACKEND_ENV, &self.urls.1)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
