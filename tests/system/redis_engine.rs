@@ -536,3 +536,61 @@ async fn tls_and_unix_socket_urls_work() {
         "{text}"
     );
 }
+
+/// The `unacked` record of a fetched message is kombu's `[envelope, exchange, routing_key]`
+/// with the delivery's own values — also when user headers reuse those names (the fetch
+/// script's fast path must not take a header for a delivery field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_records_hold_the_deliverys_exchange_and_routing_key() {
+    let Some(scope) =
+        RedisScope::new("unacked_records_hold_the_deliverys_exchange_and_routing_key")
+    else {
+        return;
+    };
+    let app = builder_on(&scope.url("")).build().await.unwrap();
+    let plain = add::new(1, 2).queue("uq").apply_async(&app).await.unwrap();
+    let decoy = add::new(3, 4)
+        .queue("uq")
+        .header("exchange", "decoy-exchange")
+        .header("routing_key", "decoy-key")
+        .header("delivery_tag", "decoy-tag")
+        .apply_async(&app)
+        .await
+        .unwrap();
+    let mut consumer = app
+        .broker()
+        .consume(celeriac::core::broker::ConsumeOptions::new(
+            vec!["uq".into()],
+            10,
+        ))
+        .await
+        .unwrap();
+    let mut c = conn(&format!("{}/0", scope.base)).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(WAIT, consumer.next())
+            .await
+            .expect("a delivery")
+            .expect("open")
+            .unwrap();
+        let raw: String = redis::cmd("HGET")
+            .arg(format!("{}unacked", scope.prefix))
+            .arg(d.tag())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let rec: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(
+            rec[0]["properties"]["delivery_tag"],
+            json!(d.tag()),
+            "{raw}"
+        );
+        assert_eq!((&rec[1], &rec[2]), (&json!(""), &json!("uq")), "{raw}");
+        seen.push(d.message().headers["id"].as_str().unwrap().to_string());
+        d.ack().await.unwrap();
+    }
+    seen.sort();
+    let mut want = vec![plain.id().to_string(), decoy.id().to_string()];
+    want.sort();
+    assert_eq!(seen, want);
+}

@@ -23,6 +23,12 @@ use clap::Parser;
 use report::{Machine, Measurement, RedisLimit, Report, Status, Verdict};
 use workloads::{Ctx, RedisScope};
 
+// The allocator matters for a task queue: every message is a handful of short-lived
+// allocations made on one thread and freed on another, where glibc's malloc serialises on
+// its arena locks. mimalloc is what we recommend for celeriac binaries (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Seconds since the Unix epoch, as a float (the latency task's clock).
 pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()

@@ -232,6 +232,13 @@ pub async fn noop_throughput(
         m.tasks_per_s = Some(n as f64 / secs.max(1e-6));
         m.note = "queue drain (LLEN + HLEN unacked polled every 2 ms)".into();
     } else {
+        // Wait cheaply (two commands every 2 ms) until the queue has drained, so reading
+        // the records does not compete with the worker; then read them once.
+        let unacked = match (redis, conn.as_mut()) {
+            (Some(s), Some(c)) => Some((s, c)),
+            _ => None,
+        };
+        drained(&app, "celery", unacked, n, Duration::from_secs(300)).await?;
         let recs = records(&app, &ids, Duration::from_secs(300)).await?;
         m.seconds = Some(spawned.elapsed().as_secs_f64());
         let (secs, _) = spread(&recs).ok_or("no date_done in the records")?;

@@ -73,6 +73,14 @@ struct Inner {
     maintenance_started: AtomicBool,
     /// Restores of dropped deliveries still running, for `flush`.
     restoring: tokio::sync::watch::Sender<usize>,
+    /// Acks waiting to be written, and whether a task is writing them.
+    acks: Mutex<
+        Vec<(
+            String,
+            tokio::sync::oneshot::Sender<Result<(), BrokerError>>,
+        )>,
+    >,
+    acks_flushing: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,6 +117,8 @@ impl RedisBroker {
                 outstanding: Mutex::new(HashSet::new()),
                 maintenance_started: AtomicBool::new(false),
                 restoring: tokio::sync::watch::channel(0).0,
+                acks: Mutex::new(Vec::new()),
+                acks_flushing: AtomicBool::new(false),
             }),
         })
     }
@@ -208,21 +218,60 @@ impl Inner {
         Ok(())
     }
 
+    /// Acknowledges `tag`: removes it from `unacked_index` and `unacked` (kombu's
+    /// `MULTI ZREM HDEL EXEC`). Acks that arrive while one is being written are written
+    /// together — one `ZREM` and one `HDEL` for the lot — so a busy worker costs Redis four
+    /// commands per batch instead of four per task.
     async fn ack_tag(&self, tag: &str) -> Result<(), BrokerError> {
         lock(&self.outstanding).remove(tag);
-        redis::pipe()
-            .atomic()
-            .cmd("ZREM")
-            .arg(self.keys.unacked_index())
-            .arg(tag)
-            .ignore()
-            .cmd("HDEL")
-            .arg(self.keys.unacked())
-            .arg(tag)
-            .ignore()
-            .exec_async(&mut self.conn())
-            .await
-            .map_err(|e| self.err("ack", e))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.acks).push((tag.to_string(), tx));
+        if !self.acks_flushing.swap(true, Ordering::SeqCst) {
+            match self.me.upgrade() {
+                Some(me) => {
+                    tokio::spawn(async move { me.write_acks().await });
+                }
+                None => self.acks_flushing.store(false, Ordering::SeqCst),
+            }
+        }
+        rx.await.unwrap_or(Err(BrokerError::Closed))
+    }
+
+    /// Writes waiting acks in batches until none wait.
+    async fn write_acks(&self) {
+        loop {
+            let batch = std::mem::take(&mut *lock(&self.acks));
+            if batch.is_empty() {
+                self.acks_flushing.store(false, Ordering::SeqCst);
+                // An ack queued just before the flag dropped: take it on, unless another
+                // writer already has.
+                if lock(&self.acks).is_empty() || self.acks_flushing.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            let mut batch = batch.into_iter().peekable();
+            while batch.peek().is_some() {
+                let chunk: Vec<_> = batch.by_ref().take(1_000).collect();
+                let tags: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
+                let result = redis::pipe()
+                    .atomic()
+                    .cmd("ZREM")
+                    .arg(self.keys.unacked_index())
+                    .arg(&tags)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(self.keys.unacked())
+                    .arg(&tags)
+                    .ignore()
+                    .exec_async(&mut self.conn())
+                    .await
+                    .map_err(|e| self.err("ack", e));
+                for (_, tx) in chunk {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
     }
 
     /// Puts the unacked message `tag` back on its queue: at the front (`front`, as kombu's
