@@ -74,14 +74,12 @@ struct Inner {
     /// Restores of dropped deliveries still running, for `flush`.
     restoring: tokio::sync::watch::Sender<usize>,
     /// Acks waiting to be written, and whether a task is writing them.
-    acks: Mutex<
-        Vec<(
-            String,
-            tokio::sync::oneshot::Sender<Result<(), BrokerError>>,
-        )>,
-    >,
+    acks: Mutex<Vec<PendingAck>>,
     acks_flushing: AtomicBool,
 }
+
+/// An ack waiting to be written, and who waits for it.
+type PendingAck = (String, tokio::sync::oneshot::Sender<Result<(), BrokerError>>);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Sections never unwind half-way; a poisoned lock still holds consistent data.
