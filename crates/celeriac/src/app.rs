@@ -86,6 +86,9 @@ pub struct App {
     inner: Arc<Inner>,
 }
 
+/// Messages prepared, encoded and published at a time by `send_many` and canvases.
+const SEND_CHUNK: usize = 2_000;
+
 struct Inner {
     broker: Arc<dyn Broker>,
     backend: Option<Arc<dyn ResultBackend>>,
@@ -409,15 +412,32 @@ impl App {
             }
             return Ok(out);
         }
-        let mut messages = Vec::with_capacity(signatures.len());
+        // Prepared, encoded and published a chunk at a time: a million signatures never
+        // become a million encoded messages in memory at once.
         let mut results = Vec::with_capacity(signatures.len());
-        for sig in &signatures {
-            let (msg, _) = self.prepare(sig, None)?;
-            results.push(AsyncResult::new(msg.headers.id.clone(), self));
-            messages.push(msg);
+        let mut rest = signatures.into_iter();
+        loop {
+            let mut chunk = Vec::with_capacity(SEND_CHUNK);
+            for sig in rest.by_ref().take(SEND_CHUNK) {
+                let (msg, _) = self.prepare(&sig, None)?;
+                results.push(AsyncResult::new(msg.headers.id.clone(), self));
+                chunk.push(msg);
+            }
+            if chunk.is_empty() {
+                return Ok(results);
+            }
+            if let Err(mut e) = self.publish_chunk(chunk).await {
+                // Hand back every message not published, the ones never tried included.
+                if let Error::PublishMany(pm) = &mut e {
+                    for sig in rest {
+                        if let Ok((msg, _)) = self.prepare(&sig, None) {
+                            pm.unpublished.push((msg.encode(), self.publish_options(&msg)));
+                        }
+                    }
+                }
+                return Err(e);
+            }
         }
-        self.publish_batch(messages).await?;
-        Ok(results)
     }
 
     /// Publishes built messages as one batch, retrying while the broker is unreachable.
@@ -427,10 +447,30 @@ impl App {
             1 => return self.publish(&messages[0]).await,
             _ => {}
         }
+        let mut rest = messages.into_iter();
+        loop {
+            let chunk: Vec<TaskMessage> = rest.by_ref().take(SEND_CHUNK).collect();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            if let Err(mut e) = self.publish_chunk(chunk).await {
+                if let Error::PublishMany(pm) = &mut e {
+                    pm.unpublished
+                        .extend(rest.map(|m| (m.encode(), self.publish_options(&m))));
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// Encodes and publishes one chunk with `publish_many`, retrying while the broker is
+    /// unreachable (up to `publish_retry`).
+    async fn publish_chunk(&self, messages: Vec<TaskMessage>) -> Result<(), Error> {
         let mut batch: Vec<(Message, PublishOptions)> = messages
             .iter()
             .map(|m| (m.encode(), self.publish_options(m)))
             .collect();
+        drop(messages);
         let deadline = self.retry_deadline();
         let mut pause = Duration::from_millis(100);
         while let Err(e) = self.inner.broker.publish_many(batch).await {
