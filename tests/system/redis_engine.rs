@@ -594,3 +594,29 @@ async fn unacked_records_hold_the_deliverys_exchange_and_routing_key() {
     want.sort();
     assert_eq!(seen, want);
 }
+
+/// `send_many` publishes in chunks; when the broker is gone it hands back every message it
+/// did not publish — those of the failed chunk and those never tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_many_hands_back_every_unpublished_message() {
+    let Some(server) = RedisServer::start("send_many_hands_back_every_unpublished_message", false)
+    else {
+        return;
+    };
+    let url = format!("{}/0", server.url());
+    let app = builder_on(&url).publish_retry(None).build().await.unwrap();
+    let sent = app
+        .send_many((0..10).map(|i| add::new(i, i)).collect())
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 10);
+    drop(server);
+    let err = app
+        .send_many((0..5_000).map(|i| add::new(i, i)).collect())
+        .await
+        .unwrap_err();
+    let Error::PublishMany(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.unpublished.len(), 5_000, "{}", e.source);
+}
