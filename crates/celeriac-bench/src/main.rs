@@ -244,11 +244,13 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if want("memory") {
         eprintln!("memory: celeriac, {} tasks in one process", sizes.memory);
-        ms.push(
-            workloads::memory(sizes.memory, 256)
-                .await
-                .unwrap_or_else(|e| note("memory", e)),
-        );
+        for ignore in [false, true] {
+            ms.push(
+                workloads::memory(sizes.memory, 256, ignore)
+                    .await
+                    .unwrap_or_else(|e| note("memory", e)),
+            );
+        }
     }
     if want("sqlite") {
         eprintln!("sqlite: celeriac, {} tasks", sizes.sqlite);

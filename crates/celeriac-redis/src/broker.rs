@@ -79,7 +79,10 @@ struct Inner {
 }
 
 /// An ack waiting to be written, and who waits for it.
-type PendingAck = (String, tokio::sync::oneshot::Sender<Result<(), BrokerError>>);
+type PendingAck = (
+    String,
+    tokio::sync::oneshot::Sender<Result<(), BrokerError>>,
+);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Sections never unwind half-way; a poisoned lock still holds consistent data.

@@ -431,7 +431,8 @@ impl App {
                 if let Error::PublishMany(pm) = &mut e {
                     for sig in rest {
                         if let Ok((msg, _)) = self.prepare(&sig, None) {
-                            pm.unpublished.push((msg.encode(), self.publish_options(&msg)));
+                            pm.unpublished
+                                .push((msg.encode(), self.publish_options(&msg)));
                         }
                     }
                 }

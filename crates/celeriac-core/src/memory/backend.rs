@@ -129,9 +129,11 @@ impl ResultBackend for MemoryBackend {
                 meta.task_id.clone(),
                 (meta.clone(), expires.map(|d| now + d)),
             );
-            // Sweep expired records now and then so a long-lived process does not grow.
+            // Sweep expired records now and then so a long-lived process does not grow —
+            // after as many stores as there are records (at least 4,096), so sweeping
+            // costs O(1) per store however many records are kept.
             st.stores_since_sweep += 1;
-            if st.stores_since_sweep >= 4096 {
+            if st.stores_since_sweep >= st.records.len().max(4096) {
                 st.stores_since_sweep = 0;
                 st.records.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
             }
