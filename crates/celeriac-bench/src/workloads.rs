@@ -353,7 +353,11 @@ pub async fn startup(scope: &RedisScope) -> Result<Measurement, String> {
 /// client sends in batches of 10,000 and keeps at most two batches waiting (a producer
 /// that respects backpressure), so the figure is the steady state, not the cost of
 /// holding a million queued messages.
-pub async fn memory(n: u64, concurrency: usize, ignore_result: bool) -> Result<Measurement, String> {
+pub async fn memory(
+    n: u64,
+    concurrency: usize,
+    ignore_result: bool,
+) -> Result<Measurement, String> {
     let app = app_on(&format!("memory://bench-{}", uuid::Uuid::new_v4().simple())).await?;
     let worker = app.worker().concurrency(concurrency).build();
     let stats = worker.stats();
@@ -375,7 +379,7 @@ pub async fn memory(n: u64, concurrency: usize, ignore_result: bool) -> Result<M
             if Instant::now() > deadline {
                 return Err("memory run did not finish in 300 s".into());
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_micros(500)).await;
         }
         let k = chunk.min(n - sent);
         app.send_many((0..k).map(|_| sig()).collect())
@@ -392,8 +396,16 @@ pub async fn memory(n: u64, concurrency: usize, ignore_result: bool) -> Result<M
     let secs = t0.elapsed().as_secs_f64();
     stop.warm();
     let _ = running.await;
-    let what = if ignore_result { "ignore_result" } else { "results stored" };
-    let mut m = Measurement::new("memory", "celeriac", format!("async -c {concurrency}, {what}"));
+    let what = if ignore_result {
+        "ignore_result"
+    } else {
+        "results stored"
+    };
+    let mut m = Measurement::new(
+        "memory",
+        "celeriac",
+        format!("async -c {concurrency}, {what}"),
+    );
     m.n = n;
     m.tasks_per_s = Some(n as f64 / secs);
     m.seconds = Some(secs);
