@@ -100,6 +100,12 @@ async fn slow_late(ctx: &TaskContext, seconds: f64) -> TaskResult<f64> {
 /// count every run across worker processes.
 #[celeriac::task(name = "tasks.mark", ignore_result = true)]
 fn mark(n: u64) -> TaskResult<u64> {
+    append_mark(&n.to_string())?;
+    Ok(n)
+}
+
+/// Appends `line` to the file named by `CELERIAC_MARK_FILE`.
+fn append_mark(line: &str) -> TaskResult<()> {
     use std::io::Write;
     let path = std::env::var("CELERIAC_MARK_FILE")
         .map_err(|_| TaskError::runtime_error("CELERIAC_MARK_FILE is not set"))?;
@@ -109,23 +115,16 @@ fn mark(n: u64) -> TaskResult<u64> {
         .open(path)?;
     // One write per line: appends of a few bytes are atomic, so lines from several
     // processes never interleave.
-    f.write_all(format!("{n}\n").as_bytes())?;
-    Ok(n)
+    f.write_all(format!("{line}\n").as_bytes())?;
+    Ok(())
 }
 
 /// A chord body that counts its runs: appends `body <count> <sum>` to the file named by
 /// `CELERIAC_MARK_FILE` and returns the numbers it was given.
 #[celeriac::task(name = "tasks.mark_all")]
 fn mark_all(numbers: Vec<i64>) -> TaskResult<Vec<i64>> {
-    use std::io::Write;
-    let path = std::env::var("CELERIAC_MARK_FILE")
-        .map_err(|_| TaskError::runtime_error("CELERIAC_MARK_FILE is not set"))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
     let sum: i64 = numbers.iter().sum();
-    f.write_all(format!("body {} {sum}\n", numbers.len()).as_bytes())?;
+    append_mark(&format!("body {} {sum}", numbers.len()))?;
     Ok(numbers)
 }
 

@@ -239,21 +239,8 @@ pub(crate) fn plan<'a>(
                 let Canvas::Group(members) = sig.canvas()? else {
                     return Err(Error::Input("not a group".into()));
                 };
-                let shared = member_options(&sig.options);
-                for m in members {
-                    let m = with_options(m, &shared);
-                    plan(
-                        app,
-                        m,
-                        Apply {
-                            args: how.args.clone(),
-                            parent: how.parent.clone(),
-                            chain: how.chain.clone(),
-                        },
-                        out,
-                    )
-                    .await?;
-                }
+                let chain = how.chain.clone();
+                plan_members(app, members, &sig.options, &how, chain, out).await?;
                 Ok(handle)
             }
             Canvas::Chord { .. } => {
@@ -296,21 +283,7 @@ pub(crate) fn plan<'a>(
                     .to_string();
                 let backend = app.backend().ok_or(Error::NoResultBackend)?;
                 backend.chord_start(&gid, header.len()).await?;
-                let shared = member_options(&sig.options);
-                for m in header {
-                    let m = with_options(m, &shared);
-                    plan(
-                        app,
-                        m,
-                        Apply {
-                            args: how.args.clone(),
-                            parent: how.parent.clone(),
-                            chain: Vec::new(),
-                        },
-                        out,
-                    )
-                    .await?;
-                }
+                plan_members(app, header, &sig.options, &how, Vec::new(), out).await?;
                 Ok(handle)
             }
             Canvas::Chunks { task, items, size } => {
@@ -320,6 +293,29 @@ pub(crate) fn plan<'a>(
             }
         }
     })
+}
+
+/// Plans each member of a group or chord header with the group's shared options, the
+/// parent's arguments and `chain` to follow each member.
+async fn plan_members(
+    app: &App,
+    members: Vec<Signature>,
+    options: &Map<String, Value>,
+    how: &Apply,
+    chain: Vec<Signature>,
+    out: &mut Vec<TaskMessage>,
+) -> Result<(), Error> {
+    let shared = member_options(options);
+    for m in members {
+        let m = with_options(m, &shared);
+        let apply = Apply {
+            args: how.args.clone(),
+            parent: how.parent.clone(),
+            chain: chain.clone(),
+        };
+        plan(app, m, apply, out).await?;
+    }
+    Ok(())
 }
 
 /// Options of a group or chord that apply to each member (routing, timing).
