@@ -1,7 +1,12 @@
 """The benchmark's Celery app and tasks: the same names and behaviour as celeriac-bench's.
 
-Configured from the environment only: BENCH_BROKER (Redis URL, also the result backend)
-and BENCH_PREFIX (global_keyprefix for the broker and the result backend).
+Configured from the environment only:
+
+    BENCH_BROKER   Redis URL, broker and result backend (default redis://127.0.0.1:6379/0)
+    BENCH_PREFIX   global_keyprefix for the broker and the result backend (required, so
+                   nothing lands outside it on a shared Redis)
+
+Run a worker with `PYTHONPATH=bench/python celery -A bench_tasks worker ...`.
 """
 
 import os
@@ -11,7 +16,8 @@ from celery import Celery
 
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "")
-options = {"global_keyprefix": PREFIX} if PREFIX else {}
+if not PREFIX:
+    raise RuntimeError("bench_tasks: set BENCH_PREFIX (the key prefix of this run)")
 
 app = Celery("bench_tasks")
 app.conf.update(
@@ -20,8 +26,9 @@ app.conf.update(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
-    broker_transport_options=options,
-    result_backend_transport_options=options,
+    result_accept_content=["json"],
+    broker_transport_options={"global_keyprefix": PREFIX},
+    result_backend_transport_options={"global_keyprefix": PREFIX},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
@@ -39,10 +46,11 @@ def noop_ignored():
 
 @app.task(name="bench.latency")
 def latency(sent_at):
+    """Seconds from `sent_at` (the sender's time.time()) to the start of this body."""
     return time.time() - sent_at
 
 
 @app.task(name="bench.sleep")
 def sleep(seconds):
-    time.sleep(seconds)  # gevent's pool patches it
+    time.sleep(seconds)  # the gevent pool monkey-patches time.sleep
     return None

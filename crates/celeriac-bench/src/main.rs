@@ -59,7 +59,8 @@ struct Args {
     #[arg(long)]
     no_celery: bool,
     /// Run only these workloads (comma-separated: noop_results, noop_ignored, enqueue,
-    /// latency, startup, memory, sqlite, sleepers, idle).
+    /// latency, startup, memory, sqlite, sleepers, idle; `memory_results` or
+    /// `memory_ignored` runs one half of `memory`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the report and plots go.
@@ -242,9 +243,17 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     }
-    if want("memory") {
+    if want("memory") || want("memory_results") || want("memory_ignored") {
         eprintln!("memory: celeriac, {} tasks in one process", sizes.memory);
         for ignore in [false, true] {
+            let variant = if ignore {
+                "memory_ignored"
+            } else {
+                "memory_results"
+            };
+            if !want("memory") && !want(variant) {
+                continue;
+            }
             ms.push(
                 workloads::memory(sizes.memory, 256, ignore)
                     .await
