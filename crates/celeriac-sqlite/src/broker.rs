@@ -374,7 +374,7 @@ fn claim(
     // so far in the text, and would collide with `?3`.
     let sql = format!(
         "UPDATE messages SET claimed_by = ?1, claimed_at = ?2
-         WHERE id IN (SELECT id FROM messages
+         WHERE id IN (SELECT id FROM messages INDEXED BY messages_ready
                       WHERE claimed_by IS NULL AND visible_at <= ?2 AND queue IN ({})
                       ORDER BY priority, id LIMIT ?3)
          RETURNING id, priority, queue, tag, redelivered, envelope",

@@ -80,7 +80,10 @@ pub(crate) struct Db {
     pub(crate) cfg: SqliteConfig,
     /// `sqlite:///absolute/path`, for messages.
     pub(crate) name: String,
-    jobs: Mutex<mpsc::Sender<Box<dyn Job>>>,
+    /// `None` once dropping has begun.
+    jobs: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
+    /// The database thread, joined on drop.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Signalled after every committed write here, and on file changes by others.
     pub(crate) changed: Arc<Notify>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -111,7 +114,7 @@ impl Db {
             .open(wake_path(&cfg.path))
             .map_err(|e| debug!("{name}: no wake file ({e}); other processes will poll"))
             .ok();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("celeriac-sqlite".into())
             .spawn(move || {
                 let mut conn = conn;
@@ -129,7 +132,8 @@ impl Db {
         let db = Arc::new(Db {
             cfg: cfg.clone(),
             name,
-            jobs: Mutex::new(tx),
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
             changed,
             _watcher: watcher,
         });
@@ -153,7 +157,10 @@ impl Db {
 
     fn submit(&self, job: Box<dyn Job>) -> Result<(), Box<dyn Job>> {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.send(job).map_err(|e| e.0)
+        match jobs.as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
     }
 
     /// Runs `f` on the database thread, in a transaction shared with whatever else is
@@ -181,6 +188,24 @@ impl Db {
             writes: true,
             reply,
         }));
+    }
+}
+
+impl Drop for Db {
+    /// Closes the database before returning: the thread finishes the batch it is running,
+    /// then closes its connection. So once the last handle on a file in this process is
+    /// gone, the file is closed (another program may check it, change its journal mode,
+    /// or delete it), as with a `File`.
+    fn drop(&mut self) {
+        drop(self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            // The last handle can be dropped on the database thread itself (a reply
+            // callback holding the last clone): it must not wait for itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -269,11 +294,17 @@ pub(crate) fn wake_path(db: &std::path::Path) -> std::path::PathBuf {
     db.with_file_name(name)
 }
 
-/// Watches the database's directory for writes to its wake file (see [`wake_path`]).
+/// Watches the database's wake file (see [`wake_path`]) for writes.
+///
+/// The file itself is watched, not its directory: every commit also writes the `-wal` and
+/// `-shm` files next to it, and a directory watch would wake the watcher thread for each of
+/// those writes only to throw the event away (a fifth of the CPU of a busy worker). The
+/// directory is the fallback where a file cannot be watched.
 fn watch(cfg: &SqliteConfig, changed: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = cfg.path.parent()?.to_path_buf();
-    let wake = wake_path(&cfg.path).file_name()?.to_os_string();
+    let wake_file = wake_path(&cfg.path);
+    let wake = wake_file.file_name()?.to_os_string();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             if event.kind.is_modify() || event.kind.is_create() {
@@ -289,9 +320,15 @@ fn watch(cfg: &SqliteConfig, changed: Arc<Notify>) -> Option<notify::Recommended
     })
     .map_err(|e| debug!("no file watcher ({e}); polling only"))
     .ok()?;
-    watcher
-        .watch(&dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| debug!("cannot watch {} ({e}); polling only", dir.display()))
-        .ok()?;
+    if let Err(e) = watcher.watch(&wake_file, notify::RecursiveMode::NonRecursive) {
+        debug!(
+            "cannot watch {} ({e}); watching its directory",
+            wake_file.display()
+        );
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| debug!("cannot watch {} ({e}); polling only", dir.display()))
+            .ok()?;
+    }
     Some(watcher)
 }

@@ -18,13 +18,14 @@ use crate::error::OpenError;
 pub const APPLICATION_ID: i32 = 0x6365_6C72;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Schema migrations, version `i + 1` at index `i`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/001_initial.sql"),
     include_str!("../migrations/002_broadcasts.sql"),
     include_str!("../migrations/003_chords.sql"),
+    include_str!("../migrations/004_visible_index.sql"),
 ];
 
 /// Opens (creating if needed) and checks the database at `cfg.path`.
@@ -63,7 +64,7 @@ pub(crate) fn open(cfg: &SqliteConfig) -> Result<Connection, OpenError> {
         "NORMAL"
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=10000;"
     ))
     .map_err(|e| fail(describe(&e)))?;
     check_and_migrate(&conn).map_err(&fail)?;
