@@ -14,10 +14,10 @@ use celeriac_core::memory::{MemoryBroker, PriorityOrder};
 use celeriac_core::protocol::{envelope, SendContext};
 use celeriac_core::{Route, Router, Signature, TaskMessage};
 
-fn ctx() -> SendContext {
+fn ctx() -> SendContext<'static> {
     SendContext {
-        origin: "gen1@bench".into(),
-        reply_to: "5d1f2c3e-0000-4000-8000-000000000000".into(),
+        origin: "gen1@bench",
+        reply_to: "5d1f2c3e-0000-4000-8000-000000000000",
         parent: None,
         ignore_result: None,
     }

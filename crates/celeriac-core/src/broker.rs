@@ -10,10 +10,16 @@
 //! `reject` and `restore` consume it. One that is dropped unsettled (a worker task that was
 //! aborted, a consumer that was closed) is handed back to the broker as if the connection
 //! had closed: it returns to the front of its queue, marked redelivered.
+//!
+//! Task messages are published with [`Broker::publish_tasks`]. Engines that move bytes
+//! encode them there (the default); a broker in the sender's own process (`memory://`)
+//! keeps them as they are, and its deliveries carry the same [`TaskMessage`] by pointer
+//! ([`Payload::Task`]): a task is a pointer move, not an encode and a decode. Such a
+//! delivery still shows its wire form through [`Delivery::message`], encoded on first use.
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -21,7 +27,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::error::{BrokerError, PublishError};
-use crate::message::Message;
+use crate::message::{DeliveryInfo, Message};
+use crate::protocol::{DecodeError, TaskMessage};
 
 /// What an engine can do natively; the rest is emulated or unavailable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,6 +133,20 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Publishes task messages, in order; what [`crate::protocol`] built for each one.
+    ///
+    /// Engines that move bytes keep the default: encode each message and
+    /// [`publish_many`](Self::publish_many). A broker living in the sender's process
+    /// overrides it to queue the messages as they are ([`Payload::Task`]). On failure,
+    /// every message not published is handed back, encoded.
+    async fn publish_tasks(
+        &self,
+        tasks: Vec<(TaskMessage, PublishOptions)>,
+    ) -> Result<(), PublishManyError> {
+        let messages = tasks.into_iter().map(|(t, o)| (t.encode(), o)).collect();
+        self.publish_many(messages).await
+    }
+
     /// Starts consuming; deliveries arrive on the returned [`Consumer`].
     async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError>;
 
@@ -213,9 +234,38 @@ pub trait Acker: Send + Sync + 'static {
     fn abandon(&self, tag: &str);
 }
 
+/// What a delivery carries.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A message in its transport form (every engine that moves bytes).
+    Wire(Arc<Message>),
+    /// A task message passed by pointer, never encoded (a broker in the sender's process).
+    Task(Arc<TaskMessage>),
+}
+
+impl Payload {
+    /// The priority it was published with.
+    pub fn priority(&self) -> Option<u8> {
+        match self {
+            Payload::Wire(m) => m.priority(),
+            Payload::Task(t) => t.properties.priority,
+        }
+    }
+
+    /// The exchange and routing key it was published with.
+    pub fn delivery_info(&self) -> &DeliveryInfo {
+        match self {
+            Payload::Wire(m) => &m.properties.delivery_info,
+            Payload::Task(t) => &t.properties.delivery_info,
+        }
+    }
+}
+
 /// One message handed to a consumer, to be settled exactly once.
 pub struct Delivery {
-    message: Arc<Message>,
+    payload: Payload,
+    /// The wire form of a [`Payload::Task`], made when first asked for.
+    encoded: OnceLock<Arc<Message>>,
     queue: String,
     redelivered: bool,
     tag: String,
@@ -230,7 +280,7 @@ impl fmt::Debug for Delivery {
             .field("queue", &self.queue)
             .field("tag", &self.tag)
             .field("redelivered", &self.redelivered)
-            .field("message", &self.message)
+            .field("payload", &self.payload)
             .finish()
     }
 }
@@ -244,8 +294,20 @@ impl Delivery {
         tag: String,
         acker: Arc<dyn Acker>,
     ) -> Self {
+        Self::from_payload(Payload::Wire(message), queue, redelivered, tag, acker)
+    }
+
+    /// A delivery of `payload` settled through `acker` under `tag` (for engines).
+    pub fn from_payload(
+        payload: Payload,
+        queue: String,
+        redelivered: bool,
+        tag: String,
+        acker: Arc<dyn Acker>,
+    ) -> Self {
         Self {
-            message,
+            payload,
+            encoded: OnceLock::new(),
             queue,
             redelivered,
             tag,
@@ -255,9 +317,26 @@ impl Delivery {
         }
     }
 
-    /// The message.
+    /// The message in its transport form (for a [`Payload::Task`], encoded on first call).
     pub fn message(&self) -> &Message {
-        &self.message
+        match &self.payload {
+            Payload::Wire(m) => m,
+            Payload::Task(t) => self.encoded.get_or_init(|| Arc::new(t.encode())),
+        }
+    }
+
+    /// What the delivery carries, as the broker handed it over.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    /// The task message: decoded from the transport form, or the one that was published,
+    /// by pointer.
+    pub fn task_message(&self) -> Result<Arc<TaskMessage>, DecodeError> {
+        match &self.payload {
+            Payload::Wire(m) => TaskMessage::decode(m).map(Arc::new),
+            Payload::Task(t) => Ok(t.clone()),
+        }
     }
 
     /// The queue it was taken from.
@@ -357,6 +436,12 @@ impl Consumer {
     /// The next delivery, an error from the broker, or `None` when consumption ended.
     pub async fn next(&mut self) -> Option<Result<Delivery, BrokerError>> {
         self.rx.recv().await
+    }
+
+    /// A delivery (or error) that has already arrived, without waiting; `None` if there is
+    /// none right now. Lets a consumer take a whole batch per wake-up.
+    pub fn try_next(&mut self) -> Option<Result<Delivery, BrokerError>> {
+        self.rx.try_recv().ok()
     }
 
     /// Stops consuming and returns every delivery fetched but not yet handed out —

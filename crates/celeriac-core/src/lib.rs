@@ -35,7 +35,7 @@ pub mod url;
 
 pub use backend::{ChordEnd, ChordJoin, ChordPart, ResultBackend};
 pub use broker::{
-    Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions, Subscription,
+    Broker, Capabilities, ConsumeOptions, Consumer, Delivery, Payload, PublishOptions, Subscription,
 };
 pub use canvas::{Canvas, CanvasError};
 pub use error::{BackendError, BrokerError, PublishError};

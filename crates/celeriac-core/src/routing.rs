@@ -5,6 +5,8 @@
 //! Patterns are exact names or globs with `*` (`"images.*"`), tried in the order they were
 //! added; the first match wins and anything unmatched goes to the default queue (`celery`).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::signature::Signature;
@@ -39,7 +41,8 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct Router {
     rules: Vec<(String, Route)>,
-    default_queue: String,
+    /// The route to the default queue, made once (routing happens for every message).
+    default: Route,
 }
 
 impl Default for Router {
@@ -53,7 +56,7 @@ impl Router {
     pub fn new(default_queue: impl Into<String>) -> Self {
         Self {
             rules: Vec::new(),
-            default_queue: default_queue.into(),
+            default: Route::queue(default_queue),
         }
     }
 
@@ -64,7 +67,7 @@ impl Router {
 
     /// The queue used when nothing else matches.
     pub fn default_queue(&self) -> &str {
-        &self.default_queue
+        &self.default.queue
     }
 
     /// The configured route for a task name.
@@ -76,29 +79,33 @@ impl Router {
     /// assert_eq!(r.route_name("images.resize").queue, "images");
     /// assert_eq!(r.route_name("tasks.add").queue, "celery");
     /// ```
-    pub fn route_name(&self, task: &str) -> Route {
-        self.rules
-            .iter()
-            .find(|(pattern, _)| glob_match(pattern, task))
-            .map(|(_, route)| route.clone())
-            .unwrap_or_else(|| Route::queue(self.default_queue.clone()))
+    pub fn route_name(&self, task: &str) -> Cow<'_, Route> {
+        Cow::Borrowed(
+            self.rules
+                .iter()
+                .find(|(pattern, _)| glob_match(pattern, task))
+                .map_or(&self.default, |(_, route)| route),
+        )
     }
 
     /// The route for a signature: its own options first, then the rules.
-    pub fn route(&self, sig: &Signature) -> Route {
+    ///
+    /// Borrowed from the rules when the signature sets none of `queue`, `exchange`,
+    /// `routing_key` and `priority` (the common case: no copy per message).
+    pub fn route(&self, sig: &Signature) -> Cow<'_, Route> {
         let queue = sig.option("queue").and_then(queue_name);
         let mut route = match queue {
-            Some(q) => Route::queue(q),
+            Some(q) => Cow::Owned(Route::queue(q)),
             None => self.route_name(&sig.task),
         };
         if let Some(Value::String(ex)) = sig.option("exchange") {
-            route.exchange = ex.clone();
+            route.to_mut().exchange = ex.clone();
         }
         if let Some(Value::String(rk)) = sig.option("routing_key") {
-            route.routing_key = rk.clone();
+            route.to_mut().routing_key = rk.clone();
         }
         if let Some(p) = sig.option("priority").and_then(Value::as_f64) {
-            route.priority = Some(p.clamp(0.0, 255.0) as u8);
+            route.to_mut().priority = Some(p.clamp(0.0, 255.0) as u8);
         }
         route
     }

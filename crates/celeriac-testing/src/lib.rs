@@ -41,6 +41,7 @@ macro_rules! broker_conformance {
             depth_counts_waiting_messages,
             delayed_delivery_waits_until_due,
             publish_many_publishes_in_order,
+            publish_tasks_round_trips_task_messages,
             closed_consumer_returns_fetched_messages,
             idle_consumer_wakes_for_a_new_message,
             fanout_reaches_every_subscriber,

@@ -464,16 +464,35 @@ impl App {
         }
     }
 
-    /// Encodes and publishes one chunk with `publish_many`, retrying while the broker is
-    /// unreachable (up to `publish_retry`).
+    /// Publishes one chunk with `publish_tasks` (the broker encodes it, unless it lives in
+    /// this process), retrying what was not published while the broker is unreachable (up
+    /// to `publish_retry`).
     async fn publish_chunk(&self, messages: Vec<TaskMessage>) -> Result<(), Error> {
-        let mut batch: Vec<(Message, PublishOptions)> = messages
-            .iter()
-            .map(|m| (m.encode(), self.publish_options(m)))
+        let tasks: Vec<(TaskMessage, PublishOptions)> = messages
+            .into_iter()
+            .map(|m| {
+                let o = self.publish_options(&m);
+                (m, o)
+            })
             .collect();
-        drop(messages);
         let deadline = self.retry_deadline();
         let mut pause = Duration::from_millis(100);
+        let mut batch = match self.inner.broker.publish_tasks(tasks).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !Self::may_retry(&e.source, deadline, pause) => {
+                return Err(Error::PublishMany(e))
+            }
+            Err(e) => {
+                warn!(
+                    "publish of {} message(s) failed ({}); retrying in {pause:?}",
+                    e.unpublished.len(),
+                    e.source
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                e.unpublished
+            }
+        };
         while let Err(e) = self.inner.broker.publish_many(batch).await {
             if !Self::may_retry(&e.source, deadline, pause) {
                 return Err(Error::PublishMany(e));
@@ -549,9 +568,9 @@ impl App {
         };
         let route = self.inner.router.route(mapped.as_ref().unwrap_or(sig));
         let ctx = SendContext {
-            origin: self.inner.origin.clone(),
-            reply_to: self.inner.reply_to.clone(),
-            parent,
+            origin: &self.inner.origin,
+            reply_to: &self.inner.reply_to,
+            parent: parent.as_ref().map(|(p, r)| (p.as_str(), r.as_str())),
             ignore_result: self.task(&sig.task).map(|t| t.config().ignore_result),
         };
         let msg = TaskMessage::from_signature(sig, &route, &ctx)?;

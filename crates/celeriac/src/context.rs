@@ -43,7 +43,6 @@ pub struct RequestDeliveryInfo {
 #[derive(Clone)]
 pub struct TaskContext {
     inner: Arc<Inner>,
-    soft: Arc<SoftLimit>,
 }
 
 /// Fires once when a task passes its soft time limit.
@@ -55,29 +54,21 @@ struct SoftLimit {
 
 struct Inner {
     app: App,
-    id: String,
-    name: String,
-    retries: u32,
+    /// The request itself, shared with the worker's job (no per-field copies).
+    msg: Arc<TaskMessage>,
     max_retries: Option<u32>,
-    eta: Option<DateTime<Utc>>,
-    expires: Option<DateTime<Utc>>,
-    parent_id: Option<String>,
-    root_id: String,
-    group: Option<String>,
-    group_index: Option<u64>,
     delivery_info: RequestDeliveryInfo,
-    reply_to: Option<String>,
-    hostname: String,
-    headers: Map<String, Value>,
+    hostname: Arc<str>,
     eager: bool,
+    soft: SoftLimit,
 }
 
 impl std::fmt::Debug for TaskContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskContext")
-            .field("id", &self.inner.id)
-            .field("name", &self.inner.name)
-            .field("retries", &self.inner.retries)
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("retries", &self.retries())
             .field("hostname", &self.inner.hostname)
             .finish_non_exhaustive()
     }
@@ -86,54 +77,47 @@ impl std::fmt::Debug for TaskContext {
 impl TaskContext {
     pub(crate) fn new(
         app: App,
-        msg: &TaskMessage,
+        msg: Arc<TaskMessage>,
         delivery_info: RequestDeliveryInfo,
-        hostname: String,
+        hostname: Arc<str>,
         max_retries: Option<u32>,
         eager: bool,
     ) -> Self {
-        let h = &msg.headers;
         Self {
             inner: Arc::new(Inner {
                 app,
-                id: h.id.clone(),
-                name: h.task.clone(),
-                retries: h.retries,
+                msg,
                 max_retries,
-                eta: h.eta,
-                expires: h.expires,
-                parent_id: h.parent_id.clone(),
-                root_id: h.root_id.clone().unwrap_or_else(|| h.id.clone()),
-                group: h.group.clone(),
-                group_index: h.group_index,
                 delivery_info,
-                reply_to: msg.properties.reply_to.clone(),
                 hostname,
-                headers: h.extra.clone(),
                 eager,
+                soft: SoftLimit::default(),
             }),
-            soft: Arc::new(SoftLimit::default()),
         }
     }
 
     pub(crate) fn fire_soft_time_limit(&self) {
-        self.soft
+        self.inner
+            .soft
             .fired
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.soft.notify.notify_waiters();
+        self.inner.soft.notify.notify_waiters();
     }
 
     /// Whether the task has passed its soft time limit (poll it in long loops of blocking
     /// tasks; async tasks can `select!` on [`soft_time_limit`](Self::soft_time_limit)).
     pub fn soft_time_limit_exceeded(&self) -> bool {
-        self.soft.fired.load(std::sync::atomic::Ordering::SeqCst)
+        self.inner
+            .soft
+            .fired
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resolves when the task passes its soft time limit (never, without one): the async
     /// cancellation signal, so a task can clean up before the hard limit.
     pub async fn soft_time_limit(&self) {
         loop {
-            let notified = self.soft.notify.notified();
+            let notified = self.inner.soft.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.soft_time_limit_exceeded() {
@@ -155,17 +139,17 @@ impl TaskContext {
 
     /// The task id.
     pub fn id(&self) -> &str {
-        &self.inner.id
+        &self.inner.msg.headers.id
     }
 
     /// The task name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.msg.headers.task
     }
 
     /// How many times this task has been retried so far.
     pub fn retries(&self) -> u32 {
-        self.inner.retries
+        self.inner.msg.headers.retries
     }
 
     /// The retry limit in force.
@@ -175,32 +159,33 @@ impl TaskContext {
 
     /// The ETA the task was sent with.
     pub fn eta(&self) -> Option<DateTime<Utc>> {
-        self.inner.eta
+        self.inner.msg.headers.eta
     }
 
     /// When the task expires.
     pub fn expires(&self) -> Option<DateTime<Utc>> {
-        self.inner.expires
+        self.inner.msg.headers.expires
     }
 
     /// Id of the task that sent this one.
     pub fn parent_id(&self) -> Option<&str> {
-        self.inner.parent_id.as_deref()
+        self.inner.msg.headers.parent_id.as_deref()
     }
 
     /// Id of the first task of the workflow (this task's own id for a top-level call).
     pub fn root_id(&self) -> &str {
-        &self.inner.root_id
+        let h = &self.inner.msg.headers;
+        h.root_id.as_deref().unwrap_or(&h.id)
     }
 
     /// Group this task belongs to.
     pub fn group(&self) -> Option<&str> {
-        self.inner.group.as_deref()
+        self.inner.msg.headers.group.as_deref()
     }
 
     /// Position in the group.
     pub fn group_index(&self) -> Option<u64> {
-        self.inner.group_index
+        self.inner.msg.headers.group_index
     }
 
     /// Exchange, routing key, priority and redelivery flag of the message.
@@ -210,7 +195,7 @@ impl TaskContext {
 
     /// The sending process's reply-to id.
     pub fn reply_to(&self) -> Option<&str> {
-        self.inner.reply_to.as_deref()
+        self.inner.msg.properties.reply_to.as_deref()
     }
 
     /// Node name of the worker running the task (`celery@host`).
@@ -220,7 +205,7 @@ impl TaskContext {
 
     /// Custom headers the message carried (`apply_async(headers=...)`).
     pub fn headers(&self) -> &Map<String, Value> {
-        &self.inner.headers
+        &self.inner.msg.headers.extra
     }
 
     /// Whether the task runs eagerly (in the caller, `task_always_eager`).
@@ -268,7 +253,7 @@ impl TaskContext {
             .app
             .send_signature(
                 signature,
-                Some((self.inner.id.clone(), self.inner.root_id.clone())),
+                Some((self.id().to_string(), self.root_id().to_string())),
             )
             .await
     }

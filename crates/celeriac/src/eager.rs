@@ -42,7 +42,7 @@ pub(crate) async fn apply(
     loop {
         let ctx = TaskContext::new(
             app.clone(),
-            &msg,
+            std::sync::Arc::new(msg.clone()),
             delivery.clone(),
             "eager@localhost".into(),
             cfg.max_retries,

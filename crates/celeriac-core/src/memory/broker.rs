@@ -1,7 +1,10 @@
-//! The in-process broker: queues of `Arc<Message>` behind one mutex, a timer heap for
-//! delayed messages, and a `Notify` that wakes waiting consumers.
+//! The in-process broker: queues of payloads behind one mutex, a timer heap for delayed
+//! messages, and a `Notify` that wakes waiting consumers.
 //!
 //! One mutex is enough: every critical section is a few pointer moves and never awaits.
+//! Task messages published with `publish_tasks` are queued as they are
+//! ([`Payload::Task`]) and never encoded: the worker gets the very message the client
+//! built. Messages published in their wire form stay in it.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -12,11 +15,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, PublishOptions, Subscription,
+    Acker, Broker, Capabilities, ConsumeOptions, Consumer, Delivery, Payload, PublishManyError,
+    PublishOptions, Subscription,
 };
 use crate::emulation::{spawn_consumer, Fetch};
 use crate::error::{BrokerError, PublishError};
 use crate::message::Message;
+use crate::protocol::TaskMessage;
 use crate::url::{EngineUrl, UrlError};
 
 /// Which end of the 0–9 priority range is served first.
@@ -68,7 +73,7 @@ impl Queue {
 
 #[derive(Clone)]
 struct Entry {
-    message: Arc<Message>,
+    payload: Payload,
     redelivered: bool,
 }
 
@@ -101,8 +106,8 @@ impl Ord for Delayed {
     }
 }
 
-fn level(message: &Message) -> usize {
-    usize::from(message.priority().unwrap_or(0).min(9))
+fn level(payload: &Payload) -> usize {
+    usize::from(payload.priority().unwrap_or(0).min(9))
 }
 
 static INSTANCES: OnceLock<Mutex<HashMap<String, Arc<Inner>>>> = OnceLock::new();
@@ -166,7 +171,7 @@ impl Inner {
     }
 
     fn push(&self, queue: &str, entry: Entry, front: bool) {
-        let lvl = level(&entry.message);
+        let lvl = level(&entry.payload);
         {
             let mut st = self.lock();
             let q = st.queues.entry(queue.to_string()).or_default();
@@ -202,10 +207,86 @@ impl State {
             let Some(Reverse(d)) = self.delayed.pop() else {
                 break;
             };
-            let lvl = level(&d.entry.message);
+            let lvl = level(&d.entry.payload);
             self.queues.entry(d.queue).or_default().levels[lvl].push_back(d.entry);
         }
         None
+    }
+
+    /// Puts `entry` at the back of `queue`, or in the timer heap for `delay`.
+    fn place(&mut self, queue: &str, entry: Entry, delay: Option<std::time::Duration>) {
+        match delay {
+            Some(delay) => {
+                self.next_seq += 1;
+                let seq = self.next_seq;
+                self.queues.entry(queue.to_string()).or_default();
+                self.delayed.push(Reverse(Delayed {
+                    at: Instant::now() + delay,
+                    seq,
+                    queue: queue.to_string(),
+                    entry,
+                }));
+            }
+            None => {
+                let lvl = level(&entry.payload);
+                match self.queues.get_mut(queue) {
+                    Some(q) => q.levels[lvl].push_back(entry),
+                    None => self.queues.entry(queue.to_string()).or_default().levels[lvl]
+                        .push_back(entry),
+                }
+            }
+        }
+    }
+
+    /// Routes `payload` to its queues (the routing key on the default exchange, else the
+    /// queues bound to the exchange) — delayed until `deliver_at` if given — or hands it
+    /// back with why not. The caller wakes the consumers.
+    fn enqueue(
+        &mut self,
+        payload: Payload,
+        options: &PublishOptions,
+    ) -> Result<(), (Payload, BrokerError)> {
+        let info = payload.delivery_info();
+        let bound: Vec<String> = if info.exchange.is_empty() {
+            Vec::new()
+        } else {
+            self.bindings
+                .get(&(info.exchange.clone(), info.routing_key.clone()))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let targets: &[String] = if info.exchange.is_empty() {
+            std::slice::from_ref(&info.routing_key)
+        } else {
+            &bound
+        };
+        if targets.iter().all(String::is_empty) {
+            let reason = if info.exchange.is_empty() {
+                "the message has no routing key (queue name)".to_string()
+            } else {
+                format!(
+                    "no queue is bound to exchange `{}` with routing key `{}`",
+                    info.exchange, info.routing_key
+                )
+            };
+            let e = BrokerError::Operation {
+                op: "publish",
+                reason,
+            };
+            return Err((payload, e));
+        }
+        let delay = options
+            .deliver_at
+            .map(|at| crate::time::until_capped(&at))
+            .filter(|d| !d.is_zero());
+        for queue in targets {
+            let entry = Entry {
+                payload: payload.clone(),
+                redelivered: false,
+            };
+            self.place(queue, entry, delay);
+        }
+        Ok(())
     }
 }
 
@@ -296,8 +377,8 @@ impl Fetch for Fetcher {
                 return Ok(taken
                     .into_iter()
                     .map(|(tag, queue, entry)| {
-                        Delivery::new(
-                            entry.message,
+                        Delivery::from_payload(
+                            entry.payload,
                             queue,
                             entry.redelivered,
                             tag.to_string(),
@@ -363,76 +444,51 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {
-        let info = &message.properties.delivery_info;
-        let targets: Vec<String> = if info.exchange.is_empty() {
-            vec![info.routing_key.clone()]
-        } else {
-            let st = self.inner.lock();
-            st.bindings
-                .get(&(info.exchange.clone(), info.routing_key.clone()))
-                .cloned()
-                .unwrap_or_default()
-        };
-        if targets.iter().all(String::is_empty) {
-            let reason = if info.exchange.is_empty() {
-                "the message has no routing key (queue name)".to_string()
-            } else {
-                format!(
-                    "no queue is bound to exchange `{}` with routing key `{}`",
-                    info.exchange, info.routing_key
-                )
-            };
-            return Err(PublishError::new(
-                message,
-                BrokerError::Operation {
-                    op: "publish",
-                    reason,
-                },
-            ));
-        }
-        let Some((queue, more)) = targets.split_first() else {
-            return Ok(());
-        };
-        let queue = queue.clone();
-        let shared = Arc::new(message);
-        for other in more {
-            self.inner.push(
-                other,
-                Entry {
-                    message: shared.clone(),
-                    redelivered: false,
-                },
-                false,
-            );
-        }
-        let entry = Entry {
-            message: shared,
-            redelivered: false,
-        };
-        let delay = options
-            .deliver_at
-            .map(|at| crate::time::until_capped(&at))
-            .filter(|d| !d.is_zero());
-        match delay {
-            Some(delay) => {
-                {
-                    let mut st = self.inner.lock();
-                    st.next_seq += 1;
-                    let seq = st.next_seq;
-                    st.queues.entry(queue.clone()).or_default();
-                    st.delayed.push(Reverse(Delayed {
-                        at: Instant::now() + delay,
-                        seq,
-                        queue,
-                        entry,
-                    }));
-                }
-                // Waiting consumers re-arm their timers for the new earliest message.
+        let payload = Payload::Wire(Arc::new(message));
+        let mut st = self.inner.lock();
+        match st.enqueue(payload, &options) {
+            Ok(()) => {
+                drop(st);
                 self.inner.notify.notify_waiters();
+                Ok(())
             }
-            None => self.inner.push(&queue, entry, false),
+            Err((payload, e)) => {
+                drop(st);
+                let Payload::Wire(m) = payload else {
+                    unreachable!("enqueue hands back what it was given")
+                };
+                let message = Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone());
+                Err(PublishError::new(message, e))
+            }
         }
-        Ok(())
+    }
+
+    async fn publish_tasks(
+        &self,
+        tasks: Vec<(TaskMessage, PublishOptions)>,
+    ) -> Result<(), PublishManyError> {
+        let mut failed = None;
+        {
+            // One lock for the batch: a million tasks are a million pointer moves.
+            let mut st = self.inner.lock();
+            let mut iter = tasks.into_iter();
+            while let Some((task, options)) = iter.next() {
+                if let Err((payload, e)) = st.enqueue(Payload::Task(Arc::new(task)), &options) {
+                    let Payload::Task(t) = payload else {
+                        unreachable!("enqueue hands back what it was given")
+                    };
+                    let mut unpublished = vec![(t.encode(), options)];
+                    unpublished.extend(iter.map(|(t, o)| (t.encode(), o)));
+                    failed = Some(PublishManyError {
+                        source: e,
+                        unpublished,
+                    });
+                    break;
+                }
+            }
+        }
+        self.inner.notify.notify_waiters();
+        failed.map_or(Ok(()), Err)
     }
 
     async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {

@@ -222,13 +222,13 @@ pub struct SignatureError {
 
 /// What a sender contributes to every message it builds.
 #[derive(Debug, Clone, Default)]
-pub struct SendContext {
+pub struct SendContext<'a> {
     /// `gen<pid>@<host>` of the sending process.
-    pub origin: String,
+    pub origin: &'a str,
     /// The sending process's reply-to id.
-    pub reply_to: String,
+    pub reply_to: &'a str,
     /// Id and root id of the task sending this one, when sent from inside a task.
-    pub parent: Option<(String, String)>,
+    pub parent: Option<(&'a str, &'a str)>,
     /// `ignore_result` to send when the signature does not say (`None` = task's default).
     pub ignore_result: Option<bool>,
 }
@@ -251,7 +251,7 @@ impl TaskMessage {
     pub fn from_signature(
         sig: &Signature,
         route: &Route,
-        ctx: &SendContext,
+        ctx: &SendContext<'_>,
     ) -> Result<Self, SignatureError> {
         let err = |reason: String| SignatureError {
             task: sig.task.clone(),
@@ -309,8 +309,8 @@ impl TaskMessage {
         h.timelimit = (opt_f64("time_limit")?, opt_f64("soft_time_limit")?);
         match &ctx.parent {
             Some((parent_id, root_id)) => {
-                h.parent_id = Some(parent_id.clone());
-                h.root_id = Some(root_id.clone());
+                h.parent_id = Some(parent_id.to_string());
+                h.root_id = Some(root_id.to_string());
             }
             None => h.root_id = Some(id.clone()),
         }
@@ -322,7 +322,7 @@ impl TaskMessage {
         }
         h.argsrepr = Some(json::args_repr(&sig.args));
         h.kwargsrepr = Some(json::kwargs_repr(&sig.kwargs));
-        h.origin = Some(ctx.origin.clone());
+        h.origin = Some(ctx.origin.to_string());
         h.ignore_result = match sig.option("ignore_result") {
             Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
@@ -388,7 +388,7 @@ impl TaskMessage {
         };
         let mut properties = Properties {
             correlation_id: Some(id),
-            reply_to: Some(opt_str("reply_to")?.unwrap_or_else(|| ctx.reply_to.clone())),
+            reply_to: Some(opt_str("reply_to")?.unwrap_or_else(|| ctx.reply_to.to_string())),
             delivery_info: DeliveryInfo {
                 exchange: route.exchange.clone(),
                 routing_key: route.routing_key.clone(),

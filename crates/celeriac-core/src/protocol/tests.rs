@@ -20,8 +20,8 @@ fn ok_headers() -> Value {
 fn encodes_the_19_headers_in_celerys_order() {
     let sig = Signature::new("tasks.add").args(vec![json!(2), json!(3)]);
     let ctx = SendContext {
-        origin: "gen1@host".into(),
-        reply_to: "r".into(),
+        origin: "gen1@host",
+        reply_to: "r",
         parent: None,
         ignore_result: Some(false),
     };
@@ -287,8 +287,10 @@ fn arb_signature() -> impl Strategy<Value = Signature> {
 proptest! {
     #[test]
     fn any_signature_round_trips(sig in arb_signature(), parent in proptest::option::of(("[a-f0-9-]{36}", "[a-f0-9-]{36}"))) {
-        let ctx = SendContext { origin: "gen1@h".into(), reply_to: "r".into(), parent, ignore_result: None };
-        let route = crate::routing::Router::default().route(&sig);
+        let parent = parent.as_ref().map(|(p, r): &(String, String)| (p.as_str(), r.as_str()));
+        let ctx = SendContext { origin: "gen1@h", reply_to: "r", parent, ignore_result: None };
+        let router = crate::routing::Router::default();
+        let route = router.route(&sig);
         let sent = TaskMessage::from_signature(&sig, &route, &ctx).unwrap();
         let wire = sent.encode();
         // Through the kombu envelope too, as Redis and SQLite carry it.

@@ -39,6 +39,10 @@ pub(super) async fn on_success(
     msg: &TaskMessage,
     value: &Value,
 ) -> Result<(), Error> {
+    let has = |v: &Option<Vec<Signature>>| v.as_ref().is_some_and(|c| !c.is_empty());
+    if !has(&msg.embed.callbacks) && !has(&msg.embed.chain) {
+        return Ok(());
+    }
     let app = &shared.app;
     let parent = parent_of(msg);
     if let Some(callbacks) = msg.embed.callbacks.as_ref().filter(|c| !c.is_empty()) {

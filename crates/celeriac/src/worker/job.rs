@@ -26,7 +26,7 @@ use crate::task::{Task, TaskConfig};
 /// What every job needs from its worker.
 pub(super) struct Shared {
     pub(super) app: App,
-    pub(super) hostname: String,
+    pub(super) hostname: Arc<str>,
     pub(super) pool: Pool,
     pub(super) stats: Arc<WorkerStats>,
     pub(super) phase: watch::Receiver<Phase>,
@@ -43,16 +43,41 @@ pub(super) struct Shared {
 /// Per running task, the signal `revoke(terminate=true)` fires.
 #[derive(Default)]
 pub(super) struct Terminators {
-    map: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    map: std::sync::Mutex<std::collections::HashMap<ById, Arc<tokio::sync::Notify>>>,
 }
 
+/// A running task's message as a map key that looks up by task id, so registering a
+/// task copies no id.
+struct ById(Arc<TaskMessage>);
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.headers.id
+    }
+}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The same hash as the `str` it borrows as.
+        self.0.headers.id.as_str().hash(state)
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.headers.id == other.0.headers.id
+    }
+}
+
+impl Eq for ById {}
+
 impl Terminators {
-    fn register(&self, id: &str) -> Arc<tokio::sync::Notify> {
+    fn register(&self, msg: &Arc<TaskMessage>) -> Arc<tokio::sync::Notify> {
         let n = Arc::new(tokio::sync::Notify::new());
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), n.clone());
+            .insert(ById(msg.clone()), n.clone());
         n
     }
 
@@ -80,7 +105,7 @@ impl Terminators {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
-            .cloned()
+            .map(|k| k.0.headers.id.clone())
             .collect()
     }
 }
@@ -88,19 +113,30 @@ impl Terminators {
 /// An accepted task message waiting for (or holding) a slot.
 pub(super) struct Job {
     pub(super) delivery: Delivery,
-    pub(super) msg: TaskMessage,
+    /// Shared with the broker when it lives in this process (memory://).
+    pub(super) msg: Arc<TaskMessage>,
     pub(super) task: Arc<dyn Task>,
 }
 
 impl Job {
-    pub(super) fn label(&self) -> String {
-        label(&self.msg)
+    pub(super) fn label(&self) -> Label<'_> {
+        Label(&self.msg)
     }
 }
 
-fn label(msg: &TaskMessage) -> String {
-    let name = msg.headers.shadow.as_deref().unwrap_or(&msg.headers.task);
-    format!("{name}[{}]", msg.headers.id)
+/// `name[id]` of a task for the log, as Celery writes it; formatted only when a line is
+/// written (a worker at full speed logs nothing per task).
+pub(super) struct Label<'a>(&'a TaskMessage);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = &self.0.headers;
+        write!(f, "{}[{}]", h.shadow.as_deref().unwrap_or(&h.task), h.id)
+    }
+}
+
+fn label(msg: &TaskMessage) -> Label<'_> {
+    Label(msg)
 }
 
 /// Short display of a result for the log, as Celery's `saferepr` truncation.
@@ -127,7 +163,7 @@ impl Shared {
             m.name = Some(msg.headers.task.clone());
             m.args = Some(Value::Array(msg.args.clone()));
             m.kwargs = Some(Value::Object(msg.kwargs.clone()));
-            m.worker = Some(self.hostname.clone());
+            m.worker = Some(self.hostname.to_string());
             m.retries = Some(msg.headers.retries);
             m.queue = Some(msg.properties.delivery_info.routing_key.clone());
         }
@@ -218,7 +254,7 @@ impl Shared {
     }
 
     /// A task name this worker does not have: FAILURE `NotRegistered`, message dropped.
-    pub(super) async fn unregistered(self: Arc<Self>, delivery: Delivery, msg: TaskMessage) {
+    pub(super) async fn unregistered(self: Arc<Self>, delivery: Delivery, msg: Arc<TaskMessage>) {
         error!(
             "Received unregistered task of type '{}' (id {}) from queue `{}`; stored FAILURE NotRegistered and discarded the message",
             msg.headers.task,
@@ -244,7 +280,7 @@ impl Shared {
     pub(super) async fn not_run(
         self: Arc<Self>,
         delivery: Option<Delivery>,
-        msg: TaskMessage,
+        msg: Arc<TaskMessage>,
         store: bool,
         reason: &'static str,
     ) {
@@ -299,6 +335,9 @@ pub(super) struct Revoked {
         std::collections::HashSet<String>,
         std::collections::VecDeque<String>,
     )>,
+    /// Whether any id was ever revoked: until then a lookup takes no lock (it happens for
+    /// every task, twice).
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl Revoked {
@@ -307,6 +346,7 @@ impl Revoked {
 
     pub(super) fn insert(&self, ids: &[String]) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.any.store(true, std::sync::atomic::Ordering::Release);
         for id in ids {
             if g.0.insert(id.clone()) {
                 g.1.push_back(id.clone());
@@ -320,6 +360,9 @@ impl Revoked {
     }
 
     pub(super) fn contains(&self, id: &str) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -382,10 +425,8 @@ pub(super) fn execute(
             Box::pin(shared.clone().not_run(delivery, msg, store_results, reason)).await;
             return;
         }
-        let task_name = msg.headers.task.clone();
-        let label = label(&msg);
         if store_results && cfg.track_started.unwrap_or(app.config().track_started) {
-            let started = json!({"pid": std::process::id(), "hostname": shared.hostname});
+            let started = json!({"pid": std::process::id(), "hostname": &*shared.hostname});
             let mut meta = shared.meta(&msg, State::Started, started);
             meta.date_done = None;
             shared.store(meta).await;
@@ -400,7 +441,7 @@ pub(super) fn execute(
         );
         let ctx = TaskContext::new(
             app.clone(),
-            &msg,
+            msg.clone(),
             delivery_info.clone(),
             shared.hostname.clone(),
             cfg.max_retries,
@@ -409,7 +450,7 @@ pub(super) fn execute(
         shared.stats.started();
         let t0 = Instant::now();
         // `revoke(terminate=true)` reaches a running task through this.
-        let terminate = shared.terminators.register(&msg.headers.id);
+        let terminate = shared.terminators.register(&msg);
         let ran = match &shared.prefork {
             // Boxed, like the body below: the job future lives as long as the task, so it stays
             // small (10,000 sleeping tasks should not carry 10,000 copies of the prefork state).
@@ -452,8 +493,6 @@ pub(super) fn execute(
             msg,
             delivery,
             queue,
-            label,
-            task_name,
             store_results,
             runtime,
             ran,
@@ -467,11 +506,9 @@ struct Finished {
     shared: Arc<Shared>,
     cfg: TaskConfig,
     ctx: TaskContext,
-    msg: TaskMessage,
+    msg: Arc<TaskMessage>,
     delivery: Option<Delivery>,
     queue: String,
-    label: String,
-    task_name: String,
     store_results: bool,
     runtime: f64,
     ran: Ran,
@@ -486,8 +523,6 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
         msg,
         mut delivery,
         queue,
-        label,
-        task_name,
         store_results,
         runtime,
         ran,
@@ -495,11 +530,13 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
     // See `execute` for why this is an `async move` block.
     async move {
         let app = &shared.app;
+        let label = label(&msg);
+        let task_name = msg.headers.task.as_str();
         let output = match ran {
             Ran::Output(output) => output,
             Ran::Terminated => {
                 warn!("Task {label} terminated by a revoke request; stored REVOKED");
-                shared.stats.record(Some(&task_name), Event::Revoked);
+                shared.stats.record(Some(task_name), Event::Revoked);
                 if store_results {
                     let exc =
                         ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
@@ -526,7 +563,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 match Box::pin(flow::on_success(&shared, &msg, &value)).await {
                     Ok(()) => {
                         info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
-                        shared.stats.record(Some(&task_name), Event::Succeeded);
+                        shared.stats.record(Some(task_name), Event::Succeeded);
                         if store_results {
                             shared
                                 .store(shared.meta(&msg, State::Success, value.clone()))
@@ -548,7 +585,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                             format!("cannot send what follows the task: {e}"),
                         );
                         error!("Task {label} raised unexpected: {exc}");
-                        shared.stats.record(Some(&task_name), Event::Failed);
+                        shared.stats.record(Some(task_name), Event::Failed);
                         if store_results {
                             shared.store(shared.meta_failure(&msg, &exc, None)).await;
                         }
@@ -557,7 +594,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 }
             }
             Outcome::Retry { countdown, reason } => {
-                let mut next = msg.clone();
+                let mut next = (*msg).clone();
                 next.headers.retries += 1;
                 next.headers.eta =
                     (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
@@ -571,7 +608,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 match Box::pin(app.publish(&next)).await {
                     Ok(()) => {
                         info!("Task {label} retry: {reason}");
-                        shared.stats.record(Some(&task_name), Event::Retried);
+                        shared.stats.record(Some(task_name), Event::Retried);
                         if store_results {
                             let mut meta = shared.meta(&msg, State::Retry, Value::Null);
                             meta.traceback = Some(format!("Traceback (most recent call last):\n  (Rust task)\ncelery.exceptions.Retry: {reason}\n"));
@@ -587,7 +624,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                             settle("restore", d.restore().await);
                             return;
                         }
-                        shared.stats.record(Some(&task_name), Event::Failed);
+                        shared.stats.record(Some(task_name), Event::Failed);
                         if store_results {
                             let exc = ExceptionInfo::new(
                                 "RetryError",
@@ -604,7 +641,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 if let Some(tb) = &f.traceback {
                     debug!("Task {label} traceback:\n{tb}");
                 }
-                shared.stats.record(Some(&task_name), Event::Failed);
+                shared.stats.record(Some(task_name), Event::Failed);
                 if store_results {
                     shared
                         .store(shared.meta_failure(&msg, &f.exception, f.traceback.clone()))

@@ -33,7 +33,6 @@ use tokio_util::time::DelayQueue;
 use tracing::{error, info, warn};
 
 use celeriac_core::broker::ConsumeOptions;
-use celeriac_core::protocol::TaskMessage;
 use celeriac_core::Delivery;
 
 use crate::app::App;
@@ -354,7 +353,7 @@ impl Worker {
         info!("{} ready.", self.name);
         let shared = Arc::new(Shared {
             app: self.app.clone(),
-            hostname: self.name.clone(),
+            hostname: self.name.as_str().into(),
             pool: self.pool,
             stats: self.stats.clone(),
             phase: self.shutdown.tx.subscribe(),
@@ -412,6 +411,12 @@ impl Worker {
                     if let Err(e) = joined {
                         error!("worker job ended abnormally: {e}");
                     }
+                    // Reap every other finished job now: one loop turn per batch.
+                    while let Some(joined) = state.running.try_join_next() {
+                        if let Err(e) = joined {
+                            error!("worker job ended abnormally: {e}");
+                        }
+                    }
                 }
                 Some(ids) = revoked_rx.recv() => state.drop_revoked(&ids),
                 _ = scale_tick.tick(), if state.scale.is_some() => state.autoscale(),
@@ -420,25 +425,38 @@ impl Worker {
                         state.release_or_hold(job);
                     }
                 }
-                next = c.next() => match next {
-                    Some(Ok(delivery)) => {
-                        if broker_down {
-                            info!("broker connection restored");
-                            broker_down = false;
+                next = c.next() => {
+                    // Take whatever else has arrived too (at most the prefetch): one loop
+                    // turn per batch of deliveries, not per message.
+                    let mut next = next;
+                    loop {
+                        match next {
+                            Some(Ok(delivery)) => {
+                                if broker_down {
+                                    info!("broker connection restored");
+                                    broker_down = false;
+                                }
+                                state.accept(delivery);
+                            }
+                            Some(Err(e)) => {
+                                if !broker_down {
+                                    error!("consumer error: {e}; retrying with back-off");
+                                    broker_down = true;
+                                }
+                                break;
+                            }
+                            None => {
+                                error!("the broker ended consumption; shutting down");
+                                consumer = None;
+                                break;
+                            }
                         }
-                        state.accept(delivery);
-                    }
-                    Some(Err(e)) => {
-                        if !broker_down {
-                            error!("consumer error: {e}; retrying with back-off");
-                            broker_down = true;
+                        match c.try_next() {
+                            Some(more) => next = Some(more),
+                            None => break,
                         }
                     }
-                    None => {
-                        error!("the broker ended consumption; shutting down");
-                        consumer = None;
-                    }
-                },
+                }
             }
         }
         let report = state
@@ -499,7 +517,7 @@ impl LoopState {
     /// Sorts a fresh delivery: invalid, unregistered, expired, held for its ETA, or ready.
     fn accept(&mut self, delivery: Delivery) {
         let shared = self.shared.clone();
-        let msg = match TaskMessage::decode(delivery.message()) {
+        let msg = match delivery.task_message() {
             Ok(m) => m,
             Err(e) => {
                 self.running.spawn(shared.undecodable(delivery, e));

@@ -79,7 +79,11 @@ impl WorkerStats {
             return;
         }
         let mut map = self.per_task.lock().unwrap_or_else(|p| p.into_inner());
-        let c = map.entry(task.to_string()).or_default();
+        // Looked up before inserting: the name is copied once per task name, not per task.
+        let c = match map.get_mut(task) {
+            Some(c) => c,
+            None => map.entry(task.to_string()).or_default(),
+        };
         match event {
             Event::Succeeded => c.succeeded += 1,
             Event::Failed => c.failed += 1,

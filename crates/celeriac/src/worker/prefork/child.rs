@@ -156,11 +156,12 @@ async fn run_request(app: &App, req: Request) -> Output {
             retryable: false,
         };
     };
+    let (args, kwargs) = (msg.args.clone(), msg.kwargs.clone());
     let ctx = TaskContext::new(
         app.clone(),
-        &msg,
+        std::sync::Arc::new(msg),
         req.delivery_info(),
-        req.hostname.clone(),
+        req.hostname.as_str().into(),
         req.max_retries,
         false,
     );
@@ -168,7 +169,7 @@ async fn run_request(app: &App, req: Request) -> Output {
         hard: None, // the worker enforces it, by killing this process
         soft: req.soft_time_limit,
     };
-    execute::run(&task, ctx, msg.args, msg.kwargs, Pool::Async, limits)
+    execute::run(&task, ctx, args, kwargs, Pool::Async, limits)
         .await
         .into()
 }
