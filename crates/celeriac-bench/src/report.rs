@@ -58,6 +58,12 @@ pub struct Measurement {
     pub rss_mb: Option<f64>,
     /// CPU use, percent of one core.
     pub cpu_percent: Option<f64>,
+    /// CPU time of the worker process per task, microseconds (throughput runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_cpu_us_per_task: Option<f64>,
+    /// CPU time of the Redis server per task, microseconds (Redis throughput runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_us_per_task: Option<f64>,
     /// How it was measured, or why it is missing.
     pub note: String,
     /// The latency samples (ms), for the plot; not in the JSON report.

@@ -220,6 +220,12 @@ pub async fn noop_throughput(
         Some(c) => Some(command_count(c).await?),
         None => None,
     };
+    // Redis's CPU time from the worker's start to the queue being drained (the records
+    // are read after that, and not counted).
+    let mut redis_cpu = match conn.as_mut() {
+        Some(c) => Some(redis_cpu_seconds(c).await?),
+        None => None,
+    };
     let c = concurrency.to_string();
     let spawned = Instant::now();
     let mut worker = WorkerProc::spawn(engine_url, &["-c", &c])?;
@@ -232,6 +238,10 @@ pub async fn noop_throughput(
         };
         let poll = Duration::from_millis(2);
         let secs = drained(&app, "celery", unacked, n, Duration::from_secs(300), poll).await?;
+        redis_cpu = match (conn.as_mut(), redis_cpu) {
+            (Some(c), Some(t0)) => Some(redis_cpu_seconds(c).await? - t0),
+            _ => None,
+        };
         m.tasks_per_s = Some(n as f64 / secs.max(1e-6));
         m.note = "queue drain (LLEN + HLEN unacked polled every 2 ms)".into();
     } else {
@@ -245,18 +255,53 @@ pub async fn noop_throughput(
         };
         let poll = Duration::from_millis(20);
         drained(&app, "celery", unacked, n, Duration::from_secs(300), poll).await?;
+        redis_cpu = match (conn.as_mut(), redis_cpu) {
+            (Some(c), Some(t0)) => Some(redis_cpu_seconds(c).await? - t0),
+            _ => None,
+        };
         let recs = records(&app, &ids, Duration::from_secs(300)).await?;
         m.seconds = Some(spawned.elapsed().as_secs_f64());
         let (secs, _) = spread(&recs).ok_or("no date_done in the records")?;
         m.tasks_per_s = Some((n - 1) as f64 / secs.max(1e-6));
         m.note = "(n-1) ÷ spread of date_done; seconds = spawn → last result read".into();
     }
+    // Where the CPU went, per task: the worker process (start-up included, a few ms) and
+    // the Redis server (everything it ran meanwhile, which here is this run).
+    m.worker_cpu_us_per_task = Some(procs::tree_cpu_seconds(worker.pid()) * 1e6 / n as f64);
+    m.redis_cpu_us_per_task = redis_cpu.map(|spent| spent * 1e6 / n as f64);
+    m.note
+        .push_str(&match (m.worker_cpu_us_per_task, m.redis_cpu_us_per_task) {
+            (Some(w), Some(r)) => format!("; CPU per task: worker {w:.1} µs, Redis {r:.1} µs"),
+            (Some(w), None) => format!("; CPU per task: worker {w:.1} µs"),
+            _ => String::new(),
+        });
     worker.stop();
     let per_task = match (conn.as_mut(), before) {
         (Some(c), Some(b)) => Some((command_count(c).await?.saturating_sub(b)) as f64 / n as f64),
         _ => None,
     };
     Ok((m, per_task))
+}
+
+/// CPU seconds (user + system) the Redis server has used since it started (`INFO cpu`).
+async fn redis_cpu_seconds(c: &mut redis::aio::MultiplexedConnection) -> Result<f64, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(c)
+        .await
+        .map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user") + field("used_cpu_sys"))
 }
 
 /// Total commands Redis has run (`INFO commandstats`, scripts' inner commands included).

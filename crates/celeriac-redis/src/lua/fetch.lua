@@ -8,11 +8,12 @@
 -- Returns {list1, envelope1, recorded1, list2, ...}, `recorded` '1' or '0': an envelope
 -- whose JSON has no delivery tag is returned unrecorded (the caller adopts it).
 --
--- Speed: this runs inside Redis for every message (measured: 9.3 µs of Redis CPU per
--- message with a cjson decode and a ZADD + HSET each; 7.5 µs as written). The three fields
--- it needs are found with plain string searches when each key occurs exactly once and its
--- value has no escapes (every kombu and celeriac envelope); anything else falls back to
--- cjson. The records are written with one ZADD and one HSET per batch.
+-- Speed: this runs inside Redis for every message (measured, script time per message of a
+-- 928-byte envelope: 9.3 µs with a cjson decode and a ZADD + HSET each; 7.6 µs with plain
+-- searches for `"key"`; 6.1 µs as written). The three fields it needs are found with plain
+-- string searches when each key occurs exactly once and its value has no escapes (every
+-- kombu and celeriac envelope); anything else falls back to cjson. The records are
+-- written with one ZADD and one HSET per batch.
 local max = tonumber(ARGV[1])
 local now = ARGV[2]
 local out = {}
@@ -22,36 +23,37 @@ local n = 0
 
 -- The string value of `"key": "..."` if `key` occurs exactly once and its value is plain;
 -- false if the fast path cannot tell; nil if the key is absent.
-local function plain(msg, key)
-  local lit = '"' .. key .. '"'
-  local s, e = string.find(msg, lit, 1, true)
+-- `key` is found by searching for `tail` (its end and closing quote, starting with a
+-- letter that is rare in envelopes) and checking the `head` before it: a plain search
+-- for `"key"` stops at every quote of the envelope.
+local function plain(msg, head, tail)
+  local s, e = string.find(msg, tail, 1, true)
+  while s and string.sub(msg, s - #head, s - 1) ~= head do
+    s, e = string.find(msg, tail, e + 1, true)
+  end
   if not s then
     return nil
   end
-  if string.find(msg, lit, e + 1, true) then
-    return false
+  local s2, e2 = string.find(msg, tail, e + 1, true)
+  while s2 do
+    if string.sub(msg, s2 - #head, s2 - 1) == head then return false end
+    s2, e2 = string.find(msg, tail, e2 + 1, true)
   end
-  local i = e + 1
-  local c = string.sub(msg, i, i)
-  while c == ' ' do i = i + 1; c = string.sub(msg, i, i) end
-  if c ~= ':' then return false end
-  i = i + 1
-  c = string.sub(msg, i, i)
-  while c == ' ' do i = i + 1; c = string.sub(msg, i, i) end
-  if c ~= '"' then return false end
-  local q = string.find(msg, '"', i + 1, true)
-  if not q then return false end
-  local value = string.sub(msg, i + 1, q - 1)
-  if string.find(value, '\\', 1, true) then return false end
+  -- `: "value"` right after the key, the value without quotes or escapes.
+  local _, _, value = string.find(msg, '^%s*:%s*"([^"\\]*)"', e + 1)
+  if not value then return false end
   return value
 end
 
+-- Returns tag, exchange and routing key, the last two as JSON text, or nil.
 local function fields(msg)
-  local tag = plain(msg, 'delivery_tag')
-  local ex = plain(msg, 'exchange')
-  local rk = plain(msg, 'routing_key')
+  local tag = plain(msg, '"deli', 'very_tag"')
+  local ex = plain(msg, '"e', 'xchange"')
+  local rk = plain(msg, '"ro', 'uting_key"')
   if tag and ex ~= false and rk ~= false then
-    return tag, ex or '', rk or ''
+    -- Plain values (no quote, no backslash, and no control character in valid JSON)
+    -- are their own JSON text between quotes.
+    return tag, '"' .. (ex or '') .. '"', '"' .. (rk or '') .. '"'
   end
   local ok, env = pcall(cjson.decode, msg)
   if not (ok and type(env) == 'table' and type(env.properties) == 'table') then
@@ -68,7 +70,7 @@ local function fields(msg)
     if type(di.exchange) == 'string' then ex = di.exchange end
     if type(di.routing_key) == 'string' then rk = di.routing_key end
   end
-  return tag, ex, rk
+  return tag, cjson.encode(ex), cjson.encode(rk)
 end
 
 local function flush()
@@ -91,7 +93,7 @@ for i = 3, #KEYS do
       zargs[#zargs + 1] = now
       zargs[#zargs + 1] = tag
       hargs[#hargs + 1] = tag
-      hargs[#hargs + 1] = '[' .. msg .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']'
+      hargs[#hargs + 1] = '[' .. msg .. ', ' .. ex .. ', ' .. rk .. ']'
       recorded = '1'
       -- Keep unpack() well inside Lua's stack limit.
       if #zargs >= 512 then flush() end
