@@ -57,10 +57,16 @@ struct Inner {
     /// The request itself, shared with the worker's job (no per-field copies).
     msg: Arc<TaskMessage>,
     max_retries: Option<u32>,
-    delivery_info: RequestDeliveryInfo,
+    /// Built from `msg` on first use (most tasks never ask), or given.
+    delivery_info: std::sync::OnceLock<RequestDeliveryInfo>,
+    redelivered: bool,
+    /// The queue the message was taken from, kept only when it has no routing key.
+    queue: Option<String>,
     hostname: Arc<str>,
     eager: bool,
     soft: SoftLimit,
+    /// Fired by `revoke(terminate=true)` while the task runs.
+    terminate: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -83,17 +89,59 @@ impl TaskContext {
         max_retries: Option<u32>,
         eager: bool,
     ) -> Self {
+        let ctx = Self::build(app, msg, false, None, hostname, max_retries, eager);
+        let _ = ctx.inner.delivery_info.set(delivery_info);
+        ctx
+    }
+
+    /// The context of a message a worker took from `queue`; its delivery info is read from
+    /// the message when asked for.
+    pub(crate) fn for_delivery(
+        app: App,
+        msg: Arc<TaskMessage>,
+        queue: &str,
+        redelivered: bool,
+        hostname: Arc<str>,
+        max_retries: Option<u32>,
+    ) -> Self {
+        let queue = msg
+            .properties
+            .delivery_info
+            .routing_key
+            .is_empty()
+            .then(|| queue.to_string());
+        Self::build(app, msg, redelivered, queue, hostname, max_retries, false)
+    }
+
+    fn build(
+        app: App,
+        msg: Arc<TaskMessage>,
+        redelivered: bool,
+        queue: Option<String>,
+        hostname: Arc<str>,
+        max_retries: Option<u32>,
+        eager: bool,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 app,
                 msg,
                 max_retries,
-                delivery_info,
+                delivery_info: std::sync::OnceLock::new(),
+                redelivered,
+                queue,
                 hostname,
                 eager,
                 soft: SoftLimit::default(),
+                terminate: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// The signal `revoke(terminate=true)` fires for this task (a permit is kept if it
+    /// fires before anyone waits).
+    pub(crate) fn terminate_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.terminate
     }
 
     pub(crate) fn fire_soft_time_limit(&self) {
@@ -190,7 +238,23 @@ impl TaskContext {
 
     /// Exchange, routing key, priority and redelivery flag of the message.
     pub fn delivery_info(&self) -> &RequestDeliveryInfo {
-        &self.inner.delivery_info
+        self.inner.delivery_info.get_or_init(|| {
+            let info = &self.inner.msg.properties.delivery_info;
+            RequestDeliveryInfo {
+                exchange: info.exchange.clone(),
+                routing_key: match &self.inner.queue {
+                    Some(q) if info.routing_key.is_empty() => q.clone(),
+                    _ => info.routing_key.clone(),
+                },
+                priority: self.inner.msg.properties.priority,
+                redelivered: self.inner.redelivered,
+            }
+        })
+    }
+
+    /// The queue the message was taken from when it carries no routing key of its own.
+    pub(crate) fn queue_if_unrouted(&self) -> Option<&str> {
+        self.inner.queue.as_deref()
     }
 
     /// The sending process's reply-to id.

@@ -19,7 +19,7 @@ use super::prefork::{PreforkPool, Ran};
 use super::stats::{Event, WorkerStats};
 use super::Phase;
 use crate::app::App;
-use crate::context::{RequestDeliveryInfo, TaskContext};
+use crate::context::TaskContext;
 use crate::execute::{self, Limits, Outcome, Pool};
 use crate::task::{Task, TaskConfig};
 
@@ -40,72 +40,45 @@ pub(super) struct Shared {
     pub(super) revoked: Revoked,
 }
 
-/// Per running task, the signal `revoke(terminate=true)` fires.
+/// The running tasks, so `revoke(terminate=true)` can reach one by id.
+///
+/// A slab of their contexts (each carries its terminate signal): registering a task is a
+/// lock and a slot, with no allocation and no hashing of its id. Finding a task by id
+/// walks the running tasks, which only a revoke or an `inspect active` does.
 #[derive(Default)]
 pub(super) struct Terminators {
-    map: std::sync::Mutex<std::collections::HashMap<ById, Arc<tokio::sync::Notify>>>,
+    running: std::sync::Mutex<slab::Slab<TaskContext>>,
 }
-
-/// A running task's message as a map key that looks up by task id, so registering a
-/// task copies no id.
-struct ById(Arc<TaskMessage>);
-
-impl std::borrow::Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        &self.0.headers.id
-    }
-}
-
-impl std::hash::Hash for ById {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The same hash as the `str` it borrows as.
-        self.0.headers.id.as_str().hash(state)
-    }
-}
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.headers.id == other.0.headers.id
-    }
-}
-
-impl Eq for ById {}
 
 impl Terminators {
-    fn register(&self, msg: &Arc<TaskMessage>) -> Arc<tokio::sync::Notify> {
-        let n = Arc::new(tokio::sync::Notify::new());
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ById(msg.clone()), n.clone());
-        n
+    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<TaskContext>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    fn register(&self, ctx: &TaskContext) -> usize {
+        self.lock().insert(ctx.clone())
+    }
+
+    fn remove(&self, key: usize) {
+        self.lock().try_remove(key);
     }
 
     /// Stops the running task `id`; false if it is not running here.
     pub(super) fn terminate(&self, id: &str) -> bool {
-        match self.map.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            Some(n) => {
-                n.notify_one();
-                true
-            }
-            None => false,
+        let running = self.lock();
+        let mut found = false;
+        for (_, ctx) in running.iter().filter(|(_, c)| c.id() == id) {
+            ctx.terminate_signal().notify_one();
+            found = true;
         }
+        found
     }
 
     /// Ids of the tasks running now.
     pub(super) fn running(&self) -> Vec<String> {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .map(|k| k.0.headers.id.clone())
+        self.lock()
+            .iter()
+            .map(|(_, c)| c.id().to_string())
             .collect()
     }
 }
@@ -403,17 +376,14 @@ pub(super) fn execute(
         let acks_late = cfg.acks_late.unwrap_or(app.config().acks_late);
         let store_results =
             !msg.headers.ignore_result.unwrap_or(cfg.ignore_result) && app.backend().is_some();
-        let queue = delivery.queue().to_string();
-        let delivery_info = RequestDeliveryInfo {
-            exchange: msg.properties.delivery_info.exchange.clone(),
-            routing_key: if msg.properties.delivery_info.routing_key.is_empty() {
-                queue.clone()
-            } else {
-                msg.properties.delivery_info.routing_key.clone()
-            },
-            priority: msg.properties.priority,
-            redelivered: delivery.redelivered(),
-        };
+        let ctx = TaskContext::for_delivery(
+            app.clone(),
+            msg.clone(),
+            delivery.queue(),
+            delivery.redelivered(),
+            shared.hostname.clone(),
+            cfg.max_retries,
+        );
         let mut delivery = Some(delivery);
         if !acks_late {
             if let Some(d) = delivery.take() {
@@ -439,30 +409,23 @@ pub(super) fn execute(
             },
             shared.limits,
         );
-        let ctx = TaskContext::new(
-            app.clone(),
-            msg.clone(),
-            delivery_info.clone(),
-            shared.hostname.clone(),
-            cfg.max_retries,
-            false,
-        );
         shared.stats.started();
         let t0 = Instant::now();
         // `revoke(terminate=true)` reaches a running task through this.
-        let terminate = shared.terminators.register(&msg);
+        let running_key = shared.terminators.register(&ctx);
+        let terminate = ctx.terminate_signal();
         let ran = match &shared.prefork {
             // Boxed, like the body below: the job future lives as long as the task, so it stays
             // small (10,000 sleeping tasks should not carry 10,000 copies of the prefork state).
             Some(pool) => {
                 Box::pin(pool.run(
                     &msg,
-                    &delivery_info,
+                    ctx.delivery_info(),
                     &shared.hostname,
                     cfg.max_retries,
                     limits.hard,
                     limits.soft,
-                    &terminate,
+                    terminate,
                 ))
                 .await
             }
@@ -481,7 +444,7 @@ pub(super) fn execute(
                 }
             }
         };
-        shared.terminators.remove(&msg.headers.id);
+        shared.terminators.remove(running_key);
         let runtime = t0.elapsed().as_secs_f64();
         shared.stats.finished();
         // Boxed: this future is allocated once per job for the job's whole life, so what only
@@ -492,7 +455,6 @@ pub(super) fn execute(
             ctx,
             msg,
             delivery,
-            queue,
             store_results,
             runtime,
             ran,
@@ -508,7 +470,6 @@ struct Finished {
     ctx: TaskContext,
     msg: Arc<TaskMessage>,
     delivery: Option<Delivery>,
-    queue: String,
     store_results: bool,
     runtime: f64,
     ran: Ran,
@@ -522,7 +483,6 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
         ctx,
         msg,
         mut delivery,
-        queue,
         store_results,
         runtime,
         ran,
@@ -602,8 +562,8 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 // A fresh message: not a redelivery, whatever the original was.
                 next.headers.extra.remove("redelivered");
                 next.properties.delivery_info.redelivered = None;
-                if next.properties.delivery_info.routing_key.is_empty() {
-                    next.properties.delivery_info.routing_key = queue.clone();
+                if let Some(queue) = ctx.queue_if_unrouted() {
+                    next.properties.delivery_info.routing_key = queue.to_string();
                 }
                 match Box::pin(app.publish(&next)).await {
                     Ok(()) => {
