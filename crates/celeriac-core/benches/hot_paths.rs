@@ -88,6 +88,34 @@ fn memory_broker(c: &mut Criterion) {
             })
         })
     });
+    // The in-process path: task messages queued by pointer, never encoded; 1,000 a batch
+    // (the set-up that builds them is not timed).
+    let task = TaskMessage::from_signature(&sig(), &Route::queue("celery"), &ctx())
+        .expect("a valid signature");
+    c.bench_function(
+        "memory://: publish_tasks of 1,000, deliver and ack each (per batch)",
+        |b| {
+            b.iter_batched(
+                || {
+                    (0..1_000)
+                        .map(|_| (task.clone(), PublishOptions::default()))
+                        .collect::<Vec<_>>()
+                },
+                |batch| {
+                    rt.block_on(async {
+                        broker.publish_tasks(batch).await.expect("published");
+                        for _ in 0..1_000 {
+                            let d = consumer.next().await.expect("open").expect("a delivery");
+                            let msg = d.task_message().expect("a task message");
+                            drop(msg);
+                            d.ack().await.expect("acked");
+                        }
+                    })
+                },
+                criterion::BatchSize::LargeInput,
+            )
+        },
+    );
 }
 
 criterion_group!(benches, codec, routing, memory_broker);
