@@ -2,8 +2,9 @@
 //! an expiry, published on the channel of the same name — so Python's
 //! `AsyncResult.get()` sees celeriac's results and the other way round.
 //!
-//! Writes are one Lua call each (never overwrite SUCCESS, `SETEX`, `PUBLISH`) on a
-//! multiplexed connection, so concurrent writers are pipelined. Waiting is push-based:
+//! Writes never overwrite SUCCESS and are `SETEX` + `PUBLISH`, in one Lua call; records
+//! stored while a call is on its way are written together by the next call, so a busy
+//! worker costs Redis one script call per batch instead of one per task. Waiting is push-based:
 //! one pub/sub connection per backend, shared by every waiter, subscribing to a task's
 //! channel while somebody waits for it. After subscribing, a waiter reads the key once
 //! (the record may already be there); after a lost pub/sub connection, the subscriber
@@ -53,6 +54,9 @@ struct Inner {
     chord_part: Script,
     chord_extend: Script,
     chord_cleanup: Script,
+    /// Records waiting to be written, and whether a task is writing them.
+    stores: Mutex<Vec<PendingStore>>,
+    stores_flushing: AtomicBool,
     /// Waiters by task id.
     waiters: Mutex<HashMap<String, Arc<Slot>>>,
     /// The live pub/sub sink; `None` while (re)connecting.
@@ -60,6 +64,17 @@ struct Inner {
     subscriber_started: AtomicBool,
     shutdown: Arc<Notify>,
 }
+
+/// A record waiting to be written: key, JSON, TTL in seconds (0: none), and who waits.
+struct PendingStore {
+    key: String,
+    json: Vec<u8>,
+    ttl: u64,
+    done: tokio::sync::oneshot::Sender<Result<(), BackendError>>,
+}
+
+/// Most records written by one script call.
+const STORE_BATCH: usize = 500;
 
 /// What waiters on one task id share.
 #[derive(Default)]
@@ -103,6 +118,8 @@ impl RedisBackend {
                 chord_part: Script::new(include_str!("lua/chord_part.lua")),
                 chord_extend: Script::new(include_str!("lua/chord_claim_extend.lua")),
                 chord_cleanup: Script::new(include_str!("lua/chord_cleanup.lua")),
+                stores: Mutex::new(Vec::new()),
+                stores_flushing: AtomicBool::new(false),
                 waiters: Mutex::new(HashMap::new()),
                 sink,
                 subscriber_started: AtomicBool::new(false),
@@ -118,6 +135,89 @@ impl RedisBackend {
 }
 
 impl Inner {
+    /// Queues a record for the writer task (started if none runs) and waits until the
+    /// batch holding it is written.
+    async fn store(&self, key: String, json: Vec<u8>, ttl: u64) -> Result<(), BackendError> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        lock(&self.stores).push(PendingStore {
+            key,
+            json,
+            ttl,
+            done,
+        });
+        if !self.stores_flushing.swap(true, Ordering::SeqCst) {
+            match self.me.upgrade() {
+                Some(me) => {
+                    tokio::spawn(async move { me.write_stores().await });
+                }
+                None => self.stores_flushing.store(false, Ordering::SeqCst),
+            }
+        }
+        written.await.unwrap_or_else(|_| {
+            Err(BackendError::Operation {
+                op: "store",
+                reason: "the backend was closed".into(),
+            })
+        })
+    }
+
+    /// Writes waiting records in batches until none wait.
+    async fn write_stores(&self) {
+        loop {
+            let batch = std::mem::take(&mut *lock(&self.stores));
+            if batch.is_empty() {
+                self.stores_flushing.store(false, Ordering::SeqCst);
+                // A record queued just before the flag dropped: take it on, unless another
+                // writer already has.
+                if lock(&self.stores).is_empty()
+                    || self.stores_flushing.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+                continue;
+            }
+            let mut batch = batch.into_iter().peekable();
+            while batch.peek().is_some() {
+                let chunk: Vec<PendingStore> = batch.by_ref().take(STORE_BATCH).collect();
+                let mut call = self.store.prepare_invoke();
+                for p in &chunk {
+                    call.key(&p.key).arg(&p.json).arg(p.ttl);
+                }
+                let result: Result<Vec<String>, BackendError> = call
+                    .invoke_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.err("store", e));
+                match result {
+                    Ok(replies) => {
+                        let mut replies = replies.into_iter();
+                        for p in chunk {
+                            let outcome = match replies.next() {
+                                Some(r) if r.starts_with("ERR ") => Err(BackendError::Operation {
+                                    op: "store",
+                                    reason: format!("{} ({})", &r[4..], self.cfg.masked),
+                                }),
+                                Some(_) => Ok(()),
+                                None => Err(BackendError::Operation {
+                                    op: "store",
+                                    reason: format!(
+                                        "no reply for this record ({})",
+                                        self.cfg.masked
+                                    ),
+                                }),
+                            };
+                            let _ = p.done.send(outcome);
+                        }
+                    }
+                    Err(e) => {
+                        for p in chunk {
+                            let _ = p.done.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn err(&self, op: &'static str, e: redis::RedisError) -> BackendError {
         error::backend(&self.cfg.masked, op, e)
     }
@@ -331,16 +431,13 @@ impl ResultBackend for RedisBackend {
 
     async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<(), BackendError> {
         let ttl = expires.map_or(0, |d| d.as_secs_f64().ceil().max(1.0) as u64);
-        let _stored: i64 = self
-            .inner
-            .store
-            .key(self.inner.keys.task_meta(&meta.task_id))
-            .arg(meta.to_json())
-            .arg(ttl)
-            .invoke_async(&mut self.inner.conn.clone())
+        self.inner
+            .store(
+                self.inner.keys.task_meta(&meta.task_id),
+                meta.to_json(),
+                ttl,
+            )
             .await
-            .map_err(|e| self.inner.err("store", e))?;
-        Ok(())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {

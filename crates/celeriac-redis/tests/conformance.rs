@@ -41,3 +41,57 @@ mod redis_backend {
 
     backend_conformance!(factory);
 }
+
+/// Result records stored at the same moment are written together (one script call per
+/// batch); each caller still learns its own outcome: a key holding another type fails its
+/// own record only, and every other record of the batch lands, published as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_result_writes_fail_only_the_bad_record() {
+    use celeriac_core::{State, TaskMeta};
+    use serde_json::json;
+
+    let Some(scope) = services::RedisScope::new("batched_result_writes_fail_only_the_bad_record")
+    else {
+        return;
+    };
+    let url = EngineUrl::parse(&scope.url("")).unwrap();
+    let backend = Arc::new(RedisBackend::connect(&url).await.unwrap());
+    let mut conn = redis::Client::open(format!("{}/0", scope.base))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // A key of the wrong type where one record must go.
+    let _: () = redis::cmd("LPUSH")
+        .arg(backend.key_for("bad"))
+        .arg("not a record")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..300)
+        .map(|i| {
+            if i == 150 {
+                "bad".into()
+            } else {
+                format!("ok-{i}")
+            }
+        })
+        .collect();
+    let writes = ids.iter().map(|id| {
+        let backend = backend.clone();
+        let meta = TaskMeta::new(id.clone(), State::Success, json!(id));
+        async move { backend.store(&meta, None).await }
+    });
+    let outcomes = futures::future::join_all(writes).await;
+    for (id, outcome) in ids.iter().zip(&outcomes) {
+        if id == "bad" {
+            let e = outcome.as_ref().expect_err("the bad key must fail");
+            assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+            assert!(!e.is_retryable());
+        } else {
+            outcome.as_ref().unwrap_or_else(|e| panic!("{id}: {e}"));
+            let got = backend.get(id).await.unwrap().expect("stored");
+            assert_eq!(got.result, json!(id));
+        }
+    }
+}
