@@ -283,13 +283,18 @@ pub async fn noop_throughput(
     Ok((m, per_task))
 }
 
-/// CPU seconds (user + system) the Redis server has used since it started (`INFO cpu`).
-async fn redis_cpu_seconds(c: &mut redis::aio::MultiplexedConnection) -> Result<f64, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
+/// One section of `INFO`.
+async fn info(c: &mut redis::aio::MultiplexedConnection, section: &str) -> Result<String, String> {
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(c)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// CPU seconds (user + system) the Redis server has used since it started (`INFO cpu`).
+async fn redis_cpu_seconds(c: &mut redis::aio::MultiplexedConnection) -> Result<f64, String> {
+    let info = info(c, "cpu").await?;
     let field = |name: &str| {
         info.lines()
             .find_map(|l| {
@@ -306,11 +311,7 @@ async fn redis_cpu_seconds(c: &mut redis::aio::MultiplexedConnection) -> Result<
 
 /// Total commands Redis has run (`INFO commandstats`, scripts' inner commands included).
 async fn command_count(c: &mut redis::aio::MultiplexedConnection) -> Result<u64, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
-        .await
-        .map_err(|e| e.to_string())?;
+    let info = info(c, "commandstats").await?;
     Ok(info
         .lines()
         .filter_map(|l| {

@@ -477,23 +477,13 @@ impl App {
             .collect();
         let deadline = self.retry_deadline();
         let mut pause = Duration::from_millis(100);
-        let mut batch = match self.inner.broker.publish_tasks(tasks).await {
-            Ok(()) => return Ok(()),
-            Err(e) if !Self::may_retry(&e.source, deadline, pause) => {
-                return Err(Error::PublishMany(e))
-            }
-            Err(e) => {
-                warn!(
-                    "publish of {} message(s) failed ({}); retrying in {pause:?}",
-                    e.unpublished.len(),
-                    e.source
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-                e.unpublished
-            }
-        };
-        while let Err(e) = self.inner.broker.publish_many(batch).await {
+        // The first try hands over the built messages; retries resend what came back.
+        let mut attempt = self.inner.broker.publish_tasks(tasks).await;
+        loop {
+            let e = match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
             if !Self::may_retry(&e.source, deadline, pause) {
                 return Err(Error::PublishMany(e));
             }
@@ -504,9 +494,8 @@ impl App {
             );
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
-            batch = e.unpublished;
+            attempt = self.inner.broker.publish_many(e.unpublished).await;
         }
-        Ok(())
     }
 
     fn retry_deadline(&self) -> Option<tokio::time::Instant> {
