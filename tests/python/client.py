@@ -144,6 +144,16 @@ def wait_for(res, wait, started):
         out["exc_type"] = type(exc).__name__
         out["exc_message"] = str(exc)
         out["exc_args"] = safe(list(getattr(exc, "args", ()) or ()))
+        # `get` raises a parent's error as soon as it sees it (it checks the parents),
+        # while this result's own record may land a moment later: a worker writes the
+        # failed task's record first, then every remaining link's, as Celery's does. Wait
+        # for the record itself, so the state read below is not a race.
+        left = wait - (time.monotonic() - started)
+        if left > 0 and not res.ready():
+            try:
+                res.get(timeout=left, propagate=False, follow_parents=False)
+            except Exception:  # noqa: BLE001 - the state below says what happened
+                pass
     else:
         out["elapsed"] = time.monotonic() - started
         out["result"] = safe(value)
