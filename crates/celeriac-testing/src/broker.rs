@@ -367,6 +367,70 @@ pub async fn publish_tasks_round_trips_task_messages(b: BrokerUnderTest) {
     }
 }
 
+/// A message for an exchange no queue is bound to is refused, and handed back: by
+/// `publish` (the message itself) and by `publish_tasks` (it and every message after it,
+/// encoded; those before it are published).
+pub async fn unroutable_publishes_are_refused_and_handed_back(b: BrokerUnderTest) {
+    use celeriac_core::protocol::{SendContext, TaskMessage};
+    use celeriac_core::{Route, Signature};
+    let exchange = q(&b, "nowhere");
+    let mut lost = message("unused", 1, None);
+    lost.properties.delivery_info = DeliveryInfo {
+        exchange: exchange.clone(),
+        routing_key: "nobody".into(),
+        redelivered: None,
+    };
+    let err = b
+        .broker
+        .publish(lost.clone(), PublishOptions::default())
+        .await
+        .expect_err("a message no queue is bound for must be refused");
+    assert_eq!(
+        *err.message, lost,
+        "the refused message must come back unchanged"
+    );
+    assert!(err.source.to_string().contains(&exchange), "{}", err.source);
+
+    let queue = q(&b, "routable");
+    let ctx = SendContext {
+        origin: "gen1@conformance",
+        reply_to: "reply",
+        parent: None,
+        ignore_result: None,
+    };
+    let build = |n: u64, route: &Route| {
+        let sig = Signature::new("conformance.add").args(vec![json!(n)]);
+        TaskMessage::from_signature(&sig, route, &ctx).unwrap()
+    };
+    let good = Route::queue(queue.clone());
+    let bad = Route {
+        exchange: exchange.clone(),
+        routing_key: "nobody".into(),
+        ..Route::queue("nobody")
+    };
+    let batch: Vec<_> = [(0, &good), (1, &good), (2, &bad), (3, &good)]
+        .into_iter()
+        .map(|(n, r)| (build(n, r), PublishOptions::default()))
+        .collect();
+    let sent: Vec<Message> = batch.iter().map(|(t, _)| t.encode()).collect();
+    let err = b
+        .broker
+        .publish_tasks(batch)
+        .await
+        .expect_err("a batch with an unroutable message must fail");
+    let back: Vec<&Message> = err.unpublished.iter().map(|(m, _)| m).collect();
+    assert_eq!(
+        back,
+        vec![&sent[2], &sent[3]],
+        "the unroutable one and those after it come back"
+    );
+    assert_eq!(
+        b.broker.queue_depth(&queue).await.unwrap(),
+        2,
+        "those before it are published"
+    );
+}
+
 /// Closing a consumer hands back what it fetched but had not handed out; nothing is lost.
 pub async fn closed_consumer_returns_fetched_messages(b: BrokerUnderTest) {
     let queue = q(&b, "close");

@@ -42,6 +42,7 @@ macro_rules! broker_conformance {
             delayed_delivery_waits_until_due,
             publish_many_publishes_in_order,
             publish_tasks_round_trips_task_messages,
+            unroutable_publishes_are_refused_and_handed_back,
             closed_consumer_returns_fetched_messages,
             idle_consumer_wakes_for_a_new_message,
             fanout_reaches_every_subscriber,

@@ -20,7 +20,7 @@ use crate::broker::{
 };
 use crate::emulation::{spawn_consumer, Fetch};
 use crate::error::{BrokerError, PublishError};
-use crate::message::Message;
+use crate::message::{DeliveryInfo, Message};
 use crate::protocol::TaskMessage;
 use crate::url::{EngineUrl, UrlError};
 
@@ -238,29 +238,25 @@ impl State {
         }
     }
 
-    /// Routes `payload` to its queues (the routing key on the default exchange, else the
-    /// queues bound to the exchange) — delayed until `deliver_at` if given — or hands it
-    /// back with why not. The caller wakes the consumers.
-    fn enqueue(
-        &mut self,
-        payload: Payload,
-        options: &PublishOptions,
-    ) -> Result<(), (Payload, BrokerError)> {
-        let info = payload.delivery_info();
-        let bound: Vec<String> = if info.exchange.is_empty() {
-            Vec::new()
+    /// Where a message published with `info` goes: `None` for the default exchange (the
+    /// queue named by the routing key), else the queues bound to the exchange with that
+    /// key; an error if that is nowhere.
+    fn route(&self, info: &DeliveryInfo) -> Result<Option<Vec<String>>, BrokerError> {
+        let bound = if info.exchange.is_empty() {
+            None
         } else {
-            self.bindings
-                .get(&(info.exchange.clone(), info.routing_key.clone()))
-                .cloned()
-                .unwrap_or_default()
+            Some(
+                self.bindings
+                    .get(&(info.exchange.clone(), info.routing_key.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+            )
         };
-        let targets: &[String] = if info.exchange.is_empty() {
-            std::slice::from_ref(&info.routing_key)
-        } else {
-            &bound
+        let nowhere = match &bound {
+            None => info.routing_key.is_empty(),
+            Some(queues) => queues.iter().all(String::is_empty),
         };
-        if targets.iter().all(String::is_empty) {
+        if nowhere {
             let reason = if info.exchange.is_empty() {
                 "the message has no routing key (queue name)".to_string()
             } else {
@@ -269,24 +265,38 @@ impl State {
                     info.exchange, info.routing_key
                 )
             };
-            let e = BrokerError::Operation {
+            return Err(BrokerError::Operation {
                 op: "publish",
                 reason,
-            };
-            return Err((payload, e));
+            });
         }
+        Ok(bound)
+    }
+
+    /// Queues `payload` where [`route`](Self::route) said — delayed until `deliver_at` if
+    /// given. The caller wakes the consumers.
+    fn enqueue(&mut self, payload: Payload, route: Option<Vec<String>>, options: &PublishOptions) {
         let delay = options
             .deliver_at
             .map(|at| crate::time::until_capped(&at))
             .filter(|d| !d.is_zero());
-        for queue in targets {
-            let entry = Entry {
-                payload: payload.clone(),
-                redelivered: false,
-            };
-            self.place(queue, entry, delay);
+        let entry = |payload: Payload| Entry {
+            payload,
+            redelivered: false,
+        };
+        match route {
+            None => {
+                // The queue name is read from a second handle on the payload (a pointer
+                // copy), not copied out of it.
+                let named = payload.clone();
+                self.place(&named.delivery_info().routing_key, entry(payload), delay);
+            }
+            Some(queues) => {
+                for queue in queues.iter().filter(|q| !q.is_empty()) {
+                    self.place(queue, entry(payload.clone()), delay);
+                }
+            }
         }
-        Ok(())
     }
 }
 
@@ -444,23 +454,16 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {
-        let payload = Payload::Wire(Arc::new(message));
-        let mut st = self.inner.lock();
-        match st.enqueue(payload, &options) {
-            Ok(()) => {
-                drop(st);
-                self.inner.notify.notify_waiters();
-                Ok(())
-            }
-            Err((payload, e)) => {
-                drop(st);
-                let Payload::Wire(m) = payload else {
-                    unreachable!("enqueue hands back what it was given")
-                };
-                let message = Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone());
-                Err(PublishError::new(message, e))
-            }
+        {
+            let mut st = self.inner.lock();
+            let route = match st.route(&message.properties.delivery_info) {
+                Ok(route) => route,
+                Err(e) => return Err(PublishError::new(message, e)),
+            };
+            st.enqueue(Payload::Wire(Arc::new(message)), route, &options);
         }
+        self.inner.notify.notify_waiters();
+        Ok(())
     }
 
     async fn publish_tasks(
@@ -473,17 +476,17 @@ impl Broker for MemoryBroker {
             let mut st = self.inner.lock();
             let mut iter = tasks.into_iter();
             while let Some((task, options)) = iter.next() {
-                if let Err((payload, e)) = st.enqueue(Payload::Task(Arc::new(task)), &options) {
-                    let Payload::Task(t) = payload else {
-                        unreachable!("enqueue hands back what it was given")
-                    };
-                    let mut unpublished = vec![(t.encode(), options)];
-                    unpublished.extend(iter.map(|(t, o)| (t.encode(), o)));
-                    failed = Some(PublishManyError {
-                        source: e,
-                        unpublished,
-                    });
-                    break;
+                match st.route(&task.properties.delivery_info) {
+                    Ok(route) => st.enqueue(Payload::Task(Arc::new(task)), route, &options),
+                    Err(e) => {
+                        let mut unpublished = vec![(task.encode(), options)];
+                        unpublished.extend(iter.map(|(t, o)| (t.encode(), o)));
+                        failed = Some(PublishManyError {
+                            source: e,
+                            unpublished,
+                        });
+                        break;
+                    }
                 }
             }
         }
