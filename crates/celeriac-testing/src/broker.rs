@@ -318,19 +318,24 @@ pub async fn publish_many_publishes_in_order(b: BrokerUnderTest) {
     }
 }
 
-/// `publish_tasks` publishes task messages in order; each delivery reads back as the very
-/// message that was published (`task_message`), and its wire form (`message`) is that
-/// message's encoding, whether the broker encoded it or passed it by pointer.
-pub async fn publish_tasks_round_trips_task_messages(b: BrokerUnderTest) {
-    use celeriac_core::protocol::{SendContext, TaskMessage};
-    use celeriac_core::{Route, Signature};
-    let queue = q(&b, "tasks");
-    let ctx = SendContext {
+/// What the checks that build task messages send them as.
+fn send_context() -> celeriac_core::protocol::SendContext<'static> {
+    celeriac_core::protocol::SendContext {
         origin: "gen1@conformance",
         reply_to: "reply",
         parent: None,
         ignore_result: None,
-    };
+    }
+}
+
+/// `publish_tasks` publishes task messages in order; each delivery reads back as the very
+/// message that was published (`task_message`), and its wire form (`message`) is that
+/// message's encoding, whether the broker encoded it or passed it by pointer.
+pub async fn publish_tasks_round_trips_task_messages(b: BrokerUnderTest) {
+    use celeriac_core::protocol::TaskMessage;
+    use celeriac_core::{Route, Signature};
+    let queue = q(&b, "tasks");
+    let ctx = send_context();
     let sent: Vec<TaskMessage> = (0..20u64)
         .map(|n| {
             // 0, 5 and 9 fall in different priority buckets on every engine.
@@ -371,7 +376,7 @@ pub async fn publish_tasks_round_trips_task_messages(b: BrokerUnderTest) {
 /// `publish` (the message itself) and by `publish_tasks` (it and every message after it,
 /// encoded; those before it are published).
 pub async fn unroutable_publishes_are_refused_and_handed_back(b: BrokerUnderTest) {
-    use celeriac_core::protocol::{SendContext, TaskMessage};
+    use celeriac_core::protocol::TaskMessage;
     use celeriac_core::{Route, Signature};
     let exchange = q(&b, "nowhere");
     let mut lost = message("unused", 1, None);
@@ -392,12 +397,7 @@ pub async fn unroutable_publishes_are_refused_and_handed_back(b: BrokerUnderTest
     assert!(err.source.to_string().contains(&exchange), "{}", err.source);
 
     let queue = q(&b, "routable");
-    let ctx = SendContext {
-        origin: "gen1@conformance",
-        reply_to: "reply",
-        parent: None,
-        ignore_result: None,
-    };
+    let ctx = send_context();
     let build = |n: u64, route: &Route| {
         let sig = Signature::new("conformance.add").args(vec![json!(n)]);
         TaskMessage::from_signature(&sig, route, &ctx).unwrap()
