@@ -34,6 +34,7 @@ use celeriac_core::url::EngineUrl;
 use celeriac_core::{ChordEnd, ChordJoin, ChordPart, ResultBackend, State, TaskMeta};
 use serde_json::{json, Value};
 
+use crate::coalesce::Coalesce;
 use crate::config::RedisConfig;
 use crate::error::{self, Error};
 use crate::keys::ResultKeys;
@@ -54,9 +55,8 @@ struct Inner {
     chord_part: Script,
     chord_extend: Script,
     chord_cleanup: Script,
-    /// Records waiting to be written, and whether a task is writing them.
-    stores: Mutex<Vec<PendingStore>>,
-    stores_flushing: AtomicBool,
+    /// Records waiting to be written together.
+    stores: Coalesce<PendingStore>,
     /// Waiters by task id.
     waiters: Mutex<HashMap<String, Arc<Slot>>>,
     /// The live pub/sub sink; `None` while (re)connecting.
@@ -118,8 +118,7 @@ impl RedisBackend {
                 chord_part: Script::new(include_str!("lua/chord_part.lua")),
                 chord_extend: Script::new(include_str!("lua/chord_claim_extend.lua")),
                 chord_cleanup: Script::new(include_str!("lua/chord_cleanup.lua")),
-                stores: Mutex::new(Vec::new()),
-                stores_flushing: AtomicBool::new(false),
+                stores: Coalesce::default(),
                 waiters: Mutex::new(HashMap::new()),
                 sink,
                 subscriber_started: AtomicBool::new(false),
@@ -139,18 +138,18 @@ impl Inner {
     /// batch holding it is written.
     async fn store(&self, key: String, json: Vec<u8>, ttl: u64) -> Result<(), BackendError> {
         let (done, written) = tokio::sync::oneshot::channel();
-        lock(&self.stores).push(PendingStore {
+        let start_writer = self.stores.push(PendingStore {
             key,
             json,
             ttl,
             done,
         });
-        if !self.stores_flushing.swap(true, Ordering::SeqCst) {
+        if start_writer {
             match self.me.upgrade() {
                 Some(me) => {
                     tokio::spawn(async move { me.write_stores().await });
                 }
-                None => self.stores_flushing.store(false, Ordering::SeqCst),
+                None => self.stores.not_started(),
             }
         }
         written.await.unwrap_or_else(|_| {
@@ -163,19 +162,7 @@ impl Inner {
 
     /// Writes waiting records in batches until none wait.
     async fn write_stores(&self) {
-        loop {
-            let batch = std::mem::take(&mut *lock(&self.stores));
-            if batch.is_empty() {
-                self.stores_flushing.store(false, Ordering::SeqCst);
-                // A record queued just before the flag dropped: take it on, unless another
-                // writer already has.
-                if lock(&self.stores).is_empty()
-                    || self.stores_flushing.swap(true, Ordering::SeqCst)
-                {
-                    return;
-                }
-                continue;
-            }
+        while let Some(batch) = self.stores.next_batch() {
             let mut batch = batch.into_iter().peekable();
             while batch.peek().is_some() {
                 let chunk: Vec<PendingStore> = batch.by_ref().take(STORE_BATCH).collect();

@@ -39,6 +39,7 @@ use celeriac_core::message::Message;
 use celeriac_core::protocol::envelope;
 use celeriac_core::url::EngineUrl;
 
+use crate::coalesce::Coalesce;
 use crate::config::RedisConfig;
 use crate::error::{self, Error};
 use crate::keys::{BrokerKeys, PRIORITY_STEPS};
@@ -73,9 +74,8 @@ struct Inner {
     maintenance_started: AtomicBool,
     /// Restores of dropped deliveries still running, for `flush`.
     restoring: tokio::sync::watch::Sender<usize>,
-    /// Acks waiting to be written, and whether a task is writing them.
-    acks: Mutex<Vec<PendingAck>>,
-    acks_flushing: AtomicBool,
+    /// Acks waiting to be written together.
+    acks: Coalesce<PendingAck>,
 }
 
 /// An ack waiting to be written, and who waits for it.
@@ -118,8 +118,7 @@ impl RedisBroker {
                 outstanding: Mutex::new(HashSet::new()),
                 maintenance_started: AtomicBool::new(false),
                 restoring: tokio::sync::watch::channel(0).0,
-                acks: Mutex::new(Vec::new()),
-                acks_flushing: AtomicBool::new(false),
+                acks: Coalesce::default(),
             }),
         })
     }
@@ -226,13 +225,12 @@ impl Inner {
     async fn ack_tag(&self, tag: &str) -> Result<(), BrokerError> {
         lock(&self.outstanding).remove(tag);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        lock(&self.acks).push((tag.to_string(), tx));
-        if !self.acks_flushing.swap(true, Ordering::SeqCst) {
+        if self.acks.push((tag.to_string(), tx)) {
             match self.me.upgrade() {
                 Some(me) => {
                     tokio::spawn(async move { me.write_acks().await });
                 }
-                None => self.acks_flushing.store(false, Ordering::SeqCst),
+                None => self.acks.not_started(),
             }
         }
         rx.await.unwrap_or(Err(BrokerError::Closed))
@@ -240,17 +238,7 @@ impl Inner {
 
     /// Writes waiting acks in batches until none wait.
     async fn write_acks(&self) {
-        loop {
-            let batch = std::mem::take(&mut *lock(&self.acks));
-            if batch.is_empty() {
-                self.acks_flushing.store(false, Ordering::SeqCst);
-                // An ack queued just before the flag dropped: take it on, unless another
-                // writer already has.
-                if lock(&self.acks).is_empty() || self.acks_flushing.swap(true, Ordering::SeqCst) {
-                    return;
-                }
-                continue;
-            }
+        while let Some(batch) = self.acks.next_batch() {
             let mut batch = batch.into_iter().peekable();
             while batch.peek().is_some() {
                 let chunk: Vec<_> = batch.by_ref().take(1_000).collect();

@@ -53,6 +53,7 @@
 
 mod backend;
 mod broker;
+mod coalesce;
 mod config;
 mod error;
 pub mod keys;
