@@ -133,6 +133,17 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Publishes one task message: [`publish_tasks`](Self::publish_tasks) for a single one.
+    /// Engines that move bytes keep the default (encode, then [`publish`](Self::publish));
+    /// the error hands the message back, encoded.
+    async fn publish_task(
+        &self,
+        task: TaskMessage,
+        options: PublishOptions,
+    ) -> Result<(), PublishError> {
+        self.publish(task.encode(), options).await
+    }
+
     /// Publishes task messages, in order; what [`crate::protocol`] built for each one.
     ///
     /// Engines that move bytes keep the default: encode each message and
@@ -323,11 +334,6 @@ impl Delivery {
             Payload::Wire(m) => m,
             Payload::Task(t) => self.encoded.get_or_init(|| Arc::new(t.encode())),
         }
-    }
-
-    /// What the delivery carries, as the broker handed it over.
-    pub fn payload(&self) -> &Payload {
-        &self.payload
     }
 
     /// The task message: decoded from the transport form, or the one that was published,

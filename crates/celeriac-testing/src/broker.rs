@@ -328,9 +328,10 @@ fn send_context() -> celeriac_core::protocol::SendContext<'static> {
     }
 }
 
-/// `publish_tasks` publishes task messages in order; each delivery reads back as the very
-/// message that was published (`task_message`), and its wire form (`message`) is that
-/// message's encoding, whether the broker encoded it or passed it by pointer.
+/// `publish_task` and `publish_tasks` publish task messages in order; each delivery reads
+/// back as the very message that was published (`task_message`), and its wire form
+/// (`message`) is that message's encoding, whether the broker encoded it or passed it by
+/// pointer.
 pub async fn publish_tasks_round_trips_task_messages(b: BrokerUnderTest) {
     use celeriac_core::protocol::TaskMessage;
     use celeriac_core::{Route, Signature};
@@ -347,7 +348,12 @@ pub async fn publish_tasks_round_trips_task_messages(b: BrokerUnderTest) {
             TaskMessage::from_signature(&sig, &route, &ctx).unwrap()
         })
         .collect();
-    let batch = sent
+    // The first one alone (`publish_task`), the rest as a batch.
+    b.broker
+        .publish_task(sent[0].clone(), PublishOptions::default())
+        .await
+        .unwrap();
+    let batch = sent[1..]
         .iter()
         .map(|m| (m.clone(), PublishOptions::default()))
         .collect();

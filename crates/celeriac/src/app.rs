@@ -10,7 +10,6 @@ use tracing::warn;
 
 use celeriac_core::broker::PublishOptions;
 use celeriac_core::error::BrokerError;
-use celeriac_core::message::Message;
 use celeriac_core::protocol::{SendContext, TaskMessage};
 use celeriac_core::routing::{Route, Router};
 use celeriac_core::signature::Apply;
@@ -445,7 +444,12 @@ impl App {
     pub(crate) async fn publish_batch(&self, messages: Vec<TaskMessage>) -> Result<(), Error> {
         match messages.len() {
             0 => return Ok(()),
-            1 => return self.publish(&messages[0]).await,
+            1 => {
+                if let Some(msg) = messages.into_iter().next() {
+                    return self.publish(msg).await;
+                }
+                return Ok(());
+            }
             _ => {}
         }
         let mut rest = messages.into_iter();
@@ -513,26 +517,28 @@ impl App {
     /// `publish_retry`); the error hands the message back.
     async fn publish_retrying(
         &self,
-        message: Message,
+        msg: TaskMessage,
         options: PublishOptions,
     ) -> Result<(), Error> {
         let deadline = self.retry_deadline();
         let mut pause = Duration::from_millis(100);
-        let mut message = message;
+        // The first try hands over the built message; retries resend what came back.
+        let mut attempt = self.inner.broker.publish_task(msg, options.clone()).await;
         loop {
-            match self.inner.broker.publish(message, options.clone()).await {
+            let e = match attempt {
                 Ok(()) => return Ok(()),
-                Err(e) if Self::may_retry(&e.source, deadline, pause) => {
-                    warn!(
-                        "publish to `{}` failed ({}); retrying in {pause:?}",
-                        e.routing_key, e.source
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                    message = *e.message;
-                }
-                Err(e) => return Err(Error::Publish(e)),
+                Err(e) => e,
+            };
+            if !Self::may_retry(&e.source, deadline, pause) {
+                return Err(Error::Publish(e));
             }
+            warn!(
+                "publish to `{}` failed ({}); retrying in {pause:?}",
+                e.routing_key, e.source
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            attempt = self.inner.broker.publish(*e.message, options.clone()).await;
         }
     }
 
@@ -575,10 +581,9 @@ impl App {
     }
 
     /// Publishes an already built task message (retries, forwarded messages).
-    pub(crate) async fn publish(&self, msg: &TaskMessage) -> Result<(), Error> {
-        self.publish_retrying(msg.encode(), self.publish_options(msg))
-            .await?;
-        Ok(())
+    pub(crate) async fn publish(&self, msg: TaskMessage) -> Result<(), Error> {
+        let options = self.publish_options(&msg);
+        self.publish_retrying(msg, options).await
     }
 
     /// Sends `sig` (eagerly when configured), optionally as the child of a running task.
@@ -603,7 +608,7 @@ impl App {
         }
         let (msg, options) = self.prepare(&sig, parent)?;
         let id = msg.headers.id.clone();
-        self.publish_retrying(msg.encode(), options).await?;
+        self.publish_retrying(msg, options).await?;
         Ok(AsyncResult::new(id, self))
     }
 }

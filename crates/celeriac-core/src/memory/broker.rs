@@ -466,6 +466,23 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn publish_task(
+        &self,
+        task: TaskMessage,
+        options: PublishOptions,
+    ) -> Result<(), PublishError> {
+        {
+            let mut st = self.inner.lock();
+            let route = match st.route(&task.properties.delivery_info) {
+                Ok(route) => route,
+                Err(e) => return Err(PublishError::new(task.encode(), e)),
+            };
+            st.enqueue(Payload::Task(Arc::new(task)), route, &options);
+        }
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+
     async fn publish_tasks(
         &self,
         tasks: Vec<(TaskMessage, PublishOptions)>,

@@ -108,10 +108,6 @@ impl std::fmt::Display for Label<'_> {
     }
 }
 
-fn label(msg: &TaskMessage) -> Label<'_> {
-    Label(msg)
-}
-
 /// Short display of a result for the log, as Celery's `saferepr` truncation.
 fn short(v: &Value) -> String {
     let mut s = v.to_string();
@@ -257,7 +253,7 @@ impl Shared {
         store: bool,
         reason: &'static str,
     ) {
-        warn!("Task {} {reason}; not run, stored REVOKED", label(&msg));
+        warn!("Task {} {reason}; not run, stored REVOKED", Label(&msg));
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
@@ -490,7 +486,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
     // See `execute` for why this is an `async move` block.
     async move {
         let app = &shared.app;
-        let label = label(&msg);
+        let label = Label(&msg);
         let task_name = msg.headers.task.as_str();
         let output = match ran {
             Ran::Output(output) => output,
@@ -565,7 +561,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 if let Some(queue) = ctx.queue_if_unrouted() {
                     next.properties.delivery_info.routing_key = queue.to_string();
                 }
-                match Box::pin(app.publish(&next)).await {
+                match Box::pin(app.publish(next)).await {
                     Ok(()) => {
                         info!("Task {label} retry: {reason}");
                         shared.stats.record(Some(task_name), Event::Retried);
@@ -626,7 +622,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                     Some(d) => settle("reject", d.reject(true).await),
                     None => {
                         // Early ack already removed the original: send it again instead.
-                        if let Err(e) = Box::pin(app.publish(&msg)).await {
+                        if let Err(e) = Box::pin(app.publish((*msg).clone())).await {
                             error!("Task {label}: cannot requeue ({e})");
                         }
                     }

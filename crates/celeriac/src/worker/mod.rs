@@ -408,14 +408,10 @@ impl Worker {
             tokio::select! {
                 _ = phase.changed() => {}
                 Some(joined) = state.running.join_next(), if !state.running.is_empty() => {
-                    if let Err(e) = joined {
+                    // And every other finished job now: one loop turn per batch.
+                    let rest = std::iter::from_fn(|| state.running.try_join_next());
+                    for e in std::iter::once(joined).chain(rest).filter_map(Result::err) {
                         error!("worker job ended abnormally: {e}");
-                    }
-                    // Reap every other finished job now: one loop turn per batch.
-                    while let Some(joined) = state.running.try_join_next() {
-                        if let Err(e) = joined {
-                            error!("worker job ended abnormally: {e}");
-                        }
                     }
                 }
                 Some(ids) = revoked_rx.recv() => state.drop_revoked(&ids),
@@ -426,35 +422,8 @@ impl Worker {
                     }
                 }
                 next = c.next() => {
-                    // Take whatever else has arrived too (at most the prefetch): one loop
-                    // turn per batch of deliveries, not per message.
-                    let mut next = next;
-                    loop {
-                        match next {
-                            Some(Ok(delivery)) => {
-                                if broker_down {
-                                    info!("broker connection restored");
-                                    broker_down = false;
-                                }
-                                state.accept(delivery);
-                            }
-                            Some(Err(e)) => {
-                                if !broker_down {
-                                    error!("consumer error: {e}; retrying with back-off");
-                                    broker_down = true;
-                                }
-                                break;
-                            }
-                            None => {
-                                error!("the broker ended consumption; shutting down");
-                                consumer = None;
-                                break;
-                            }
-                        }
-                        match c.try_next() {
-                            Some(more) => next = Some(more),
-                            None => break,
-                        }
+                    if state.take_deliveries(c, next, &mut broker_down) == Consuming::Ended {
+                        consumer = None;
                     }
                 }
             }
@@ -494,7 +463,52 @@ struct LoopState {
     running: JoinSet<()>,
 }
 
+/// Whether the broker is still handing out deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consuming {
+    Open,
+    Ended,
+}
+
 impl LoopState {
+    /// Sorts `first` and whatever else has arrived meanwhile (at most the prefetch): one
+    /// loop turn per batch of deliveries, not per message. Logs a broker error once per
+    /// outage (`broker_down`).
+    fn take_deliveries(
+        &mut self,
+        consumer: &mut celeriac_core::Consumer,
+        first: Option<Result<Delivery, celeriac_core::BrokerError>>,
+        broker_down: &mut bool,
+    ) -> Consuming {
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(delivery)) => {
+                    if *broker_down {
+                        info!("broker connection restored");
+                        *broker_down = false;
+                    }
+                    self.accept(delivery);
+                }
+                Some(Err(e)) => {
+                    if !*broker_down {
+                        error!("consumer error: {e}; retrying with back-off");
+                        *broker_down = true;
+                    }
+                    return Consuming::Open;
+                }
+                None => {
+                    error!("the broker ended consumption; shutting down");
+                    return Consuming::Ended;
+                }
+            }
+            match consumer.try_next() {
+                Some(more) => next = Some(more),
+                None => return Consuming::Open,
+            }
+        }
+    }
+
     /// Starts waiting jobs while slots are free.
     async fn start_pending(&mut self) {
         while !self.pending.is_empty() {
