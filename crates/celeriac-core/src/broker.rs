@@ -78,6 +78,18 @@ impl ConsumeOptions {
     pub fn new(queues: Vec<String>, prefetch: usize) -> Self {
         Self { queues, prefetch }
     }
+
+    /// Refuses options no engine can consume with (no queues at all); checked once, by
+    /// [`spawn_consumer`](crate::emulation::spawn_consumer), for every engine.
+    pub fn check(&self) -> Result<(), BrokerError> {
+        if self.queues.is_empty() {
+            return Err(BrokerError::Operation {
+                op: "consume",
+                reason: "no queues given".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A message broker: named queues, publish, consume, acknowledge.

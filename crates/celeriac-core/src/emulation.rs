@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::backoff::Backoff;
 use crate::broker::{ConsumeOptions, Consumer, Delivery};
 use crate::error::BrokerError;
 
@@ -29,13 +30,18 @@ pub trait Fetch: Send + Sync + 'static {
     async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError>;
 }
 
-/// Starts the consumption loop for `fetcher` on a tokio task and returns its consumer.
-pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consumer {
+/// Starts the consumption loop for `fetcher` on a tokio task and returns its consumer;
+/// options no engine can serve (no queues) are refused here, for every engine.
+pub fn spawn_consumer(
+    fetcher: Arc<dyn Fetch>,
+    options: ConsumeOptions,
+) -> Result<Consumer, BrokerError> {
+    options.check()?;
     let (tx, rx) = mpsc::unbounded_channel();
     let qos = (options.prefetch > 0).then(|| Arc::new(Semaphore::new(options.prefetch)));
     let queues = options.queues;
     let feeder = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let mut slots = Vec::new();
             if let Some(qos) = &qos {
@@ -60,7 +66,7 @@ pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consu
             };
             match fetched {
                 Ok(deliveries) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     let mut held = Vec::new();
                     for mut d in deliveries {
                         if let Some(slot) = slots.pop() {
@@ -82,12 +88,11 @@ pub fn spawn_consumer(fetcher: Arc<dyn Fetch>, options: ConsumeOptions) -> Consu
                     }
                     tokio::select! {
                         _ = tx.closed() => return Vec::new(),
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = backoff.wait() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
     });
-    Consumer::from_feeder(rx, feeder)
+    Ok(Consumer::from_feeder(rx, feeder))
 }

@@ -14,12 +14,14 @@
 //! | [`state`] | [`State`], [`TaskMeta`], [`ExceptionInfo`]: result records in Celery's format |
 //! | [`routing`] | [`Router`]: task name → queue |
 //! | [`broker`] / [`backend`] | the two traits every engine implements |
+//! | [`backoff`] | [`Backoff`](backoff::Backoff): the capped exponential back-off every retry loop uses |
 //! | [`emulation`] | the consumer loop with prefetch, written once for every non-AMQP engine |
 //! | [`memory`] | `memory://` |
 //! | [`url`] | URL parsing, credential masking, scheme suggestions |
 //! | [`time`] | Python `isoformat` out, permissive ISO-8601 in |
 
 pub mod backend;
+pub mod backoff;
 pub mod broker;
 pub mod canvas;
 pub mod emulation;

@@ -102,6 +102,10 @@ impl<'de> Deserialize<'de> for State {
     }
 }
 
+/// The Python module of Celery's own exceptions (`TaskRevokedError`, `ChordError`,
+/// `TimeLimitExceeded`, `NotRegistered`, …).
+pub const CELERY_EXCEPTIONS: &str = "celery.exceptions";
+
 /// An exception as Celery serializes it: `{"exc_type", "exc_message", "exc_module"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExceptionInfo {
@@ -127,6 +131,12 @@ impl ExceptionInfo {
             exc_message: json!([message.into()]),
             exc_module: Some(module.into()),
         }
+    }
+
+    /// One of Celery's own exceptions (module `celery.exceptions`), e.g.
+    /// `ExceptionInfo::celery("ChordError", "Dependency … raised …")`.
+    pub fn celery(exc_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(exc_type, CELERY_EXCEPTIONS, message)
     }
 
     /// The message as one line: the single string argument, or the args joined.
@@ -298,7 +308,7 @@ impl TaskMeta {
 
     /// A REVOKED record (`TaskRevokedError`) for a task that never started.
     pub fn revoked(task_id: impl Into<String>, reason: &str) -> Self {
-        let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+        let exc = ExceptionInfo::celery("TaskRevokedError", reason);
         let mut m = Self::new(task_id, State::Revoked, exc.to_value());
         m.children = Value::Null;
         m

@@ -806,20 +806,14 @@ impl Broker for RedisBroker {
     }
 
     async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
-        if options.queues.is_empty() {
-            return Err(BrokerError::Operation {
-                op: "consume",
-                reason: "no queues given".into(),
-            });
-        }
         self.inner.start_maintenance();
-        Ok(spawn_consumer(
+        spawn_consumer(
             Arc::new(Fetcher {
                 inner: self.inner.clone(),
                 state: Arc::new(FetchState::default()),
             }),
             options,
-        ))
+        )
     }
 
     async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {

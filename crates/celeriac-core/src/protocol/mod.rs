@@ -205,7 +205,7 @@ impl DecodeError {
             DecodeErrorKind::InvalidJson(_) | DecodeErrorKind::UnsupportedCompression(_) => {
                 "kombu.exceptions"
             }
-            _ => "celery.exceptions",
+            _ => crate::state::CELERY_EXCEPTIONS,
         }
     }
 }
