@@ -79,7 +79,15 @@ mod tests {
         let pauses: Vec<_> = (0..7).map(|_| b.next_pause()).collect();
         assert_eq!(
             pauses,
-            [ms(50), ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+            [
+                ms(50),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000)
+            ]
         );
         b.reset();
         assert_eq!(b.peek(), ms(50));

@@ -5,16 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use tracing::warn;
-
-use celeriac_core::broker::PublishOptions;
-use celeriac_core::error::BrokerError;
-use celeriac_core::protocol::{SendContext, TaskMessage};
 use celeriac_core::routing::{Route, Router};
 use celeriac_core::signature::Apply;
 use celeriac_core::url::mask;
 use celeriac_core::{Broker, ResultBackend, Signature};
+use serde_json::Value;
 
 use crate::engines;
 use crate::error::Error;
@@ -84,9 +79,6 @@ impl Default for Config {
 pub struct App {
     inner: Arc<Inner>,
 }
-
-/// Messages prepared, encoded and published at a time by `send_many` and canvases.
-const SEND_CHUNK: usize = 2_000;
 
 struct Inner {
     broker: Arc<dyn Broker>,
@@ -397,219 +389,13 @@ impl App {
             Value::Null => serde_json::Map::new(),
             _ => return Err(invalid("kwargs must be a JSON object")),
         };
-        self.send_signature(Signature::new(name).args(args).kwargs(kwargs), None)
-            .await
+        crate::producer::apply(self, Signature::new(name).args(args).kwargs(kwargs), None).await
     }
 
     /// Sends many signatures in one batch (pipelined where the broker can); returns their
     /// results in order. Eager apps run them one by one.
     pub async fn send_many(&self, signatures: Vec<Signature>) -> Result<Vec<AsyncResult>, Error> {
-        if self.inner.config.always_eager || signatures.iter().any(|s| s.subtask_type.is_some()) {
-            let mut out = Vec::with_capacity(signatures.len());
-            for s in signatures {
-                out.push(self.send_signature(s, None).await?);
-            }
-            return Ok(out);
-        }
-        // Prepared, encoded and published a chunk at a time: a million signatures never
-        // become a million encoded messages in memory at once.
-        let mut results = Vec::with_capacity(signatures.len());
-        let mut rest = signatures.into_iter();
-        loop {
-            let mut chunk = Vec::with_capacity(SEND_CHUNK);
-            for sig in rest.by_ref().take(SEND_CHUNK) {
-                let (msg, _) = self.prepare(&sig, None)?;
-                results.push(AsyncResult::new(msg.headers.id.clone(), self));
-                chunk.push(msg);
-            }
-            if chunk.is_empty() {
-                return Ok(results);
-            }
-            if let Err(mut e) = self.publish_chunk(chunk).await {
-                // Hand back every message not published, the ones never tried included.
-                if let Error::PublishMany(pm) = &mut e {
-                    for sig in rest {
-                        if let Ok((msg, _)) = self.prepare(&sig, None) {
-                            pm.unpublished
-                                .push((msg.encode(), self.publish_options(&msg)));
-                        }
-                    }
-                }
-                return Err(e);
-            }
-        }
-    }
-
-    /// Publishes built messages as one batch, retrying while the broker is unreachable.
-    pub(crate) async fn publish_batch(&self, messages: Vec<TaskMessage>) -> Result<(), Error> {
-        match messages.len() {
-            0 => return Ok(()),
-            1 => {
-                if let Some(msg) = messages.into_iter().next() {
-                    return self.publish(msg).await;
-                }
-                return Ok(());
-            }
-            _ => {}
-        }
-        let mut rest = messages.into_iter();
-        loop {
-            let chunk: Vec<TaskMessage> = rest.by_ref().take(SEND_CHUNK).collect();
-            if chunk.is_empty() {
-                return Ok(());
-            }
-            if let Err(mut e) = self.publish_chunk(chunk).await {
-                if let Error::PublishMany(pm) = &mut e {
-                    pm.unpublished
-                        .extend(rest.map(|m| (m.encode(), self.publish_options(&m))));
-                }
-                return Err(e);
-            }
-        }
-    }
-
-    /// Publishes one chunk with `publish_tasks` (the broker encodes it, unless it lives in
-    /// this process), retrying what was not published while the broker is unreachable (up
-    /// to `publish_retry`).
-    async fn publish_chunk(&self, messages: Vec<TaskMessage>) -> Result<(), Error> {
-        let tasks: Vec<(TaskMessage, PublishOptions)> = messages
-            .into_iter()
-            .map(|m| {
-                let o = self.publish_options(&m);
-                (m, o)
-            })
-            .collect();
-        let deadline = self.retry_deadline();
-        let mut pause = Duration::from_millis(100);
-        // The first try hands over the built messages; retries resend what came back.
-        let mut attempt = self.inner.broker.publish_tasks(tasks).await;
-        loop {
-            let e = match attempt {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if !Self::may_retry(&e.source, deadline, pause) {
-                return Err(Error::PublishMany(e));
-            }
-            warn!(
-                "publish of {} message(s) failed ({}); retrying in {pause:?}",
-                e.unpublished.len(),
-                e.source
-            );
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-            attempt = self.inner.broker.publish_many(e.unpublished).await;
-        }
-    }
-
-    fn retry_deadline(&self) -> Option<tokio::time::Instant> {
-        self.inner
-            .config
-            .publish_retry
-            .map(|limit| tokio::time::Instant::now() + limit)
-    }
-
-    fn may_retry(e: &BrokerError, deadline: Option<tokio::time::Instant>, pause: Duration) -> bool {
-        e.is_retryable() && deadline.is_some_and(|d| tokio::time::Instant::now() + pause < d)
-    }
-
-    /// Publishes, retrying with back-off while the broker is unreachable (up to
-    /// `publish_retry`); the error hands the message back.
-    async fn publish_retrying(
-        &self,
-        msg: TaskMessage,
-        options: PublishOptions,
-    ) -> Result<(), Error> {
-        let deadline = self.retry_deadline();
-        let mut pause = Duration::from_millis(100);
-        // The first try hands over the built message; retries resend what came back.
-        let mut attempt = self.inner.broker.publish_task(msg, options.clone()).await;
-        loop {
-            let e = match attempt {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            if !Self::may_retry(&e.source, deadline, pause) {
-                return Err(Error::Publish(e));
-            }
-            warn!(
-                "publish to `{}` failed ({}); retrying in {pause:?}",
-                e.routing_key, e.source
-            );
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-            attempt = self.inner.broker.publish(*e.message, options.clone()).await;
-        }
-    }
-
-    /// Builds the message for a signature: route, ids, eta, and the task's own
-    /// `ignore_result` when the task is registered here.
-    pub(crate) fn prepare(
-        &self,
-        sig: &Signature,
-        parent: Option<(String, String)>,
-    ) -> Result<(TaskMessage, PublishOptions), Error> {
-        // `celery.map`/`celery.starmap` are routed like the task they map (Celery's
-        // `route_name`).
-        let mapped = match (sig.task.as_str(), sig.kwargs.get("task")) {
-            (
-                celeriac_core::canvas::names::MAP | celeriac_core::canvas::names::STARMAP,
-                Some(t),
-            ) => t.get("task").and_then(Value::as_str).map(|name| Signature {
-                task: name.to_string(),
-                ..sig.clone()
-            }),
-            _ => None,
-        };
-        let route = self.inner.router.route(mapped.as_ref().unwrap_or(sig));
-        let ctx = SendContext {
-            origin: &self.inner.origin,
-            reply_to: &self.inner.reply_to,
-            parent: parent.as_ref().map(|(p, r)| (p.as_str(), r.as_str())),
-            ignore_result: self.task(&sig.task).map(|t| t.config().ignore_result),
-        };
-        let msg = TaskMessage::from_signature(sig, &route, &ctx)?;
-        let options = self.publish_options(&msg);
-        Ok((msg, options))
-    }
-
-    /// Brokers that can delay delivery hold ETA messages themselves; for the others the
-    /// worker holds them.
-    fn publish_options(&self, msg: &TaskMessage) -> PublishOptions {
-        let native = self.inner.broker.capabilities().native_delay;
-        PublishOptions::deliver_at(msg.headers.eta.filter(|_| native))
-    }
-
-    /// Publishes an already built task message (retries, forwarded messages).
-    pub(crate) async fn publish(&self, msg: TaskMessage) -> Result<(), Error> {
-        let options = self.publish_options(&msg);
-        self.publish_retrying(msg, options).await
-    }
-
-    /// Sends `sig` (eagerly when configured), optionally as the child of a running task.
-    pub(crate) async fn send_signature(
-        &self,
-        sig: Signature,
-        parent: Option<(String, String)>,
-    ) -> Result<AsyncResult, Error> {
-        if sig.subtask_type.is_some() {
-            if self.inner.config.always_eager {
-                return crate::eager::apply_canvas(self, sig, parent).await;
-            }
-            let how = crate::canvas::Apply {
-                parent,
-                ..Default::default()
-            };
-            let handle = crate::canvas::send(self, sig, how).await?;
-            return Ok(AsyncResult::new(handle.id().to_string(), self));
-        }
-        if self.inner.config.always_eager {
-            return crate::eager::apply(self, sig, parent).await;
-        }
-        let (msg, options) = self.prepare(&sig, parent)?;
-        let id = msg.headers.id.clone();
-        self.publish_retrying(msg, options).await?;
-        Ok(AsyncResult::new(id, self))
+        crate::producer::send_many(self, signatures).await
     }
 }
 
@@ -618,6 +404,6 @@ impl Apply for App {
     type Error = Error;
 
     async fn apply_signature(&self, signature: Signature) -> Result<AsyncResult, Error> {
-        self.send_signature(signature, None).await
+        crate::producer::apply(self, signature, None).await
     }
 }

@@ -313,12 +313,7 @@ impl TaskContext {
 
     /// Sends a child task: its `parent_id` is this task and its `root_id` this task's root.
     pub async fn send(&self, signature: Signature) -> Result<AsyncResult, Error> {
-        self.inner
-            .app
-            .send_signature(
-                signature,
-                Some((self.id().to_string(), self.root_id().to_string())),
-            )
-            .await
+        let parent = (self.id().to_string(), self.root_id().to_string());
+        crate::producer::apply(&self.inner.app, signature, Some(parent)).await
     }
 }

@@ -87,23 +87,23 @@ pub mod canvas;
 pub mod cli;
 pub mod context;
 pub mod control;
-mod eager;
 pub mod engines;
 pub mod error;
 mod execute;
 mod map;
+pub(crate) mod producer;
 pub mod result;
 pub mod task;
 pub mod worker;
 
 pub use app::{App, AppBuilder, Config};
-pub use canvas::{chain, chord, group, Group, GroupResult};
+pub use canvas::{chain, chord, group, Group};
 pub use celeriac_core::{self as core, ExceptionInfo, Route, Signature, State, TaskMeta};
 pub use celeriac_macros::task;
 pub use context::{RequestDeliveryInfo, TaskContext};
 pub use error::{Error, Failure, RetryRequest, TaskError, TaskResult};
 pub use execute::Pool;
-pub use result::AsyncResult;
+pub use result::{AsyncResult, GroupResult};
 pub use task::{Task, TaskConfig, TaskKind, TypedTask};
 pub use worker::{ShutdownHandle, Worker, WorkerBuilder, WorkerReport};
 

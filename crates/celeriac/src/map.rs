@@ -16,9 +16,10 @@ use serde_json::Value;
 use celeriac_core::Signature;
 
 use crate::app::App;
-use crate::canvas::{group, GroupResult};
+use crate::canvas::group;
 use crate::error::Error;
 use crate::result::into_result;
+use crate::result::GroupResult;
 use crate::task::TypedTask;
 
 /// How long the pool calls wait: as `Pool.map` does, until the results are there.

@@ -14,13 +14,14 @@ use tracing::{debug, error, info, warn};
 use celeriac_core::protocol::{DecodeError, TaskMessage};
 use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
 
-use super::flow;
 use super::prefork::{PreforkPool, Ran};
 use super::stats::{Event, WorkerStats};
 use super::Phase;
 use crate::app::App;
+use crate::canvas::flow;
 use crate::context::TaskContext;
 use crate::execute::{self, Limits, Outcome, Pool};
+use crate::producer;
 use crate::task::{Task, TaskConfig};
 
 /// What every job needs from its worker.
@@ -263,7 +264,7 @@ impl Shared {
         if msg.embed.chord.is_some() {
             let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
             Box::pin(flow::chord_member_done(
-                &self,
+                &*self,
                 &msg,
                 State::Revoked,
                 exc.to_value(),
@@ -502,7 +503,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 }
                 let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
                 Box::pin(flow::chord_member_done(
-                    &shared,
+                    &*shared,
                     &msg,
                     State::Revoked,
                     exc.to_value(),
@@ -516,7 +517,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
         };
         match execute::decide(output, &cfg, &ctx) {
             Outcome::Success(value) => {
-                match Box::pin(flow::on_success(&shared, &msg, &value)).await {
+                match Box::pin(flow::on_success(&*shared, &msg, &value)).await {
                     Ok(()) => {
                         info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
                         shared.stats.record(Some(task_name), Event::Succeeded);
@@ -526,7 +527,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                                 .await;
                         }
                         Box::pin(flow::chord_member_done(
-                            &shared,
+                            &*shared,
                             &msg,
                             State::Success,
                             value,
@@ -545,7 +546,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                         if store_results {
                             shared.store(shared.meta_failure(&msg, &exc, None)).await;
                         }
-                        Box::pin(flow::on_failure(&shared, &msg, &exc, None, store_results)).await;
+                        Box::pin(flow::on_failure(&*shared, &msg, &exc, None, store_results)).await;
                     }
                 }
             }
@@ -561,7 +562,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 if let Some(queue) = ctx.queue_if_unrouted() {
                     next.properties.delivery_info.routing_key = queue.to_string();
                 }
-                match Box::pin(app.publish(next)).await {
+                match Box::pin(producer::publish(app, next)).await {
                     Ok(()) => {
                         info!("Task {label} retry: {reason}");
                         shared.stats.record(Some(task_name), Event::Retried);
@@ -604,7 +605,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                         .await;
                 }
                 Box::pin(flow::on_failure(
-                    &shared,
+                    &*shared,
                     &msg,
                     &f.exception,
                     f.traceback.clone(),
@@ -622,7 +623,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                     Some(d) => settle("reject", d.reject(true).await),
                     None => {
                         // Early ack already removed the original: send it again instead.
-                        if let Err(e) = Box::pin(app.publish((*msg).clone())).await {
+                        if let Err(e) = Box::pin(producer::publish(app, (*msg).clone())).await {
                             error!("Task {label}: cannot requeue ({e})");
                         }
                     }
@@ -647,5 +648,25 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
         if let Some(d) = delivery.take() {
             settle("ack", d.ack().await);
         }
+    }
+}
+
+/// A worker runs a workflow's steps against the app's result backend, and sends what
+/// follows a task to the broker.
+impl flow::Host for Shared {
+    fn backend(&self) -> Option<&dyn celeriac_core::ResultBackend> {
+        self.app.backend().map(|b| b.as_ref())
+    }
+
+    fn store(&self, meta: TaskMeta) -> futures::future::BoxFuture<'_, ()> {
+        Shared::store(self, meta)
+    }
+
+    fn send(
+        &self,
+        sig: celeriac_core::Signature,
+        opts: producer::SendOptions,
+    ) -> futures::future::BoxFuture<'_, Result<producer::Sent, crate::Error>> {
+        Box::pin(producer::send(&self.app, sig, opts))
     }
 }

@@ -14,7 +14,6 @@
 
 mod banner;
 mod control;
-mod flow;
 mod job;
 pub mod prefork;
 mod stats;

@@ -5,6 +5,10 @@
 //! chord sends the body with every result in header order, or fails it with `ChordError`.
 //! The order and every field follow Celery 5.7's worker, so chains and chords started by
 //! Python clients run on celeriac workers, mixed with Celery workers.
+//!
+//! Two hosts run these steps: the worker (records to the app's result backend, follow-ups
+//! published to the broker) and eager mode (records kept in the call, follow-ups run
+//! inline) — so eager mode has the worker's workflow semantics, `ChordError` and all.
 
 use std::time::Duration;
 
@@ -13,12 +17,29 @@ use tracing::{error, warn};
 
 use celeriac_core::protocol::TaskMessage;
 use celeriac_core::{
-    Canvas, ChordEnd, ChordJoin, ChordPart, ExceptionInfo, Signature, State, TaskMeta,
+    Canvas, ChordEnd, ChordJoin, ChordPart, ExceptionInfo, ResultBackend, Signature, State,
+    TaskMeta,
 };
 
-use super::job::Shared;
-use crate::canvas::{self, Apply};
+use futures::future::BoxFuture;
+
+use celeriac_core::backoff::Backoff;
+
+use crate::canvas::plan::{SendOptions, Sent};
 use crate::error::Error;
+
+/// What runs a workflow's steps: where records go, where chords are joined, and how what
+/// follows a task is sent.
+pub(crate) trait Host: Sync {
+    /// The result backend chords are joined in and records are read from, if any.
+    fn backend(&self) -> Option<&dyn ResultBackend>;
+
+    /// Stores a record (retrying as the host sees fit; never fails the workflow).
+    fn store(&self, meta: TaskMeta) -> BoxFuture<'_, ()>;
+
+    /// Sends a task or canvas that follows a finished task.
+    fn send(&self, sig: Signature, opts: SendOptions) -> BoxFuture<'_, Result<Sent, Error>>;
+}
 
 /// `(parent_id, root_id)` for what `msg`'s task sends.
 fn parent_of(msg: &TaskMessage) -> Option<(String, String)> {
@@ -34,8 +55,8 @@ fn parent_of(msg: &TaskMessage) -> Option<(String, String)> {
 /// After a success, before its result is stored (Celery's order, so the result's readers
 /// find the children sent): the callbacks, then the next chain step, each with the result
 /// prepended to its arguments.
-pub(super) async fn on_success(
-    shared: &Shared,
+pub(crate) async fn on_success(
+    host: &dyn Host,
     msg: &TaskMessage,
     value: &Value,
 ) -> Result<(), Error> {
@@ -43,16 +64,15 @@ pub(super) async fn on_success(
     if !has(&msg.embed.callbacks) && !has(&msg.embed.chain) {
         return Ok(());
     }
-    let app = &shared.app;
     let parent = parent_of(msg);
     if let Some(callbacks) = msg.embed.callbacks.as_ref().filter(|c| !c.is_empty()) {
-        let how = Apply {
+        let how = SendOptions {
             args: vec![value.clone()],
             parent: parent.clone(),
             chain: Vec::new(),
         };
         if callbacks.len() == 1 {
-            canvas::send(app, callbacks[0].clone(), how).await?;
+            host.send(callbacks[0].clone(), how).await?;
         } else {
             // Several callbacks: each group on its own, the others together as one group.
             let (groups, tasks): (Vec<Signature>, Vec<Signature>) = callbacks
@@ -60,20 +80,19 @@ pub(super) async fn on_success(
                 .cloned()
                 .partition(|s| matches!(s.canvas(), Ok(Canvas::Group(_))));
             for g in groups {
-                canvas::send(app, g, how.clone()).await?;
+                host.send(g, how.clone()).await?;
             }
             if !tasks.is_empty() {
-                canvas::send(app, Signature::group(tasks), how).await?;
+                host.send(Signature::group(tasks), how).await?;
             }
         }
     }
     if let Some(chain) = msg.embed.chain.as_ref().filter(|c| !c.is_empty()) {
         let mut rest = chain.clone();
         if let Some(next) = rest.pop() {
-            canvas::send(
-                app,
+            host.send(
                 next,
-                Apply {
+                SendOptions {
                     args: vec![value.clone()],
                     parent,
                     chain: rest,
@@ -87,8 +106,8 @@ pub(super) async fn on_success(
 
 /// After a task's final record (SUCCESS, FAILURE or REVOKED) was stored: its part of a
 /// chord, if it is a chord header member.
-pub(super) async fn chord_member_done(
-    shared: &Shared,
+pub(crate) async fn chord_member_done(
+    host: &dyn Host,
     msg: &TaskMessage,
     state: State,
     result: Value,
@@ -110,35 +129,34 @@ pub(super) async fn chord_member_done(
         state,
         result,
     };
-    join(shared, &part, body, parent_of(msg)).await;
+    join(host, &part, body, parent_of(msg)).await;
 }
 
 /// Reports `part` and, if it completed the chord, fires or fails `body`.
 async fn join(
-    shared: &Shared,
+    host: &dyn Host,
     part: &ChordPart,
     body: &Signature,
     parent: Option<(String, String)>,
 ) {
-    let app = &shared.app;
-    let Some(backend) = app.backend() else {
+    let Some(backend) = host.backend() else {
         error!(
             "chord {}: no result backend, so its body can never run",
             part.group_id
         );
         return;
     };
-    let mut pause = Duration::from_millis(100);
+    // Retried for about a minute (pauses of 0.1 s doubling to 25.6 s), then given up.
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let joined = loop {
         match backend.chord_part(part).await {
             Ok(j) => break j,
-            Err(e) if e.is_retryable() && pause < Duration::from_secs(30) => {
+            Err(e) if e.is_retryable() && backoff.peek() < Duration::from_secs(30) => {
                 warn!(
                     "chord {}: cannot record part {} ({e}); retrying",
                     part.group_id, part.task_id
                 );
-                tokio::time::sleep(pause).await;
-                pause *= 2;
+                backoff.wait().await;
             }
             Err(e) => {
                 error!(
@@ -156,26 +174,22 @@ async fn join(
     if let Some(failed) = parts.iter().find(|p| p.state.is_exception()) {
         let exc = dependency_error(failed);
         error!("Chord {gid} raised: ChordError: {}", exc.message());
-        fail_body(shared, body, &exc).await;
+        fail_body(host, body, &exc).await;
         if let Err(e) = backend.chord_finish(gid, &claim, ChordEnd::Failed).await {
             warn!("chord {gid}: cannot close it ({e})");
         }
         return;
     }
     let results: Vec<Value> = parts.into_iter().map(|p| p.result).collect();
-    let how = Apply {
+    let how = SendOptions {
         args: vec![Value::Array(results)],
         parent,
         chain: Vec::new(),
     };
-    if let Err(e) = canvas::send(app, body.clone(), how).await {
+    if let Err(e) = host.send(body.clone(), how).await {
         error!("Chord callback for {gid} raised: {e}");
-        let exc = ExceptionInfo::new(
-            "ChordError",
-            "celery.exceptions",
-            format!("Callback error: {e}"),
-        );
-        fail_body(shared, body, &exc).await;
+        let exc = ExceptionInfo::celery("ChordError", format!("Callback error: {e}"));
+        fail_body(host, body, &exc).await;
     }
     if let Err(e) = backend.chord_finish(gid, &claim, ChordEnd::Fired).await {
         warn!("chord {gid}: cannot clean up ({e})");
@@ -186,16 +200,15 @@ async fn join(
 fn dependency_error(failed: &ChordPart) -> ExceptionInfo {
     let repr = ExceptionInfo::from_value(&failed.result)
         .map_or_else(|| failed.result.to_string(), |e| e.python_repr());
-    ExceptionInfo::new(
+    ExceptionInfo::celery(
         "ChordError",
-        "celery.exceptions",
         format!("Dependency {} raised {repr}", failed.task_id),
     )
 }
 
 /// A chord body that will not run: FAILURE for its id, its errbacks, and the rest of its
 /// chain failed too (Celery's `chord_error_from_stack`).
-async fn fail_body(shared: &Shared, body: &Signature, exc: &ExceptionInfo) {
+async fn fail_body(host: &dyn Host, body: &Signature, exc: &ExceptionInfo) {
     let Some(body_id) = body.option("task_id").and_then(Value::as_str) else {
         warn!(
             "chord body {} has no task id; its failure is not stored",
@@ -203,44 +216,43 @@ async fn fail_body(shared: &Shared, body: &Signature, exc: &ExceptionInfo) {
         );
         return;
     };
-    shared
-        .store(TaskMeta::failure(body_id.to_string(), exc, None))
+    host.store(TaskMeta::failure(body_id.to_string(), exc, None))
         .await;
     let errbacks = signatures(body.option("link_error"));
     if !errbacks.is_empty() {
-        send_errbacks(shared, errbacks, body_id, body_id).await;
+        send_errbacks(host, errbacks, body_id, body_id).await;
     }
-    fail_chain(shared, &signatures(body.option("chain")), exc, None, true).await;
+    fail_chain(host, &signatures(body.option("chain")), exc, None, true).await;
 }
 
 /// After a failure was stored: the chord part, the remaining chain steps failed with the
 /// same exception, then the errbacks — Celery's `mark_as_failure`.
-pub(super) async fn on_failure(
-    shared: &Shared,
+pub(crate) async fn on_failure(
+    host: &dyn Host,
     msg: &TaskMessage,
     exc: &ExceptionInfo,
     traceback: Option<String>,
     store: bool,
 ) {
-    chord_member_done(shared, msg, State::Failure, exc.to_value()).await;
+    chord_member_done(host, msg, State::Failure, exc.to_value()).await;
     if let Some(chain) = &msg.embed.chain {
-        fail_chain(shared, chain, exc, traceback, store).await;
+        fail_chain(host, chain, exc, traceback, store).await;
     }
     if let Some(errbacks) = msg.embed.errbacks.as_ref().filter(|e| !e.is_empty()) {
         let root = msg.headers.root_id.as_deref().unwrap_or(&msg.headers.id);
-        send_errbacks(shared, errbacks.clone(), &msg.headers.id, root).await;
+        send_errbacks(host, errbacks.clone(), &msg.headers.id, root).await;
     }
 }
 
 /// Errbacks run as one group with the failed task's id prepended (Celery 5.7 sends even a
 /// single errback as a group of one).
-async fn send_errbacks(shared: &Shared, errbacks: Vec<Signature>, failed_id: &str, root_id: &str) {
-    let how = Apply {
+async fn send_errbacks(host: &dyn Host, errbacks: Vec<Signature>, failed_id: &str, root_id: &str) {
+    let how = SendOptions {
         args: vec![Value::String(failed_id.to_string())],
         parent: Some((failed_id.to_string(), root_id.to_string())),
         chain: Vec::new(),
     };
-    if let Err(e) = canvas::send(&shared.app, Signature::group(errbacks), how).await {
+    if let Err(e) = host.send(Signature::group(errbacks), how).await {
         error!("Task {failed_id}: cannot send its errbacks ({e})");
     }
 }
@@ -249,7 +261,7 @@ async fn send_errbacks(shared: &Shared, errbacks: Vec<Signature>, failed_id: &st
 /// them, above all on the chain's last step, is released), reports chord members among
 /// them, and descends into chord bodies — Celery's `_fail_chain`.
 fn fail_chain<'a>(
-    shared: &'a Shared,
+    host: &'a dyn Host,
     chain: &'a [Signature],
     exc: &'a ExceptionInfo,
     traceback: Option<String>,
@@ -269,7 +281,7 @@ fn fail_chain<'a>(
             let chord_body = step
                 .option("chord")
                 .and_then(|c| serde_json::from_value::<Signature>(c.clone()).ok());
-            let already_failed = match (&chord_body, shared.app.backend()) {
+            let already_failed = match (&chord_body, host.backend()) {
                 (Some(_), Some(b)) => b
                     .get(id)
                     .await
@@ -281,7 +293,7 @@ fn fail_chain<'a>(
             if store {
                 let mut meta = TaskMeta::failure(id.to_string(), exc, traceback.clone());
                 meta.group_id = group_id.map(str::to_string);
-                shared.store(meta).await;
+                host.store(meta).await;
             }
             if let (Some(body), Some(gid), false) = (chord_body, group_id, already_failed) {
                 let part = ChordPart {
@@ -291,7 +303,7 @@ fn fail_chain<'a>(
                     state: State::Failure,
                     result: exc.to_value(),
                 };
-                join(shared, &part, &body, Some((id.to_string(), id.to_string()))).await;
+                join(host, &part, &body, Some((id.to_string(), id.to_string()))).await;
             }
         }
     })

@@ -1,5 +1,10 @@
-//! [`AsyncResult`]: a handle to one task's result — `get`, `wait`, `ready`, `state`,
-//! `successful`, `failed`, `forget` — as Celery's `AsyncResult`.
+//! Result handles: [`AsyncResult`], a handle to one task's result — `get`, `wait`,
+//! `ready`, `state`, `successful`, `failed`, `forget` — as Celery's `AsyncResult`, and
+//! [`GroupResult`] (in `group.rs`) for a group's members.
+
+mod group;
+
+pub use group::GroupResult;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,137 @@
+//! The one way out for every message. A client's `apply_async`, `send_task` and
+//! `send_many`, a canvas, a task sending a child, a worker continuing a chain or firing a
+//! chord body, a retry and a requeue all send through this module:
+//!
+//! - **the eager/broker choice**: an app with `always_eager` runs what it sends inline
+//!   ([`eager`]), through the same plan and the same workflow steps a worker uses;
+//! - **planning**: a task or any canvas becomes frozen task signatures
+//!   ([`canvas::plan`](crate::canvas::plan));
+//! - **preparing** ([`prepare`]): routing, ids, parent, publish options;
+//! - **publishing** ([`publish`]): one message or a chunked batch, with one retry policy
+//!   while the broker is unreachable, handing back whatever was not published.
+
+mod eager;
+mod prepare;
+mod publish;
+
+use celeriac_core::protocol::TaskMessage;
+use celeriac_core::Signature;
+
+pub(crate) use crate::canvas::plan::{SendOptions, Sent};
+
+use crate::app::App;
+use crate::canvas::plan;
+use crate::error::Error;
+use crate::result::{AsyncResult, GroupResult};
+
+/// Sends `sig` — a task or any canvas — for a caller that wants its result handle:
+/// inline in eager mode, else to the broker. `parent` is `(parent_id, root_id)` when a
+/// running task sends it.
+pub(crate) async fn apply(
+    app: &App,
+    sig: Signature,
+    parent: Option<(String, String)>,
+) -> Result<AsyncResult, Error> {
+    let opts = SendOptions {
+        parent,
+        ..SendOptions::default()
+    };
+    if app.config().always_eager {
+        let run = eager::run(app, sig, opts).await?;
+        return match run.sent() {
+            Sent::Task(id) => Ok(run.result(id).await),
+            Sent::Group(id, _) => Err(Error::Input(format!(
+                "this canvas ends in a group ({id}); send it with celeriac::group(..).apply_async to get its GroupResult"
+            ))),
+        };
+    }
+    let sent = send(app, sig, opts).await?;
+    Ok(AsyncResult::new(sent.id().to_string(), app))
+}
+
+/// Sends a group (or any canvas) and returns a handle to the results of its members.
+pub(crate) async fn apply_group(app: &App, sig: Signature) -> Result<GroupResult, Error> {
+    if app.config().always_eager {
+        let run = eager::run(app, sig, SendOptions::default()).await?;
+        let (id, members) = match run.sent() {
+            Sent::Group(id, members) => (id, members.iter().map(Sent::id).collect()),
+            Sent::Task(id) => (id, vec![id.as_str()]),
+        };
+        let mut results = Vec::with_capacity(members.len());
+        for m in members {
+            results.push(run.result(m).await);
+        }
+        return Ok(GroupResult::eager(id.clone(), results));
+    }
+    Ok(match send(app, sig, SendOptions::default()).await? {
+        Sent::Group(id, members) => GroupResult::new(app, id, members),
+        Sent::Task(id) => GroupResult::new(app, id.clone(), vec![Sent::Task(id)]),
+    })
+}
+
+/// Plans `sig` and publishes its messages to the broker as one batch — whatever the
+/// app's eager setting: this is how a worker sends what follows a task.
+pub(crate) async fn send(app: &App, sig: Signature, opts: SendOptions) -> Result<Sent, Error> {
+    if sig.subtask_type.is_none() && opts.args.is_empty() && opts.chain.is_empty() {
+        // One plain task (the common case): no plan to make, no batch to build.
+        let msg = prepare::message(app, &sig, opts.parent.as_ref())?;
+        let id = msg.headers.id.clone();
+        publish::one(app, msg).await?;
+        return Ok(Sent::Task(id));
+    }
+    let mut planned = Vec::new();
+    let chords = app.backend().map(|b| b.as_ref());
+    let sent = plan::plan(chords, sig, opts.args, opts.chain, &mut planned).await?;
+    let messages = planned
+        .iter()
+        .map(|s| prepare::message(app, s, opts.parent.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    publish::batch(app, messages).await?;
+    Ok(sent)
+}
+
+/// Sends many signatures in one batch (pipelined where the broker can), a chunk at a
+/// time; returns their results in order. Eager apps, and canvases among them, go one by
+/// one.
+pub(crate) async fn send_many(
+    app: &App,
+    signatures: Vec<Signature>,
+) -> Result<Vec<AsyncResult>, Error> {
+    if app.config().always_eager || signatures.iter().any(|s| s.subtask_type.is_some()) {
+        let mut out = Vec::with_capacity(signatures.len());
+        for s in signatures {
+            out.push(apply(app, s, None).await?);
+        }
+        return Ok(out);
+    }
+    let mut results = Vec::with_capacity(signatures.len());
+    let mut rest = signatures.into_iter();
+    loop {
+        let mut chunk = Vec::with_capacity(publish::CHUNK);
+        for sig in rest.by_ref().take(publish::CHUNK) {
+            let msg = prepare::message(app, &sig, None)?;
+            results.push(AsyncResult::new(msg.headers.id.clone(), app));
+            chunk.push(msg);
+        }
+        if chunk.is_empty() {
+            return Ok(results);
+        }
+        if let Err(mut e) = publish::chunk(app, chunk).await {
+            // Hand back every message not published, the ones never tried included.
+            if let Error::PublishMany(pm) = &mut e {
+                for sig in rest {
+                    if let Ok(msg) = prepare::message(app, &sig, None) {
+                        pm.unpublished.push(publish::encoded(app, msg));
+                    }
+                }
+            }
+            return Err(e);
+        }
+    }
+}
+
+/// Publishes an already built task message (a retry, a requeue after an early ack),
+/// retrying while the broker is unreachable.
+pub(crate) async fn publish(app: &App, msg: TaskMessage) -> Result<(), Error> {
+    publish::one(app, msg).await
+}
