@@ -6,20 +6,70 @@
 
 use std::fmt;
 
-/// Every URL scheme celeriac understands, with what it is for.
-pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
-    ("memory", "in-process broker and result store"),
-    ("sqlite", "embedded SQLite file"),
-    ("redis", "Redis"),
-    ("rediss", "Redis over TLS"),
-    ("unix", "Redis on a unix socket"),
-    ("redis+socket", "Redis on a unix socket (kombu's spelling)"),
-    ("socket", "Redis on a unix socket (kombu's short spelling)"),
-    ("amqp", "RabbitMQ"),
-    ("amqps", "RabbitMQ over TLS"),
-    ("pyamqp", "RabbitMQ (Celery's alias)"),
-    ("rpc", "results over the AMQP broker"),
-    ("disabled", "no result backend"),
+/// The engine that serves a scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// `memory://`: in-process broker and result store.
+    Memory,
+    /// `sqlite://`: the embedded SQLite engine.
+    Sqlite,
+    /// `redis://` and its spellings: the Redis engine.
+    Redis,
+    /// `amqp://` and its spellings: RabbitMQ.
+    Amqp,
+    /// `rpc://`: results sent as messages over the AMQP broker.
+    Rpc,
+    /// `disabled://`: no result backend.
+    Disabled,
+}
+
+impl Engine {
+    /// The cargo feature of the `celeriac` crate that compiles this engine in (`None`
+    /// for engines that are always there).
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            Engine::Sqlite => Some("sqlite"),
+            Engine::Redis => Some("redis"),
+            Engine::Amqp | Engine::Rpc => Some("amqp"),
+            Engine::Memory | Engine::Disabled => None,
+        }
+    }
+
+    /// Whether this engine can store results (so a broker URL of it can be the default
+    /// result backend too).
+    pub fn stores_results(self) -> bool {
+        matches!(self, Engine::Memory | Engine::Sqlite | Engine::Redis)
+    }
+}
+
+/// Every URL scheme celeriac understands: the one list, with the engine that serves each
+/// and what it is for.
+pub const KNOWN_SCHEMES: &[(&str, Engine, &str)] = &[
+    (
+        "memory",
+        Engine::Memory,
+        "in-process broker and result store",
+    ),
+    ("sqlite", Engine::Sqlite, "embedded SQLite file"),
+    ("redis", Engine::Redis, "Redis"),
+    ("rediss", Engine::Redis, "Redis over TLS"),
+    ("unix", Engine::Redis, "Redis on a unix socket"),
+    (
+        "redis+socket",
+        Engine::Redis,
+        "Redis on a unix socket (kombu's spelling)",
+    ),
+    (
+        "socket",
+        Engine::Redis,
+        "Redis on a unix socket (kombu's short spelling)",
+    ),
+    ("amqp", Engine::Amqp, "RabbitMQ"),
+    ("amqps", Engine::Amqp, "RabbitMQ over TLS"),
+    ("pyamqp", Engine::Amqp, "RabbitMQ (Celery's alias)"),
+    ("rpc", Engine::Rpc, "results over the AMQP broker"),
+    ("disabled", Engine::Disabled, "no result backend"),
 ];
 
 /// A broker or backend URL that has been split into its parts.
@@ -27,6 +77,7 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
 pub struct EngineUrl {
     raw: String,
     parsed: url::Url,
+    engine: Engine,
 }
 
 /// Why a URL could not be used.
@@ -86,7 +137,7 @@ pub enum UrlError {
 fn known_list() -> String {
     KNOWN_SCHEMES
         .iter()
-        .map(|(s, _)| format!("{s}://"))
+        .map(|(s, _, _)| format!("{s}://"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -108,10 +159,10 @@ impl EngineUrl {
             reason: e.to_string(),
         })?;
         let scheme = parsed.scheme().to_ascii_lowercase();
-        if !KNOWN_SCHEMES.iter().any(|(s, _)| *s == scheme) {
+        let Some(&(_, engine, _)) = KNOWN_SCHEMES.iter().find(|(s, _, _)| *s == scheme) else {
             let suggestion = KNOWN_SCHEMES
                 .iter()
-                .map(|(s, _)| (strsim::levenshtein(s, &scheme), *s))
+                .map(|(s, _, _)| (strsim::levenshtein(s, &scheme), *s))
                 .filter(|(d, _)| *d <= 2)
                 .min()
                 .map(|(_, s)| s.to_string());
@@ -120,16 +171,22 @@ impl EngineUrl {
                 scheme,
                 suggestion,
             });
-        }
+        };
         Ok(Self {
             raw: text.trim().to_string(),
             parsed,
+            engine,
         })
     }
 
     /// The scheme, lower-case (`redis`, `memory`, ...).
     pub fn scheme(&self) -> &str {
         self.parsed.scheme()
+    }
+
+    /// The engine that serves this URL's scheme.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// The host part, empty when absent (`memory://` has none).

@@ -1,11 +1,13 @@
-//! The one place a URL becomes an engine: `memory://` today, and each broker crate behind
-//! its cargo feature as it lands. Every unknown, malformed or not-compiled-in URL fails
-//! here with one line naming the URL (credentials masked) and what was expected.
+//! The one place a URL becomes an engine: `memory://` always, and each engine crate behind
+//! its cargo feature (`sqlite`, `redis`). Which engine serves a scheme comes from the one
+//! list of schemes (`celeriac_core::url::KNOWN_SCHEMES`). Every unknown, malformed or
+//! not-compiled-in URL fails here with one line naming the URL (credentials masked) and
+//! what was expected.
 
 use std::sync::Arc;
 
 use celeriac_core::memory::{MemoryBackend, MemoryBroker};
-use celeriac_core::url::{EngineUrl, UrlError};
+use celeriac_core::url::{Engine, EngineUrl, UrlError};
 use celeriac_core::{Broker, ResultBackend};
 
 use crate::error::Error;
@@ -20,15 +22,18 @@ pub const DEFAULT_BROKER_URL: &str = "sqlite://celeriac.sqlite";
 pub const DEFAULT_BROKER_URL: &str = "memory://";
 
 fn not_compiled(url: &EngineUrl) -> Error {
-    let feature = match url.scheme() {
-        "rediss" | "unix" | "redis+socket" | "socket" => "redis",
-        "amqps" | "pyamqp" | "rpc" => "amqp",
-        other => other,
-    };
     Error::Url(UrlError::NotCompiled {
         url: url.masked(),
         scheme: url.scheme().to_string(),
-        feature: feature.to_string(),
+        feature: url.engine().feature().unwrap_or(url.scheme()).to_string(),
+    })
+}
+
+fn wrong_role(url: &EngineUrl, role: &str) -> Error {
+    Error::Url(UrlError::WrongRole {
+        url: url.masked(),
+        scheme: url.scheme().to_string(),
+        role: role.into(),
     })
 }
 
@@ -55,28 +60,18 @@ impl From<celeriac_redis::Error> for Error {
     }
 }
 
-/// Schemes served by the Redis engine.
-#[cfg(feature = "redis")]
-const REDIS_SCHEMES: [&str; 5] = ["redis", "rediss", "unix", "redis+socket", "socket"];
-
 /// Connects the broker for `url`.
 pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
     let url = EngineUrl::parse(url)?;
-    match url.scheme() {
-        "memory" => Ok(Arc::new(MemoryBroker::from_url(&url)?)),
+    match url.engine() {
+        Engine::Memory => Ok(Arc::new(MemoryBroker::from_url(&url)?)),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Arc::new(
+        Engine::Sqlite => Ok(Arc::new(
             celeriac_sqlite::SqliteBroker::connect(url.expose()).await?,
         )),
         #[cfg(feature = "redis")]
-        s if REDIS_SCHEMES.contains(&s) => {
-            Ok(Arc::new(celeriac_redis::RedisBroker::connect(&url).await?))
-        }
-        "rpc" | "disabled" => Err(Error::Url(UrlError::WrongRole {
-            url: url.masked(),
-            scheme: url.scheme().to_string(),
-            role: "broker".into(),
-        })),
+        Engine::Redis => Ok(Arc::new(celeriac_redis::RedisBroker::connect(&url).await?)),
+        Engine::Rpc | Engine::Disabled => Err(wrong_role(&url, "broker")),
         _ => Err(not_compiled(&url)),
     }
 }
@@ -84,22 +79,18 @@ pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
 /// Connects the result backend for `url`; `disabled://` means none.
 pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>, Error> {
     let url = EngineUrl::parse(url)?;
-    match url.scheme() {
-        "memory" => Ok(Some(Arc::new(MemoryBackend::from_url(&url)))),
-        "disabled" => Ok(None),
+    match url.engine() {
+        Engine::Memory => Ok(Some(Arc::new(MemoryBackend::from_url(&url)))),
+        Engine::Disabled => Ok(None),
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(Some(Arc::new(
+        Engine::Sqlite => Ok(Some(Arc::new(
             celeriac_sqlite::SqliteBackend::connect(url.expose()).await?,
         ))),
         #[cfg(feature = "redis")]
-        s if REDIS_SCHEMES.contains(&s) => Ok(Some(Arc::new(
+        Engine::Redis => Ok(Some(Arc::new(
             celeriac_redis::RedisBackend::connect(&url).await?,
         ))),
-        "amqp" | "amqps" | "pyamqp" => Err(Error::Url(UrlError::WrongRole {
-            url: url.masked(),
-            scheme: url.scheme().to_string(),
-            role: "result backend".into(),
-        })),
+        Engine::Amqp => Err(wrong_role(&url, "result backend")),
         _ => Err(not_compiled(&url)),
     }
 }
@@ -107,16 +98,9 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
 /// The backend URL to use when only a broker URL is configured: the same engine where it
 /// can store results (so results work out of the box), none otherwise.
 pub fn default_backend_for(broker_url: &str) -> String {
-    match EngineUrl::parse(broker_url) {
-        Ok(u)
-            if matches!(
-                u.scheme(),
-                "memory" | "sqlite" | "redis" | "rediss" | "unix" | "redis+socket" | "socket"
-            ) =>
-        {
-            broker_url.to_string()
-        }
-        Ok(u) if matches!(u.scheme(), "amqp" | "amqps" | "pyamqp") => "rpc://".to_string(),
+    match EngineUrl::parse(broker_url).map(|u| u.engine()) {
+        Ok(e) if e.stores_results() => broker_url.to_string(),
+        Ok(Engine::Amqp) => "rpc://".to_string(),
         _ => "disabled://".to_string(),
     }
 }
