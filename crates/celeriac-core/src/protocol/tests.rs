@@ -1,6 +1,13 @@
-use super::*;
+use bytes::Bytes;
+use chrono::Utc;
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{json, Value};
+
+use super::decode::KNOWN_HEADERS;
+use super::*;
+use crate::message::{Message, Properties};
+use crate::routing::Route;
+use crate::signature::Signature;
 
 fn message(headers: Value, body: &[u8], content_type: &str) -> Message {
     Message {
