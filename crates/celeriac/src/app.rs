@@ -106,8 +106,8 @@ impl std::fmt::Debug for App {
 
 /// Builds an [`App`]. URLs not given here come from `CELERIAC_BROKER_URL` /
 /// `CELERIAC_RESULT_BACKEND`, then Celery's `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND`,
-/// then the defaults (broker `memory://`; backend: the broker's engine when it stores
-/// results).
+/// then the defaults (broker `sqlite://celeriac.sqlite` with the `sqlite` feature, else
+/// `memory://`; backend: the broker's engine when it stores results).
 #[derive(Default)]
 pub struct AppBuilder {
     broker_url: Option<String>,
@@ -138,7 +138,8 @@ fn env_url(names: &[&str]) -> Option<String> {
 }
 
 impl AppBuilder {
-    /// The broker URL (`memory://`, later `sqlite://`, `redis://`, `amqp://`).
+    /// The broker URL: `sqlite://FILE`, `memory://[NAME]`, `redis://…` (each engine behind
+    /// its cargo feature; see [`engines`](crate::engines)).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_url = Some(url.into());
         self

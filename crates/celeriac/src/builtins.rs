@@ -68,7 +68,7 @@ impl Task for MapTask {
             let Some(inner) = ctx.app().task(&task.task).cloned() else {
                 return Err(TaskError::with_module(
                     "NotRegistered",
-                    "celery.exceptions",
+                    celeriac_core::state::CELERY_EXCEPTIONS,
                     task.task.clone(),
                 ));
             };

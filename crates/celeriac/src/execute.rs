@@ -236,9 +236,8 @@ pub(crate) fn decide(output: TaskOutput, cfg: &TaskConfig, ctx: &TaskContext) ->
     };
     if max.is_some_and(|m| retries >= m) {
         return Outcome::Failure(cause.unwrap_or_else(|| {
-            let exception = ExceptionInfo::new(
+            let exception = ExceptionInfo::celery(
                 "MaxRetriesExceededError",
-                "celery.exceptions",
                 format!(
                     "Can't retry {}[{}] args:() kwargs:{{}}",
                     ctx.name(),
@@ -267,6 +266,6 @@ pub(crate) fn reject_exception(reason: &str) -> ExceptionInfo {
     ExceptionInfo {
         exc_type: "Reject".into(),
         exc_message: json!([reason, false]),
-        exc_module: Some("celery.exceptions".into()),
+        exc_module: Some(celeriac_core::state::CELERY_EXCEPTIONS.into()),
     }
 }
