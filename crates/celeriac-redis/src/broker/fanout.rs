@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tracing::{info, warn};
 
+use celeriac_core::backoff::Backoff;
 use celeriac_core::broker::Subscription;
 use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
@@ -49,22 +50,21 @@ impl RedisBroker {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut stream = Some(first);
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 let mut s = match stream.take() {
                     Some(s) => s,
                     None => match subscribe_patterns(&inner, &patterns).await {
                         Ok(s) => {
                             info!("fanout `{}`: subscription restored", patterns[0]);
-                            backoff = Duration::from_millis(100);
+                            backoff.reset();
                             s
                         }
                         Err(_) => {
                             tokio::select! {
                                 _ = tx.closed() => return,
-                                _ = tokio::time::sleep(backoff) => {}
+                                _ = backoff.wait() => {}
                             }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue;
                         }
                     },
