@@ -28,7 +28,7 @@ use redis::Script;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use celeriac_core::backend::group_record;
+use celeriac_core::backend::{decode_saved_group, group_record};
 use celeriac_core::backoff::Backoff;
 use celeriac_core::error::BackendError;
 use celeriac_core::url::EngineUrl;
@@ -651,16 +651,7 @@ impl ResultBackend for RedisBackend {
             .query_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| self.inner.err("restore group", e))?;
-        raw.map(|r| {
-            celeriac_core::protocol::json::parse_lenient(&r)
-                .ok()
-                .and_then(|v| group_record::decode(&v))
-                .ok_or_else(|| BackendError::Corrupt {
-                    task_id: group_id.to_string(),
-                    reason: "not a saved group record".into(),
-                })
-        })
-        .transpose()
+        raw.map(|r| decode_saved_group(group_id, &r)).transpose()
     }
 
     async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
