@@ -162,7 +162,7 @@ pub mod group_record {
         json!({"result": [[group_id, null], members]})
     }
 
-    /// The member ids of a saved record (nested groups are flattened to their ids).
+    /// The member ids of a saved record (a nested group is one member: its own id).
     pub fn decode(record: &Value) -> Option<Vec<String>> {
         let members = record.get("result")?.get(1)?.as_array()?;
         members

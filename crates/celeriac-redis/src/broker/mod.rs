@@ -68,7 +68,8 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    /// This broker, for work `abandon` (which only has `&self`) must spawn.
+    /// This broker, for work methods that only have `&self` must spawn (the ack writer,
+    /// the restore of an abandoned delivery).
     me: Weak<Inner>,
     cfg: RedisConfig,
     client: redis::Client,

@@ -31,8 +31,9 @@ impl RedisBroker {
 }
 
 impl Inner {
-    /// Restores every unacked message older than the visibility timeout, under kombu's
-    /// sweep lock; messages this process holds are refreshed instead.
+    /// Restores unacked messages older than the visibility timeout (at most `SWEEP_LIMIT`
+    /// a sweep), under kombu's sweep lock; messages this process holds are skipped
+    /// (`keep_alive` refreshes them).
     async fn sweep(&self) -> Result<usize, BrokerError> {
         let mut conn = self.conn();
         let token = uuid::Uuid::new_v4().simple().to_string();
