@@ -162,7 +162,7 @@ pub mod group_record {
         json!({"result": [[group_id, null], members]})
     }
 
-    /// The member ids of a saved record (nested groups are flattened to their ids).
+    /// The member ids of a saved record (a nested group is one member: its own id).
     pub fn decode(record: &Value) -> Option<Vec<String>> {
         let members = record.get("result")?.get(1)?.as_array()?;
         members
@@ -172,5 +172,73 @@ pub mod group_record {
                 m.get(0)?.get(0)?.as_str().map(str::to_string)
             })
             .collect()
+    }
+}
+
+/// The member ids of a saved group record as an engine read it back
+/// (`celery-taskset-meta-<id>`, Celery's `{"result": [[gid, parent], [members]]}`): the one
+/// decoder every byte-storing engine's [`ResultBackend::restore_group`] uses, so a record
+/// restores the same on all of them.
+///
+/// The JSON is read leniently (`NaN`, `Infinity`, `-Infinity` taken as `null`), as Celery
+/// itself reads it (`json.loads`); strict JSON is tried first, so a well-formed record costs
+/// nothing extra. Members are read as [`group_record::decode`] does: each member's id,
+/// whatever its parent, nested groups by their own id.
+///
+/// Anything else is [`BackendError::Corrupt`], naming `group_id`.
+pub fn decode_saved_group(group_id: &str, raw: &[u8]) -> Result<Vec<String>, BackendError> {
+    crate::protocol::json::parse_lenient(raw)
+        .ok()
+        .and_then(|v| group_record::decode(&v))
+        .ok_or_else(|| BackendError::Corrupt {
+            task_id: group_id.to_string(),
+            reason: "not a saved group record".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn decodes_what_celery_saves() {
+        // Celery 5.7 `GroupResult.save()`: `{"result": group.as_tuple()}`.
+        let raw = br#"{"result": [["g", null], [[["a", null], null], [["b", null], null]]]}"#;
+        assert_eq!(decode_saved_group("g", raw).unwrap(), ids(&["a", "b"]));
+        // A member with a parent, and a nested group (kept as its own id).
+        let raw = br#"{"result": [["g", null], [[["c", [["p", null], null]], null], [["g2", null], [[["x", null], null]]]]]}"#;
+        assert_eq!(decode_saved_group("g", raw).unwrap(), ids(&["c", "g2"]));
+        // An empty group.
+        let raw = br#"{"result": [["g", null], []]}"#;
+        assert_eq!(decode_saved_group("g", raw).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn round_trips_and_reads_leniently() {
+        let members = ids(&["a", "b", "c"]);
+        let raw = group_record::encode("g", &members).to_string();
+        assert_eq!(decode_saved_group("g", raw.as_bytes()).unwrap(), members);
+        // Python's `json.loads` takes non-finite floats; so does this decoder.
+        let raw = br#"{"result": [["g", NaN], [[["a", null], null]]], "x": -Infinity}"#;
+        assert_eq!(decode_saved_group("g", raw).unwrap(), ids(&["a"]));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_group_record() {
+        for raw in [
+            &b"not json"[..],
+            br#"{"result": 1}"#,
+            br#"{"status": "SUCCESS"}"#,
+            br#"{"result": [["g", null], [[[1, null], null]]]}"#,
+        ] {
+            match decode_saved_group("g", raw) {
+                Err(BackendError::Corrupt { task_id, .. }) => assert_eq!(task_id, "g"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
+            }
+        }
     }
 }

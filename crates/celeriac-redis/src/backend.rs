@@ -28,7 +28,8 @@ use redis::Script;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use celeriac_core::backend::group_record;
+use celeriac_core::backend::{decode_saved_group, group_record};
+use celeriac_core::backoff::Backoff;
 use celeriac_core::error::BackendError;
 use celeriac_core::url::EngineUrl;
 use celeriac_core::{ChordEnd, ChordJoin, ChordPart, ResultBackend, State, TaskMeta};
@@ -277,7 +278,7 @@ impl Inner {
 /// The shared pub/sub loop: connect, subscribe to every awaited key, re-read them, then
 /// hand each published record to its waiters; on a lost connection, start over.
 async fn subscriber(weak: Weak<Inner>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut outage = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -293,8 +294,7 @@ async fn subscriber(weak: Weak<Inner>) {
                     outage = true;
                 }
                 drop(inner);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
@@ -308,7 +308,8 @@ async fn subscriber(weak: Weak<Inner>) {
                     inner.cfg.masked
                 );
                 drop(inner);
-                tokio::time::sleep(backoff).await;
+                // The current pause again, not doubled: only failed connects back off.
+                tokio::time::sleep(backoff.peek()).await;
                 continue;
             }
             // Records written while we were not subscribed.
@@ -331,7 +332,7 @@ async fn subscriber(weak: Weak<Inner>) {
             );
             outage = false;
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         inner.sink.send_replace(Some(sink));
         drop(inner);
         while let Some(msg) = stream.next().await {
@@ -471,7 +472,7 @@ impl ResultBackend for RedisBackend {
                 inner.cfg.masked
             );
         }
-        let mut pause = Duration::from_millis(50);
+        let mut polls = Backoff::new(Duration::from_millis(50), Duration::from_millis(1000));
         loop {
             let notified = slot.notify.notified();
             tokio::pin!(notified);
@@ -482,13 +483,14 @@ impl ResultBackend for RedisBackend {
             if latest.as_ref().is_some_and(|m| m.status.is_ready()) {
                 return Ok(latest);
             }
-            let poll = tokio::time::sleep(if pushed { timeout } else { pause });
+            let poll = tokio::time::sleep(if pushed { timeout } else { polls.peek() });
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(latest),
                 _ = poll, if !pushed => {
                     latest = inner.get(task_id).await?.or(latest);
-                    pause = (pause * 2).min(Duration::from_millis(1000));
+                    // Lengthened only after a poll ran, not when a notification cut it short.
+                    polls.next_pause();
                 }
             }
         }
@@ -649,16 +651,7 @@ impl ResultBackend for RedisBackend {
             .query_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| self.inner.err("restore group", e))?;
-        raw.map(|r| {
-            celeriac_core::protocol::json::parse_lenient(&r)
-                .ok()
-                .and_then(|v| group_record::decode(&v))
-                .ok_or_else(|| BackendError::Corrupt {
-                    task_id: group_id.to_string(),
-                    reason: "not a saved group record".into(),
-                })
-        })
-        .transpose()
+        raw.map(|r| decode_saved_group(group_id, &r)).transpose()
     }
 
     async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use celeriac_core::backend::group_record;
+use celeriac_core::backend::{decode_saved_group, group_record};
 use celeriac_core::error::BackendError;
 use celeriac_core::{ChordEnd, ChordJoin, ChordPart, ResultBackend, State, TaskMeta};
 
@@ -238,16 +238,7 @@ impl ResultBackend for SqliteBackend {
             })
             .await
             .map_err(|e| e.backend(&self.db.name, "restore group"))?;
-        raw.map(|r| {
-            serde_json::from_slice(&r)
-                .ok()
-                .and_then(|v| group_record::decode(&v))
-                .ok_or_else(|| BackendError::Corrupt {
-                    task_id: group_id.to_string(),
-                    reason: "not a saved group record".into(),
-                })
-        })
-        .transpose()
+        raw.map(|r| decode_saved_group(group_id, &r)).transpose()
     }
 
     async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {

@@ -1,0 +1,204 @@
+//! `RedisBroker`: kombu's Redis transport — the same lists, envelopes, priority buckets,
+//! bindings and `unacked` bookkeeping — so celeriac and Python Celery share queues.
+//!
+//! Connections: one multiplexed, auto-reconnecting connection for every non-blocking
+//! command (publishes, acks, sweeps: concurrent callers are pipelined on it), plus one
+//! dedicated connection per consumer for the blocking `BRPOP`.
+//!
+//! Consuming takes messages in one atomic Lua step that pops up to the free prefetch and
+//! records each in `unacked`/`unacked_index` (kombu pops and records in two steps, and
+//! loses the message if it dies in between); only when the queues are empty does the
+//! consumer block in `BRPOP` for `polling_interval`. Both run on a task of their own, so a
+//! consumer closed mid-wait cannot lose a message that was popped as it closed.
+//!
+//! While a process consumes, it also keeps the `unacked_index` score of every message it
+//! holds fresh (so no sweep, ours or a Python worker's, restores a held ETA task or a long
+//! late-ack task while its holder lives — Celery runs those twice), and sweeps messages
+//! older than the visibility timeout back to their queues under kombu's `unacked_mutex`.
+//!
+//! One file per operation, each beside the Lua script it runs (`src/lua/<file>.lua`):
+//!
+//! | file | what it does | script |
+//! |---|---|---|
+//! | `publish` | `LPUSH` to the priority buckets of the routed queues, in pipelines | |
+//! | `bindings` | kombu's exchange bindings: routing, and declaring a queue's binding | |
+//! | `fetch` | the consumer: pop + record in one step, else `BRPOP` | `fetch.lua` |
+//! | `ack` | the `Acker` deliveries settle through; coalesced acks | |
+//! | `restore` | an unacked message back on its queue, redelivered | `restore.lua` |
+//! | `sweep` | keep-alive of held messages, visibility sweep | `sweep_release_mutex.lua` |
+//! | `fanout` | fanout exchanges over pub/sub | |
+//! | `inspect` | depths, purge, the list of queues | |
+
+mod ack;
+mod bindings;
+mod fanout;
+mod fetch;
+mod inspect;
+mod publish;
+mod restore;
+mod sweep;
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use celeriac_core::broker::{
+    Broker, Capabilities, ConsumeOptions, Consumer, PublishManyError, PublishOptions, Subscription,
+};
+use celeriac_core::error::{BrokerError, PublishError};
+use celeriac_core::message::Message;
+use celeriac_core::url::EngineUrl;
+
+use crate::coalesce::Coalesce;
+use crate::config::RedisConfig;
+use crate::error::{self, Error};
+use crate::keys::BrokerKeys;
+
+use ack::PendingAck;
+pub use inspect::bucket_depths;
+
+/// The Redis broker. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This broker, for work methods that only have `&self` must spawn (the ack writer,
+    /// the restore of an abandoned delivery).
+    me: Weak<Inner>,
+    cfg: RedisConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: BrokerKeys,
+    fetch: Script,
+    restore: Script,
+    release: Script,
+    /// Queues whose binding this process has declared.
+    declared: Mutex<HashSet<String>>,
+    /// Delivery tags this process holds unsettled.
+    outstanding: Mutex<HashSet<String>>,
+    maintenance_started: AtomicBool,
+    /// Restores of dropped deliveries still running, for `flush`.
+    restoring: tokio::sync::watch::Sender<usize>,
+    /// Acks waiting to be written together.
+    acks: Coalesce<PendingAck>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Sections never unwind half-way; a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_secs() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+impl RedisBroker {
+    /// Connects to the broker at `url`; fails with one clear line if it cannot.
+    pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
+        let cfg = RedisConfig::from_url(url)?;
+        let (client, conn) = cfg.connect().await.map_err(|e| match e {
+            Ok(reason) => Error::from(BrokerError::Connection {
+                url: cfg.masked.clone(),
+                reason,
+            }),
+            Err(url) => Error::from(url),
+        })?;
+        Ok(Self {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
+                keys: BrokerKeys::new(cfg.keyprefix.clone()),
+                cfg,
+                client,
+                conn,
+                fetch: Script::new(fetch::SCRIPT),
+                restore: Script::new(restore::SCRIPT),
+                release: Script::new(sweep::SCRIPT),
+                declared: Mutex::new(HashSet::new()),
+                outstanding: Mutex::new(HashSet::new()),
+                maintenance_started: AtomicBool::new(false),
+                restoring: tokio::sync::watch::channel(0).0,
+                acks: Coalesce::default(),
+            }),
+        })
+    }
+
+    /// The configuration read from the URL.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.cfg
+    }
+}
+
+impl Inner {
+    fn err(&self, op: &'static str, e: redis::RedisError) -> BrokerError {
+        error::broker(&self.cfg.masked, op, e)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn flush(&self) -> Result<(), BrokerError> {
+        self.wait_for_restores().await
+    }
+
+    fn url(&self) -> String {
+        self.inner.cfg.masked.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.priorities = true;
+        c.durable = true;
+        c.shared = true;
+        c.fanout = true;
+        c
+    }
+
+    async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.declare_binding(queue).await
+    }
+
+    async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {
+        self.publish_one(message, options).await
+    }
+
+    async fn publish_many(
+        &self,
+        messages: Vec<(Message, PublishOptions)>,
+    ) -> Result<(), PublishManyError> {
+        self.publish_chunks(messages).await
+    }
+
+    async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
+        self.start_consumer(options).await
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.purge_buckets(queue).await
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.depth(queue).await
+    }
+
+    async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+        self.bound_queues().await
+    }
+
+    async fn publish_fanout(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        self.fanout_publish(exchange, message).await
+    }
+
+    async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        self.fanout_subscribe(exchange).await
+    }
+}
