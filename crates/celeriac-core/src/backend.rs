@@ -87,7 +87,8 @@ pub trait ResultBackend: Send + Sync + 'static {
         timeout: Duration,
     ) -> Result<Option<TaskMeta>, BackendError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
+        let mut polls =
+            crate::backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(500));
         loop {
             let meta = self.get(task_id).await?;
             if meta.as_ref().is_some_and(|m| m.status.is_ready()) {
@@ -97,8 +98,7 @@ pub trait ResultBackend: Send + Sync + 'static {
             if now >= deadline {
                 return Ok(meta);
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            tokio::time::sleep(polls.next_pause().min(deadline - now)).await;
         }
     }
 

@@ -544,6 +544,8 @@ impl Broker for SqliteBroker {
     }
 
     async fn consume(&self, options: ConsumeOptions) -> Result<Consumer, BrokerError> {
+        // Refused options start no heartbeat or maintenance (spawn_consumer checks again).
+        options.check()?;
         self.inner.heartbeat().await?;
         self.inner.start_maintenance();
         spawn_consumer(

@@ -34,14 +34,16 @@ impl RedisBroker {
         &self,
         options: ConsumeOptions,
     ) -> Result<Consumer, BrokerError> {
-        self.inner.start_maintenance();
-        spawn_consumer(
+        let consumer = spawn_consumer(
             Arc::new(Fetcher {
                 inner: self.inner.clone(),
                 state: Arc::new(FetchState::default()),
             }),
             options,
-        )
+        )?;
+        // Only once the options were accepted: a refused consume starts no sweep.
+        self.inner.start_maintenance();
+        Ok(consumer)
     }
 }
 
