@@ -16,7 +16,9 @@ use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
 
 use super::flow;
 use super::prefork::{PreforkPool, Ran};
+use super::revoked::Revoked;
 use super::stats::{Event, WorkerStats};
+use super::terminate::Terminators;
 use super::Phase;
 use crate::app::App;
 use crate::context::TaskContext;
@@ -38,49 +40,6 @@ pub(super) struct Shared {
     pub(super) terminators: Terminators,
     /// Revoked task ids.
     pub(super) revoked: Revoked,
-}
-
-/// The running tasks, so `revoke(terminate=true)` can reach one by id.
-///
-/// A slab of their contexts (each carries its terminate signal): registering a task is a
-/// lock and a slot, with no allocation and no hashing of its id. Finding a task by id
-/// walks the running tasks, which only a revoke or an `inspect active` does.
-#[derive(Default)]
-pub(super) struct Terminators {
-    running: std::sync::Mutex<slab::Slab<TaskContext>>,
-}
-
-impl Terminators {
-    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<TaskContext>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn register(&self, ctx: &TaskContext) -> usize {
-        self.lock().insert(ctx.clone())
-    }
-
-    fn remove(&self, key: usize) {
-        self.lock().try_remove(key);
-    }
-
-    /// Stops the running task `id`; false if it is not running here.
-    pub(super) fn terminate(&self, id: &str) -> bool {
-        let running = self.lock();
-        let mut found = false;
-        for (_, ctx) in running.iter().filter(|(_, c)| c.id() == id) {
-            ctx.terminate_signal().notify_one();
-            found = true;
-        }
-        found
-    }
-
-    /// Ids of the tasks running now.
-    pub(super) fn running(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .map(|(_, c)| c.id().to_string())
-            .collect()
-    }
 }
 
 /// An accepted task message waiting for (or holding) a slot.
@@ -294,59 +253,6 @@ impl Shared {
         } else {
             None
         }
-    }
-}
-
-/// Ids of revoked tasks (Celery keeps them in memory, bounded, as here).
-#[derive(Default)]
-pub(super) struct Revoked {
-    inner: std::sync::Mutex<(
-        std::collections::HashSet<String>,
-        std::collections::VecDeque<String>,
-    )>,
-    /// Whether any id was ever revoked: until then a lookup takes no lock (it happens for
-    /// every task, twice).
-    any: std::sync::atomic::AtomicBool,
-}
-
-impl Revoked {
-    /// Most ids remembered (Celery's `REVOKES_MAX`).
-    const MAX: usize = 50_000;
-
-    pub(super) fn insert(&self, ids: &[String]) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        self.any.store(true, std::sync::atomic::Ordering::Release);
-        for id in ids {
-            if g.0.insert(id.clone()) {
-                g.1.push_back(id.clone());
-            }
-        }
-        while g.1.len() > Self::MAX {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-    }
-
-    pub(super) fn contains(&self, id: &str) -> bool {
-        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
-            return false;
-        }
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .contains(id)
-    }
-
-    pub(super) fn list(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .iter()
-            .cloned()
-            .collect()
     }
 }
 

@@ -17,7 +17,9 @@ mod control;
 mod flow;
 mod job;
 pub mod prefork;
+mod revoked;
 mod stats;
+mod terminate;
 
 pub use stats::{StatsSnapshot, TaskCounts, WorkerStats};
 
@@ -359,8 +361,8 @@ impl Worker {
             phase: self.shutdown.tx.subscribe(),
             limits: self.limits,
             prefork: prefork.clone(),
-            terminators: job::Terminators::default(),
-            revoked: job::Revoked::default(),
+            terminators: terminate::Terminators::default(),
+            revoked: revoked::Revoked::default(),
         });
         // Remote control, where the broker has fanout exchanges.
         let (revoked_tx, mut revoked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
