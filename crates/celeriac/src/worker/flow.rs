@@ -16,7 +16,7 @@ use celeriac_core::{
     Canvas, ChordEnd, ChordJoin, ChordPart, ExceptionInfo, Signature, State, TaskMeta,
 };
 
-use super::job::Shared;
+use super::job::JobEnv;
 use crate::canvas::{self, Apply};
 use crate::error::Error;
 
@@ -35,7 +35,7 @@ fn parent_of(msg: &TaskMessage) -> Option<(String, String)> {
 /// find the children sent): the callbacks, then the next chain step, each with the result
 /// prepended to its arguments.
 pub(super) async fn on_success(
-    shared: &Shared,
+    shared: &JobEnv,
     msg: &TaskMessage,
     value: &Value,
 ) -> Result<(), Error> {
@@ -88,7 +88,7 @@ pub(super) async fn on_success(
 /// After a task's final record (SUCCESS, FAILURE or REVOKED) was stored: its part of a
 /// chord, if it is a chord header member.
 pub(super) async fn chord_member_done(
-    shared: &Shared,
+    shared: &JobEnv,
     msg: &TaskMessage,
     state: State,
     result: Value,
@@ -115,7 +115,7 @@ pub(super) async fn chord_member_done(
 
 /// Reports `part` and, if it completed the chord, fires or fails `body`.
 async fn join(
-    shared: &Shared,
+    shared: &JobEnv,
     part: &ChordPart,
     body: &Signature,
     parent: Option<(String, String)>,
@@ -195,7 +195,7 @@ fn dependency_error(failed: &ChordPart) -> ExceptionInfo {
 
 /// A chord body that will not run: FAILURE for its id, its errbacks, and the rest of its
 /// chain failed too (Celery's `chord_error_from_stack`).
-async fn fail_body(shared: &Shared, body: &Signature, exc: &ExceptionInfo) {
+async fn fail_body(shared: &JobEnv, body: &Signature, exc: &ExceptionInfo) {
     let Some(body_id) = body.option("task_id").and_then(Value::as_str) else {
         warn!(
             "chord body {} has no task id; its failure is not stored",
@@ -216,7 +216,7 @@ async fn fail_body(shared: &Shared, body: &Signature, exc: &ExceptionInfo) {
 /// After a failure was stored: the chord part, the remaining chain steps failed with the
 /// same exception, then the errbacks — Celery's `mark_as_failure`.
 pub(super) async fn on_failure(
-    shared: &Shared,
+    shared: &JobEnv,
     msg: &TaskMessage,
     exc: &ExceptionInfo,
     traceback: Option<String>,
@@ -234,7 +234,7 @@ pub(super) async fn on_failure(
 
 /// Errbacks run as one group with the failed task's id prepended (Celery 5.7 sends even a
 /// single errback as a group of one).
-async fn send_errbacks(shared: &Shared, errbacks: Vec<Signature>, failed_id: &str, root_id: &str) {
+async fn send_errbacks(shared: &JobEnv, errbacks: Vec<Signature>, failed_id: &str, root_id: &str) {
     let how = Apply {
         args: vec![Value::String(failed_id.to_string())],
         parent: Some((failed_id.to_string(), root_id.to_string())),
@@ -249,7 +249,7 @@ async fn send_errbacks(shared: &Shared, errbacks: Vec<Signature>, failed_id: &st
 /// them, above all on the chain's last step, is released), reports chord members among
 /// them, and descends into chord bodies — Celery's `_fail_chain`.
 fn fail_chain<'a>(
-    shared: &'a Shared,
+    shared: &'a JobEnv,
     chain: &'a [Signature],
     exc: &'a ExceptionInfo,
     traceback: Option<String>,

@@ -25,8 +25,10 @@ use crate::context::TaskContext;
 use crate::execute::{self, Limits, Outcome, Pool};
 use crate::task::{Task, TaskConfig};
 
-/// What every job needs from its worker.
-pub(super) struct Shared {
+/// What every job of one worker runs with, shared by all of them behind an `Arc`: the app,
+/// the node name, the pool, the counters, the shutdown phase, the worker-wide time limits,
+/// the prefork children, and the revoke and terminate registries.
+pub(super) struct JobEnv {
     pub(super) app: App,
     pub(super) hostname: Arc<str>,
     pub(super) pool: Pool,
@@ -67,8 +69,8 @@ impl std::fmt::Display for Label<'_> {
     }
 }
 
-/// Short display of a result for the log, as Celery's `saferepr` truncation.
-fn short(v: &Value) -> String {
+/// A result as JSON for a log line, cut after 200 bytes as Celery's `saferepr` cuts it.
+fn truncate_for_log(v: &Value) -> String {
     let mut s = v.to_string();
     if s.len() > 200 {
         let mut cut = 200;
@@ -81,7 +83,7 @@ fn short(v: &Value) -> String {
     s
 }
 
-impl Shared {
+impl JobEnv {
     /// Base record for `msg` in `status`, with Celery's group/parent and extended fields.
     fn meta(&self, msg: &TaskMessage, status: State, result: Value) -> TaskMeta {
         let mut m = TaskMeta::new(msg.headers.id.clone(), status, result);
@@ -202,7 +204,6 @@ impl Shared {
         settle("reject", delivery.reject(false).await);
     }
 
-    /// An expired task: REVOKED `["expired"]`, acknowledged, not run.
     /// A task that will not run — `reason` "expired" or "revoked": REVOKED
     /// (`TaskRevokedError(reason)`), acknowledged.
     pub(super) async fn not_run(
@@ -243,7 +244,7 @@ fn settle(op: &str, r: Result<(), celeriac_core::BrokerError>) {
     }
 }
 
-impl Shared {
+impl JobEnv {
     /// Why `msg` must not run now, if it must not: revoked, or expired.
     pub(super) fn why_not_run(&self, msg: &TaskMessage) -> Option<&'static str> {
         if self.revoked.contains(&msg.headers.id) {
@@ -258,7 +259,7 @@ impl Shared {
 
 /// Runs one accepted job in its slot and settles its message.
 pub(super) fn execute(
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     job: Job,
     slot: OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> {
@@ -367,7 +368,7 @@ pub(super) fn execute(
 
 /// A job whose task has run (or was terminated), ready to be recorded and settled.
 struct Finished {
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     cfg: TaskConfig,
     ctx: TaskContext,
     msg: Arc<TaskMessage>,
@@ -424,7 +425,10 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
             Outcome::Success(value) => {
                 match Box::pin(flow::on_success(&shared, &msg, &value)).await {
                     Ok(()) => {
-                        info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
+                        info!(
+                            "Task {label} succeeded in {runtime:.6}s: {}",
+                            truncate_for_log(&value)
+                        );
                         shared.stats.record(Some(task_name), Event::Succeeded);
                         if store_results {
                             shared

@@ -40,7 +40,7 @@ use celeriac_core::Delivery;
 use crate::app::App;
 use crate::error::Error;
 use crate::execute::{Limits, Pool};
-use job::{Job, Shared};
+use job::{Job, JobEnv};
 use prefork::{PreforkOptions, PreforkPool};
 use stats::Event;
 
@@ -353,7 +353,7 @@ impl Worker {
             .handle_signals
             .then(|| spawn_signal_listener(self.shutdown.clone()));
         info!("{} ready.", self.name);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(JobEnv {
             app: self.app.clone(),
             hostname: self.name.as_str().into(),
             pool: self.pool,
@@ -455,7 +455,7 @@ struct Scaler {
 }
 
 struct LoopState {
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     slots: Arc<Semaphore>,
     scale: Option<Scaler>,
     pending: VecDeque<Job>,
