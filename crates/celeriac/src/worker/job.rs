@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
+use celeriac_core::backoff::Backoff;
 use celeriac_core::protocol::{DecodeError, TaskMessage};
 use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
 
@@ -128,7 +129,7 @@ impl JobEnv {
             return;
         };
         let expires = self.app.config().result_expires;
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut warned = false;
         loop {
             match backend.store(&meta, expires).await {
@@ -149,8 +150,7 @@ impl JobEnv {
                         );
                         warned = true;
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(10));
+                    backoff.wait().await;
                 }
                 Err(e) => {
                     error!(
@@ -191,11 +191,7 @@ impl JobEnv {
             msg.headers.id,
             delivery.queue()
         );
-        let exc = ExceptionInfo::new(
-            "NotRegistered",
-            "celery.exceptions",
-            msg.headers.task.clone(),
-        );
+        let exc = ExceptionInfo::celery("NotRegistered", msg.headers.task.clone());
         let mut meta = self.meta(&msg, State::Failure, exc.to_value());
         meta.children = Value::Null;
         self.store(meta).await;
@@ -216,12 +212,12 @@ impl JobEnv {
         warn!("Task {} {reason}; not run, stored REVOKED", Label(&msg));
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
-            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+            let exc = ExceptionInfo::celery("TaskRevokedError", reason);
             self.store(self.meta(&msg, State::Revoked, exc.to_value()))
                 .await;
         }
         if msg.embed.chord.is_some() {
-            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+            let exc = ExceptionInfo::celery("TaskRevokedError", reason);
             Box::pin(flow::chord_member_done(
                 &self,
                 &msg,
@@ -401,13 +397,12 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 warn!("Task {label} terminated by a revoke request; stored REVOKED");
                 shared.stats.record(Some(task_name), Event::Revoked);
                 if store_results {
-                    let exc =
-                        ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                    let exc = ExceptionInfo::celery("TaskRevokedError", "terminated");
                     shared
                         .store(shared.meta(&msg, State::Revoked, exc.to_value()))
                         .await;
                 }
-                let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                let exc = ExceptionInfo::celery("TaskRevokedError", "terminated");
                 Box::pin(flow::chord_member_done(
                     &shared,
                     &msg,
