@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use celeriac_core::Subscription;
 
-use super::job::Shared;
+use super::job::JobEnv;
 use crate::control::{reply_message, Command};
 
 /// Ids a revoke named, for the worker loop to drop from what it holds.
@@ -18,7 +18,7 @@ pub(super) type RevokedTx = mpsc::UnboundedSender<Vec<String>>;
 
 /// Handles commands until the subscription ends.
 pub(super) fn spawn(
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     mut pidbox: Subscription,
     revoked_tx: RevokedTx,
 ) -> tokio::task::JoinHandle<()> {
@@ -57,7 +57,7 @@ fn ids(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn handle(shared: &Shared, cmd: &Command, revoked_tx: &RevokedTx) -> Option<Value> {
+fn handle(shared: &JobEnv, cmd: &Command, revoked_tx: &RevokedTx) -> Option<Value> {
     Some(match cmd.method.as_str() {
         "ping" => json!({"ok": "pong"}),
         "revoke" => {

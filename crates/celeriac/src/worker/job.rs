@@ -11,11 +11,14 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
+use celeriac_core::backoff::Backoff;
 use celeriac_core::protocol::{DecodeError, TaskMessage};
 use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
 
 use super::prefork::{PreforkPool, Ran};
+use super::revoked::Revoked;
 use super::stats::{Event, WorkerStats};
+use super::terminate::Terminators;
 use super::Phase;
 use crate::app::App;
 use crate::canvas::flow;
@@ -24,8 +27,10 @@ use crate::execute::{self, Limits, Outcome, Pool};
 use crate::producer;
 use crate::task::{Task, TaskConfig};
 
-/// What every job needs from its worker.
-pub(super) struct Shared {
+/// What every job of one worker runs with, shared by all of them behind an `Arc`: the app,
+/// the node name, the pool, the counters, the shutdown phase, the worker-wide time limits,
+/// the prefork children, and the revoke and terminate registries.
+pub(super) struct JobEnv {
     pub(super) app: App,
     pub(super) hostname: Arc<str>,
     pub(super) pool: Pool,
@@ -39,49 +44,6 @@ pub(super) struct Shared {
     pub(super) terminators: Terminators,
     /// Revoked task ids.
     pub(super) revoked: Revoked,
-}
-
-/// The running tasks, so `revoke(terminate=true)` can reach one by id.
-///
-/// A slab of their contexts (each carries its terminate signal): registering a task is a
-/// lock and a slot, with no allocation and no hashing of its id. Finding a task by id
-/// walks the running tasks, which only a revoke or an `inspect active` does.
-#[derive(Default)]
-pub(super) struct Terminators {
-    running: std::sync::Mutex<slab::Slab<TaskContext>>,
-}
-
-impl Terminators {
-    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<TaskContext>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn register(&self, ctx: &TaskContext) -> usize {
-        self.lock().insert(ctx.clone())
-    }
-
-    fn remove(&self, key: usize) {
-        self.lock().try_remove(key);
-    }
-
-    /// Stops the running task `id`; false if it is not running here.
-    pub(super) fn terminate(&self, id: &str) -> bool {
-        let running = self.lock();
-        let mut found = false;
-        for (_, ctx) in running.iter().filter(|(_, c)| c.id() == id) {
-            ctx.terminate_signal().notify_one();
-            found = true;
-        }
-        found
-    }
-
-    /// Ids of the tasks running now.
-    pub(super) fn running(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .map(|(_, c)| c.id().to_string())
-            .collect()
-    }
 }
 
 /// An accepted task message waiting for (or holding) a slot.
@@ -109,8 +71,8 @@ impl std::fmt::Display for Label<'_> {
     }
 }
 
-/// Short display of a result for the log, as Celery's `saferepr` truncation.
-fn short(v: &Value) -> String {
+/// A result as JSON for a log line, cut after 200 bytes as Celery's `saferepr` cuts it.
+fn truncate_for_log(v: &Value) -> String {
     let mut s = v.to_string();
     if s.len() > 200 {
         let mut cut = 200;
@@ -123,7 +85,7 @@ fn short(v: &Value) -> String {
     s
 }
 
-impl Shared {
+impl JobEnv {
     /// Base record for `msg` in `status`, with Celery's group/parent and extended fields.
     fn meta(&self, msg: &TaskMessage, status: State, result: Value) -> TaskMeta {
         let mut m = TaskMeta::new(msg.headers.id.clone(), status, result);
@@ -168,7 +130,7 @@ impl Shared {
             return;
         };
         let expires = self.app.config().result_expires;
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut warned = false;
         loop {
             match backend.store(&meta, expires).await {
@@ -189,8 +151,7 @@ impl Shared {
                         );
                         warned = true;
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(10));
+                    backoff.wait().await;
                 }
                 Err(e) => {
                     error!(
@@ -231,11 +192,7 @@ impl Shared {
             msg.headers.id,
             delivery.queue()
         );
-        let exc = ExceptionInfo::new(
-            "NotRegistered",
-            "celery.exceptions",
-            msg.headers.task.clone(),
-        );
+        let exc = ExceptionInfo::celery("NotRegistered", msg.headers.task.clone());
         let mut meta = self.meta(&msg, State::Failure, exc.to_value());
         meta.children = Value::Null;
         self.store(meta).await;
@@ -244,7 +201,6 @@ impl Shared {
         settle("reject", delivery.reject(false).await);
     }
 
-    /// An expired task: REVOKED `["expired"]`, acknowledged, not run.
     /// A task that will not run — `reason` "expired" or "revoked": REVOKED
     /// (`TaskRevokedError(reason)`), acknowledged.
     pub(super) async fn not_run(
@@ -257,12 +213,12 @@ impl Shared {
         warn!("Task {} {reason}; not run, stored REVOKED", Label(&msg));
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
-            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+            let exc = ExceptionInfo::celery("TaskRevokedError", reason);
             self.store(self.meta(&msg, State::Revoked, exc.to_value()))
                 .await;
         }
         if msg.embed.chord.is_some() {
-            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
+            let exc = ExceptionInfo::celery("TaskRevokedError", reason);
             Box::pin(flow::chord_member_done(
                 &*self,
                 &msg,
@@ -285,7 +241,7 @@ fn settle(op: &str, r: Result<(), celeriac_core::BrokerError>) {
     }
 }
 
-impl Shared {
+impl JobEnv {
     /// Why `msg` must not run now, if it must not: revoked, or expired.
     pub(super) fn why_not_run(&self, msg: &TaskMessage) -> Option<&'static str> {
         if self.revoked.contains(&msg.headers.id) {
@@ -298,62 +254,9 @@ impl Shared {
     }
 }
 
-/// Ids of revoked tasks (Celery keeps them in memory, bounded, as here).
-#[derive(Default)]
-pub(super) struct Revoked {
-    inner: std::sync::Mutex<(
-        std::collections::HashSet<String>,
-        std::collections::VecDeque<String>,
-    )>,
-    /// Whether any id was ever revoked: until then a lookup takes no lock (it happens for
-    /// every task, twice).
-    any: std::sync::atomic::AtomicBool,
-}
-
-impl Revoked {
-    /// Most ids remembered (Celery's `REVOKES_MAX`).
-    const MAX: usize = 50_000;
-
-    pub(super) fn insert(&self, ids: &[String]) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        self.any.store(true, std::sync::atomic::Ordering::Release);
-        for id in ids {
-            if g.0.insert(id.clone()) {
-                g.1.push_back(id.clone());
-            }
-        }
-        while g.1.len() > Self::MAX {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-    }
-
-    pub(super) fn contains(&self, id: &str) -> bool {
-        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
-            return false;
-        }
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .contains(id)
-    }
-
-    pub(super) fn list(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
 /// Runs one accepted job in its slot and settles its message.
 pub(super) fn execute(
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     job: Job,
     slot: OwnedSemaphorePermit,
 ) -> impl std::future::Future<Output = ()> {
@@ -462,7 +365,7 @@ pub(super) fn execute(
 
 /// A job whose task has run (or was terminated), ready to be recorded and settled.
 struct Finished {
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     cfg: TaskConfig,
     ctx: TaskContext,
     msg: Arc<TaskMessage>,
@@ -495,13 +398,12 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 warn!("Task {label} terminated by a revoke request; stored REVOKED");
                 shared.stats.record(Some(task_name), Event::Revoked);
                 if store_results {
-                    let exc =
-                        ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                    let exc = ExceptionInfo::celery("TaskRevokedError", "terminated");
                     shared
                         .store(shared.meta(&msg, State::Revoked, exc.to_value()))
                         .await;
                 }
-                let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", "terminated");
+                let exc = ExceptionInfo::celery("TaskRevokedError", "terminated");
                 Box::pin(flow::chord_member_done(
                     &*shared,
                     &msg,
@@ -519,7 +421,10 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
             Outcome::Success(value) => {
                 match Box::pin(flow::on_success(&*shared, &msg, &value)).await {
                     Ok(()) => {
-                        info!("Task {label} succeeded in {runtime:.6}s: {}", short(&value));
+                        info!(
+                            "Task {label} succeeded in {runtime:.6}s: {}",
+                            truncate_for_log(&value)
+                        );
                         shared.stats.record(Some(task_name), Event::Succeeded);
                         if store_results {
                             shared
@@ -653,13 +558,13 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
 
 /// A worker runs a workflow's steps against the app's result backend, and sends what
 /// follows a task to the broker.
-impl flow::Host for Shared {
+impl flow::Host for JobEnv {
     fn backend(&self) -> Option<&dyn celeriac_core::ResultBackend> {
         self.app.backend().map(|b| b.as_ref())
     }
 
     fn store(&self, meta: TaskMeta) -> futures::future::BoxFuture<'_, ()> {
-        Shared::store(self, meta)
+        JobEnv::store(self, meta)
     }
 
     fn send(

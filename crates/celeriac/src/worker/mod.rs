@@ -12,12 +12,20 @@
 //!   abandoned; late-ack messages go back to their queue (their delivery is dropped
 //!   unsettled), early-ack ones were already acknowledged, as in Celery.
 
+mod autoscale;
 mod banner;
+mod builder;
 mod control;
+mod heartbeat;
 mod job;
 pub mod prefork;
+mod revoked;
+mod shutdown;
 mod stats;
+mod terminate;
 
+pub use builder::WorkerBuilder;
+pub use shutdown::{Phase, ShutdownHandle};
 pub use stats::{StatsSnapshot, TaskCounts, WorkerStats};
 
 use std::collections::{HashMap, VecDeque};
@@ -37,240 +45,12 @@ use celeriac_core::Delivery;
 use crate::app::App;
 use crate::error::Error;
 use crate::execute::{Limits, Pool};
-use job::{Job, Shared};
+use autoscale::{Autoscale, Scaler};
+use heartbeat::spawn_heartbeat;
+use job::{Job, JobEnv};
 use prefork::{PreforkOptions, PreforkPool};
+use shutdown::spawn_signal_listener;
 use stats::Event;
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Consuming and running tasks.
-    Running,
-    /// Not consuming; letting running tasks finish.
-    Warm,
-    /// Abandoning running tasks.
-    Cold,
-}
-
-/// Asks a running worker to stop. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle {
-    tx: Arc<watch::Sender<Phase>>,
-}
-
-impl ShutdownHandle {
-    /// Warm shutdown: stop consuming, return unstarted messages, let running tasks finish.
-    pub fn warm(&self) {
-        self.tx.send_if_modified(|p| {
-            let change = *p == Phase::Running;
-            if change {
-                *p = Phase::Warm;
-            }
-            change
-        });
-    }
-
-    /// Cold shutdown: stop now; late-ack messages of running tasks go back to the queue.
-    pub fn cold(&self) {
-        self.tx.send_if_modified(|p| {
-            let change = *p != Phase::Cold;
-            *p = Phase::Cold;
-            change
-        });
-    }
-
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        *self.tx.borrow()
-    }
-}
-
-/// Configures a [`Worker`]; get one from [`App::worker`].
-#[derive(Debug)]
-pub struct WorkerBuilder {
-    app: App,
-    queues: Vec<String>,
-    concurrency: usize,
-    prefetch: Option<usize>,
-    pool: Pool,
-    name: Option<String>,
-    shutdown_timeout: Duration,
-    handle_signals: bool,
-    limits: Limits,
-    prefork: PreforkOptions,
-    autoscale: Option<Autoscale>,
-    stats_interval: Duration,
-}
-
-/// Autoscaling bounds and how long an unused slot is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Autoscale {
-    max: usize,
-    min: usize,
-    keepalive: Duration,
-}
-
-impl WorkerBuilder {
-    pub(crate) fn new(app: App) -> Self {
-        let concurrency = std::thread::available_parallelism().map_or(1, usize::from);
-        Self {
-            queues: vec![app.config().default_queue.clone()],
-            app,
-            concurrency,
-            prefetch: None,
-            pool: Pool::Async,
-            name: None,
-            shutdown_timeout: Duration::from_secs(30),
-            handle_signals: false,
-            limits: Limits::default(),
-            prefork: PreforkOptions::default(),
-            autoscale: None,
-            stats_interval: Duration::from_secs(60),
-        }
-    }
-
-    /// How often the worker logs its counters when they changed (default 60 s): its
-    /// heartbeat in the log. The same counters answer the `stats` remote-control command.
-    pub fn stats_interval(mut self, every: Duration) -> Self {
-        self.stats_interval = every.max(Duration::from_millis(10));
-        self
-    }
-
-    /// Grows the pool up to `max` tasks at once while messages wait, and shrinks it back
-    /// towards `min` when slots stay unused (`--autoscale MAX,MIN`). Overrides
-    /// [`concurrency`](Self::concurrency).
-    pub fn autoscale(mut self, max: usize, min: usize) -> Self {
-        let max = max.max(1);
-        self.autoscale = Some(Autoscale {
-            max,
-            min: min.clamp(1, max),
-            keepalive: self
-                .autoscale
-                .map_or(Duration::from_secs(30), |a| a.keepalive),
-        });
-        self.concurrency = max;
-        self
-    }
-
-    /// How long an unused autoscaled slot is kept before the pool shrinks (default 30 s).
-    pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
-        if let Some(a) = &mut self.autoscale {
-            a.keepalive = keepalive;
-        }
-        self
-    }
-
-    /// Prefork pool: replace a child process after it ran this many tasks
-    /// (`--max-tasks-per-child`).
-    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
-        self.prefork.max_tasks_per_child = Some(n.max(1));
-        self
-    }
-
-    /// Prefork pool: replace a child process whose resident memory passes this many KiB
-    /// after a task (`--max-memory-per-child`).
-    pub fn max_memory_per_child(mut self, kib: u64) -> Self {
-        self.prefork.max_memory_per_child_kb = Some(kib);
-        self
-    }
-
-    /// Hard time limit for tasks that set none (seconds): the task is stopped and fails
-    /// with `TimeLimitExceeded` (`task_time_limit`).
-    pub fn time_limit(mut self, secs: f64) -> Self {
-        self.limits.hard = Some(secs);
-        self
-    }
-
-    /// Soft time limit for tasks that set none (seconds): the task is told, and can clean
-    /// up before the hard limit (`task_soft_time_limit`).
-    pub fn soft_time_limit(mut self, secs: f64) -> Self {
-        self.limits.soft = Some(secs);
-        self
-    }
-
-    /// Queues to consume, in order of preference (default: the app's default queue).
-    pub fn queues<I, S>(mut self, queues: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.queues = queues.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Most tasks running at once (default: number of CPUs).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
-        self
-    }
-
-    /// Most messages fetched and not yet acknowledged (default: concurrency × the app's
-    /// prefetch multiplier; 0 = no limit).
-    pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = Some(n);
-        self
-    }
-
-    /// Where task bodies run.
-    pub fn pool(mut self, pool: Pool) -> Self {
-        self.pool = pool;
-        self
-    }
-
-    /// Node name (default `celery@<hostname>`; `%h` is replaced by the host name).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// How long a warm shutdown waits for running tasks before going cold (default 30 s).
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Installs SIGINT/SIGTERM handlers: the first signal is a warm shutdown, the second
-    /// a cold one (default off for library use; the CLI turns it on).
-    pub fn handle_signals(mut self, on: bool) -> Self {
-        self.handle_signals = on;
-        self
-    }
-
-    /// Builds the worker.
-    pub fn build(self) -> Worker {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into());
-        let name = self
-            .name
-            .map(|n| n.replace("%h", &host))
-            .unwrap_or_else(|| format!("celery@{host}"));
-        let prefetch = self
-            .prefetch
-            .unwrap_or(self.concurrency * self.app.config().prefetch_multiplier);
-        let (tx, _) = watch::channel(Phase::Running);
-        Worker {
-            app: self.app,
-            queues: self.queues,
-            concurrency: if self.pool == Pool::Solo {
-                1
-            } else {
-                self.concurrency
-            },
-            prefetch,
-            pool: self.pool,
-            name,
-            shutdown_timeout: self.shutdown_timeout,
-            handle_signals: self.handle_signals,
-            limits: self.limits,
-            prefork: self.prefork,
-            autoscale: self.autoscale,
-            stats_interval: self.stats_interval,
-            shutdown: ShutdownHandle { tx: Arc::new(tx) },
-            stats: Arc::new(WorkerStats::default()),
-        }
-    }
-}
 
 /// A worker: run it with [`Worker::run`]; stop it with its [`ShutdownHandle`] or a signal.
 #[derive(Debug)]
@@ -350,16 +130,16 @@ impl Worker {
             .handle_signals
             .then(|| spawn_signal_listener(self.shutdown.clone()));
         info!("{} ready.", self.name);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(JobEnv {
             app: self.app.clone(),
             hostname: self.name.as_str().into(),
             pool: self.pool,
             stats: self.stats.clone(),
-            phase: self.shutdown.tx.subscribe(),
+            phase: self.shutdown.subscribe(),
             limits: self.limits,
             prefork: prefork.clone(),
-            terminators: job::Terminators::default(),
-            revoked: job::Revoked::default(),
+            terminators: terminate::Terminators::default(),
+            revoked: revoked::Revoked::default(),
         });
         // Remote control, where the broker has fanout exchanges.
         let (revoked_tx, mut revoked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
@@ -379,18 +159,14 @@ impl Worker {
             slots: Arc::new(Semaphore::new(
                 self.autoscale.map_or(self.concurrency, |a| a.min),
             )),
-            scale: self.autoscale.map(|a| Scaler {
-                bounds: a,
-                current: a.min,
-                idle_since: None,
-            }),
+            scale: self.autoscale.map(Scaler::new),
             pending: VecDeque::new(),
             held: DelayQueue::new(),
             held_jobs: HashMap::new(),
             next_hold: 0,
             running: JoinSet::new(),
         };
-        let mut phase = self.shutdown.tx.subscribe();
+        let mut phase = self.shutdown.subscribe();
         let mut consumer = Some(consumer);
         let heartbeat = spawn_heartbeat(self.name.clone(), self.stats.clone(), self.stats_interval);
         let mut scale_tick = tokio::time::interval(Duration::from_millis(250));
@@ -444,15 +220,10 @@ impl Worker {
     }
 }
 
-/// The autoscaler's state: the current pool size and since when a slot went unused.
-struct Scaler {
-    bounds: Autoscale,
-    current: usize,
-    idle_since: Option<tokio::time::Instant>,
-}
-
+/// What the worker loop owns: the slots (resized by the autoscaler), the jobs waiting for
+/// one, the jobs held for their ETA, and the running jobs.
 struct LoopState {
-    shared: Arc<Shared>,
+    shared: Arc<JobEnv>,
     slots: Arc<Semaphore>,
     scale: Option<Scaler>,
     pending: VecDeque<Job>,
@@ -561,40 +332,15 @@ impl LoopState {
         self.release_or_hold(job);
     }
 
-    /// One autoscaler step: grow while messages wait for a slot, shrink by one after a
-    /// slot went unused for the keepalive.
+    /// One autoscaler step (see [`Scaler::step`]).
     fn autoscale(&mut self) {
         let Some(scale) = &mut self.scale else { return };
-        let free = self.slots.available_permits();
-        if !self.pending.is_empty() && scale.current < scale.bounds.max {
-            let grow = self.pending.len().min(scale.bounds.max - scale.current);
-            self.slots.add_permits(grow);
-            scale.current += grow;
-            scale.idle_since = None;
-            info!(
-                "autoscale: {} → {} slots",
-                scale.current - grow,
-                scale.current
-            );
-        } else if self.pending.is_empty() && free > 0 && scale.current > scale.bounds.min {
-            let since = *scale
-                .idle_since
-                .get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= scale.bounds.keepalive {
-                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                    slot.forget();
-                    scale.current -= 1;
-                    scale.idle_since = None;
-                    info!("autoscale: {} → {} slots", scale.current + 1, scale.current);
-                    if let Some(pool) = &self.shared.prefork {
-                        pool.shrink_to(scale.current);
-                    }
-                }
-            }
-        } else {
-            scale.idle_since = None;
-        }
-        self.shared.stats.set_concurrency(scale.current);
+        let current = scale.step(
+            &self.slots,
+            self.pending.len(),
+            self.shared.prefork.as_deref(),
+        );
+        self.shared.stats.set_concurrency(current);
     }
 
     /// Settles the waiting and held jobs a revoke named (REVOKED, acknowledged) at once,
@@ -710,83 +456,4 @@ impl LoopState {
             abandoned,
         }
     }
-}
-
-/// Logs the worker's counters every `every` when they changed since the last line.
-fn spawn_heartbeat(
-    name: String,
-    stats: Arc<WorkerStats>,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut last = stats.snapshot();
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let now = stats.snapshot();
-            if now == last {
-                continue;
-            }
-            let per_task: Vec<String> = now
-                .per_task
-                .iter()
-                .map(|(t, c)| format!("{t} {}/{}/{}", c.succeeded, c.failed, c.retried))
-                .collect();
-            info!(
-                "{name} stats: {} succeeded, {} failed, {} retried, {} active of {}; per task (ok/failed/retried): {}",
-                now.succeeded,
-                now.failed,
-                now.retried,
-                now.active,
-                now.concurrency,
-                per_task.join(", ")
-            );
-            last = now;
-        }
-    })
-}
-
-fn spawn_signal_listener(handle: ShutdownHandle) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                error!("cannot install signal handlers; stop the worker another way");
-                return;
-            };
-            let mut count = 0;
-            loop {
-                let name = tokio::select! {
-                    _ = int.recv() => "SIGINT",
-                    _ = term.recv() => "SIGTERM",
-                };
-                count += 1;
-                if count == 1 {
-                    warn!(
-                        "{name} received: warm shutdown (a second signal forces a cold shutdown)"
-                    );
-                    handle.warm();
-                } else {
-                    warn!("{name} received again: cold shutdown");
-                    handle.cold();
-                    return;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                handle.warm();
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                handle.cold();
-            }
-        }
-    })
 }

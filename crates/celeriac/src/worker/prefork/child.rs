@@ -130,7 +130,7 @@ fn write_line<T: serde::Serialize>(w: &mut UnixStream, value: &T) -> std::io::Re
 
 async fn run_request(app: &App, req: Request) -> Output {
     let invalid = |reason: String| Output::Failed {
-        exception: ExceptionInfo::new("InvalidTaskError", "celery.exceptions", reason),
+        exception: ExceptionInfo::celery("InvalidTaskError", reason),
         traceback: None,
         retryable: false,
     };
@@ -147,11 +147,7 @@ async fn run_request(app: &App, req: Request) -> Output {
     };
     let Some(task) = app.task(&msg.headers.task).cloned() else {
         return Output::Failed {
-            exception: ExceptionInfo::new(
-                "NotRegistered",
-                "celery.exceptions",
-                msg.headers.task.clone(),
-            ),
+            exception: ExceptionInfo::celery("NotRegistered", msg.headers.task.clone()),
             traceback: None,
             retryable: false,
         };

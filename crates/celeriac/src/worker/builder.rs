@@ -1,0 +1,189 @@
+//! [`WorkerBuilder`]: a worker's options (queues, concurrency, prefetch, pool, limits,
+//! autoscaling, shutdown) and their defaults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::autoscale::Autoscale;
+use super::prefork::PreforkOptions;
+use super::{ShutdownHandle, Worker, WorkerStats};
+use crate::app::App;
+use crate::execute::{Limits, Pool};
+
+/// Configures a [`Worker`]; get one from [`App::worker`].
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    app: App,
+    queues: Vec<String>,
+    concurrency: usize,
+    prefetch: Option<usize>,
+    pool: Pool,
+    name: Option<String>,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+    limits: Limits,
+    prefork: PreforkOptions,
+    autoscale: Option<Autoscale>,
+    stats_interval: Duration,
+}
+
+impl WorkerBuilder {
+    pub(crate) fn new(app: App) -> Self {
+        let concurrency = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            queues: vec![app.config().default_queue.clone()],
+            app,
+            concurrency,
+            prefetch: None,
+            pool: Pool::Async,
+            name: None,
+            shutdown_timeout: Duration::from_secs(30),
+            handle_signals: false,
+            limits: Limits::default(),
+            prefork: PreforkOptions::default(),
+            autoscale: None,
+            stats_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// How often the worker logs its counters when they changed (default 60 s): its
+    /// heartbeat in the log. The same counters answer the `stats` remote-control command.
+    pub fn stats_interval(mut self, every: Duration) -> Self {
+        self.stats_interval = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Grows the pool up to `max` tasks at once while messages wait, and shrinks it back
+    /// towards `min` when slots stay unused (`--autoscale MAX,MIN`). Overrides
+    /// [`concurrency`](Self::concurrency).
+    pub fn autoscale(mut self, max: usize, min: usize) -> Self {
+        let max = max.max(1);
+        self.autoscale = Some(Autoscale {
+            max,
+            min: min.clamp(1, max),
+            keepalive: self
+                .autoscale
+                .map_or(Duration::from_secs(30), |a| a.keepalive),
+        });
+        self.concurrency = max;
+        self
+    }
+
+    /// How long an unused autoscaled slot is kept before the pool shrinks (default 30 s).
+    pub fn autoscale_keepalive(mut self, keepalive: Duration) -> Self {
+        if let Some(a) = &mut self.autoscale {
+            a.keepalive = keepalive;
+        }
+        self
+    }
+
+    /// Prefork pool: replace a child process after it ran this many tasks
+    /// (`--max-tasks-per-child`).
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.prefork.max_tasks_per_child = Some(n.max(1));
+        self
+    }
+
+    /// Prefork pool: replace a child process whose resident memory passes this many KiB
+    /// after a task (`--max-memory-per-child`).
+    pub fn max_memory_per_child(mut self, kib: u64) -> Self {
+        self.prefork.max_memory_per_child_kb = Some(kib);
+        self
+    }
+
+    /// Hard time limit for tasks that set none (seconds): the task is stopped and fails
+    /// with `TimeLimitExceeded` (`task_time_limit`).
+    pub fn time_limit(mut self, secs: f64) -> Self {
+        self.limits.hard = Some(secs);
+        self
+    }
+
+    /// Soft time limit for tasks that set none (seconds): the task is told, and can clean
+    /// up before the hard limit (`task_soft_time_limit`).
+    pub fn soft_time_limit(mut self, secs: f64) -> Self {
+        self.limits.soft = Some(secs);
+        self
+    }
+
+    /// Queues to consume, in order of preference (default: the app's default queue).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Most tasks running at once (default: number of CPUs).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Most messages fetched and not yet acknowledged (default: concurrency × the app's
+    /// prefetch multiplier; 0 = no limit).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Where task bodies run.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Node name (default `celery@<hostname>`; `%h` is replaced by the host name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How long a warm shutdown waits for running tasks before going cold (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Installs SIGINT/SIGTERM handlers: the first signal is a warm shutdown, the second
+    /// a cold one (default off for library use; the CLI turns it on).
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(self) -> Worker {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        let name = self
+            .name
+            .map(|n| n.replace("%h", &host))
+            .unwrap_or_else(|| format!("celery@{host}"));
+        let prefetch = self
+            .prefetch
+            .unwrap_or(self.concurrency * self.app.config().prefetch_multiplier);
+        Worker {
+            app: self.app,
+            queues: self.queues,
+            concurrency: if self.pool == Pool::Solo {
+                1
+            } else {
+                self.concurrency
+            },
+            prefetch,
+            pool: self.pool,
+            name,
+            shutdown_timeout: self.shutdown_timeout,
+            handle_signals: self.handle_signals,
+            limits: self.limits,
+            prefork: self.prefork,
+            autoscale: self.autoscale,
+            stats_interval: self.stats_interval,
+            shutdown: ShutdownHandle::new(),
+            stats: Arc::new(WorkerStats::default()),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The tasks running in this worker, by id, so that `revoke(terminate=true)` can stop one
+//! and `inspect active` can list them.
+
+use crate::context::TaskContext;
+
+/// The running tasks, so `revoke(terminate=true)` can reach one by id.
+///
+/// A slab of their contexts (each carries its terminate signal): registering a task is a
+/// lock and a slot, with no allocation and no hashing of its id. Finding a task by id
+/// walks the running tasks, which only a revoke or an `inspect active` does.
+#[derive(Default)]
+pub(super) struct Terminators {
+    running: std::sync::Mutex<slab::Slab<TaskContext>>,
+}
+
+// `#[inline]` on what every task calls: these lived beside the job code that calls them,
+// and stay inlinable into it from their own module.
+impl Terminators {
+    #[inline]
+    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<TaskContext>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a task that starts running; the key removes it.
+    #[inline]
+    pub(super) fn register(&self, ctx: &TaskContext) -> usize {
+        self.lock().insert(ctx.clone())
+    }
+
+    /// Removes a task that stopped running.
+    #[inline]
+    pub(super) fn remove(&self, key: usize) {
+        self.lock().try_remove(key);
+    }
+
+    /// Stops the running task `id`; false if it is not running here.
+    pub(super) fn terminate(&self, id: &str) -> bool {
+        let running = self.lock();
+        let mut found = false;
+        for (_, ctx) in running.iter().filter(|(_, c)| c.id() == id) {
+            ctx.terminate_signal().notify_one();
+            found = true;
+        }
+        found
+    }
+
+    /// Ids of the tasks running now.
+    pub(super) fn running(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .map(|(_, c)| c.id().to_string())
+            .collect()
+    }
+}
