@@ -100,13 +100,9 @@ impl RedisBackend {
     /// Connects to the backend at `url`.
     pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
         let cfg = RedisConfig::from_url(url)?;
-        let (client, conn) = cfg.connect().await.map_err(|e| match e {
-            Ok(reason) => Error::from(BackendError::Connection {
-                url: cfg.masked.clone(),
-                reason,
-            }),
-            Err(url) => Error::from(url),
-        })?;
+        let (client, conn) = cfg
+            .connect(|url, reason| BackendError::Connection { url, reason }.into())
+            .await?;
         let (sink, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new_cyclic(|me| Inner {

@@ -173,12 +173,14 @@ impl RedisConfig {
     }
 
     /// The client and an auto-reconnecting multiplexed connection: what both the broker
-    /// and the backend talk through. A server that cannot be reached is the error's
-    /// `Err(Ok(reason))`; a URL problem `Err(Err(..))`.
+    /// and the backend talk through. A server that cannot be reached is the error
+    /// `unreachable(masked_url, reason)` makes (a broker's or a backend's connection
+    /// error); a URL problem is the URL's error.
     pub(crate) async fn connect(
         &self,
-    ) -> Result<(redis::Client, redis::aio::ConnectionManager), Result<String, UrlError>> {
-        let client = self.client().map_err(Err)?;
+        unreachable: impl FnOnce(String, String) -> crate::Error,
+    ) -> Result<(redis::Client, redis::aio::ConnectionManager), crate::Error> {
+        let client = self.client()?;
         let conn = redis::aio::ConnectionManager::new_with_config(
             client.clone(),
             redis::aio::ConnectionManagerConfig::new()
@@ -188,7 +190,7 @@ impl RedisConfig {
                 .set_max_delay(Duration::from_secs(2)),
         )
         .await
-        .map_err(|e| Ok(e.to_string()))?;
+        .map_err(|e| unreachable(self.masked.clone(), e.to_string()))?;
         Ok((client, conn))
     }
 

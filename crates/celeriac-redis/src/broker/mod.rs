@@ -102,13 +102,9 @@ impl RedisBroker {
     /// Connects to the broker at `url`; fails with one clear line if it cannot.
     pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
         let cfg = RedisConfig::from_url(url)?;
-        let (client, conn) = cfg.connect().await.map_err(|e| match e {
-            Ok(reason) => Error::from(BrokerError::Connection {
-                url: cfg.masked.clone(),
-                reason,
-            }),
-            Err(url) => Error::from(url),
-        })?;
+        let (client, conn) = cfg
+            .connect(|url, reason| BrokerError::Connection { url, reason }.into())
+            .await?;
         Ok(Self {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
