@@ -1,15 +1,16 @@
 //! [`App`]: the task registry, broker, result backend, routes and configuration that
 //! clients send through and workers run from. Cheap to clone (one `Arc`).
+//!
+//! Its sending methods (`send_task`, `send_many`, `apply_async` through the `Apply` trait)
+//! live with the rest of sending, in the `producer` module.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::routing::{Route, Router};
-use celeriac_core::signature::Apply;
 use celeriac_core::url::mask;
-use celeriac_core::{Broker, ResultBackend, Signature};
-use serde_json::Value;
+use celeriac_core::{Broker, ResultBackend};
 
 use crate::engines;
 use crate::error::Error;
@@ -139,7 +140,7 @@ fn env_url(names: &[&str]) -> Option<String> {
 
 impl AppBuilder {
     /// The broker URL: `sqlite://FILE`, `memory://[NAME]`, `redis://…` (each engine behind
-    /// its cargo feature; see [`engines`](crate::engines)).
+    /// its cargo feature; see [`engines`]).
     pub fn broker_url(mut self, url: impl Into<String>) -> Self {
         self.broker_url = Some(url.into());
         self
@@ -366,45 +367,5 @@ impl App {
     /// A handle to the result of task `id`.
     pub fn async_result(&self, id: impl Into<String>) -> AsyncResult {
         AsyncResult::new(id.into(), self)
-    }
-
-    /// Sends a task by name, for tasks this binary does not contain; `args` must be a JSON
-    /// array and `kwargs` an object (or null).
-    pub async fn send_task(
-        &self,
-        name: &str,
-        args: Value,
-        kwargs: Value,
-    ) -> Result<AsyncResult, Error> {
-        let invalid = |reason: &str| Error::InvalidArguments {
-            task: name.to_string(),
-            reason: reason.to_string(),
-        };
-        let args = match args {
-            Value::Array(a) => a,
-            Value::Null => Vec::new(),
-            _ => return Err(invalid("args must be a JSON array")),
-        };
-        let kwargs = match kwargs {
-            Value::Object(k) => k,
-            Value::Null => serde_json::Map::new(),
-            _ => return Err(invalid("kwargs must be a JSON object")),
-        };
-        crate::producer::apply(self, Signature::new(name).args(args).kwargs(kwargs), None).await
-    }
-
-    /// Sends many signatures in one batch (pipelined where the broker can); returns their
-    /// results in order. Eager apps run them one by one.
-    pub async fn send_many(&self, signatures: Vec<Signature>) -> Result<Vec<AsyncResult>, Error> {
-        crate::producer::send_many(self, signatures).await
-    }
-}
-
-impl Apply for App {
-    type Output = AsyncResult;
-    type Error = Error;
-
-    async fn apply_signature(&self, signature: Signature) -> Result<AsyncResult, Error> {
-        crate::producer::apply(self, signature, None).await
     }
 }

@@ -3,9 +3,9 @@
 //! worker runs a celeriac client's chain, and a celeriac worker continues a Python
 //! client's.
 //!
-//! This module builds canvases; [`plan`] is the one interpreter that turns one into the
-//! task messages to send (used by clients, workers and eager mode alike, through
-//! [`producer`](crate::producer)), and [`flow`] is what a finished task does for the
+//! This module builds canvases; `canvas/plan.rs` is the one interpreter that turns one
+//! into the task messages to send (used by clients, workers and eager mode alike, through
+//! the `producer` module), and `canvas/flow.rs` is what a finished task does for the
 //! workflow it belongs to (next chain step, callbacks, the chord join).
 
 pub(crate) mod flow;

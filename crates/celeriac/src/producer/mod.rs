@@ -14,7 +14,10 @@ mod eager;
 mod prepare;
 mod publish;
 
+use serde_json::Value;
+
 use celeriac_core::protocol::TaskMessage;
+use celeriac_core::signature::Apply;
 use celeriac_core::Signature;
 
 pub(crate) use crate::canvas::plan::{SendOptions, Sent};
@@ -134,4 +137,48 @@ pub(crate) async fn send_many(
 /// retrying while the broker is unreachable.
 pub(crate) async fn publish(app: &App, msg: TaskMessage) -> Result<(), Error> {
     publish::one(app, msg).await
+}
+
+/// The app's own ways to send: by name, in a batch, and `apply_async` on a signature —
+/// defined here, beside the rest of sending.
+impl App {
+    /// Sends a task by name, for tasks this binary does not contain; `args` must be a JSON
+    /// array and `kwargs` an object (or null).
+    pub async fn send_task(
+        &self,
+        name: &str,
+        args: Value,
+        kwargs: Value,
+    ) -> Result<AsyncResult, Error> {
+        let invalid = |reason: &str| Error::InvalidArguments {
+            task: name.to_string(),
+            reason: reason.to_string(),
+        };
+        let args = match args {
+            Value::Array(a) => a,
+            Value::Null => Vec::new(),
+            _ => return Err(invalid("args must be a JSON array")),
+        };
+        let kwargs = match kwargs {
+            Value::Object(k) => k,
+            Value::Null => serde_json::Map::new(),
+            _ => return Err(invalid("kwargs must be a JSON object")),
+        };
+        apply(self, Signature::new(name).args(args).kwargs(kwargs), None).await
+    }
+
+    /// Sends many signatures in one batch (pipelined where the broker can); returns their
+    /// results in order. Eager apps run them one by one.
+    pub async fn send_many(&self, signatures: Vec<Signature>) -> Result<Vec<AsyncResult>, Error> {
+        send_many(self, signatures).await
+    }
+}
+
+impl Apply for App {
+    type Output = AsyncResult;
+    type Error = Error;
+
+    async fn apply_signature(&self, signature: Signature) -> Result<AsyncResult, Error> {
+        apply(self, signature, None).await
+    }
 }
