@@ -139,6 +139,12 @@ impl ExceptionInfo {
         Self::new(exc_type, CELERY_EXCEPTIONS, message)
     }
 
+    /// Celery's `TaskRevokedError(reason)`: what a REVOKED record holds (`"revoked"`,
+    /// `"expired"`, `"terminated"`).
+    pub fn revoked(reason: impl Into<String>) -> Self {
+        Self::celery("TaskRevokedError", reason)
+    }
+
     /// The message as one line: the single string argument, or the args joined.
     pub fn message(&self) -> String {
         match &self.exc_message {
@@ -306,14 +312,6 @@ impl TaskMeta {
         m
     }
 
-    /// A REVOKED record (`TaskRevokedError`) for a task that never started.
-    pub fn revoked(task_id: impl Into<String>, reason: &str) -> Self {
-        let exc = ExceptionInfo::celery("TaskRevokedError", reason);
-        let mut m = Self::new(task_id, State::Revoked, exc.to_value());
-        m.children = Value::Null;
-        m
-    }
-
     /// The exception of a FAILURE/REVOKED/RETRY record, if the result holds one.
     pub fn exception(&self) -> Option<ExceptionInfo> {
         ExceptionInfo::from_value(&self.result)
@@ -392,11 +390,11 @@ mod tests {
     }
 
     #[test]
-    fn revoked_has_null_children() {
-        let m = TaskMeta::revoked("id", "expired");
-        let v: Value = serde_json::from_slice(&m.to_json()).unwrap();
-        assert_eq!(v["children"], Value::Null);
-        assert_eq!(v["result"]["exc_message"], json!(["expired"]));
-        assert!(v["date_done"].is_string());
+    fn revoked_is_celerys_task_revoked_error() {
+        let v = ExceptionInfo::revoked("expired").to_value();
+        assert_eq!(
+            v,
+            json!({"exc_type": "TaskRevokedError", "exc_message": ["expired"], "exc_module": "celery.exceptions"})
+        );
     }
 }

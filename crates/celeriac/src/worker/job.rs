@@ -213,12 +213,12 @@ impl JobEnv {
         warn!("Task {} {reason}; not run, stored REVOKED", Label(&msg));
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
-            let exc = ExceptionInfo::celery("TaskRevokedError", reason);
+            let exc = ExceptionInfo::revoked(reason);
             self.store(self.meta(&msg, State::Revoked, exc.to_value()))
                 .await;
         }
         if msg.embed.chord.is_some() {
-            let exc = ExceptionInfo::celery("TaskRevokedError", reason);
+            let exc = ExceptionInfo::revoked(reason);
             Box::pin(flow::chord_member_done(
                 &*self,
                 &msg,
@@ -398,12 +398,12 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 warn!("Task {label} terminated by a revoke request; stored REVOKED");
                 shared.stats.record(Some(task_name), Event::Revoked);
                 if store_results {
-                    let exc = ExceptionInfo::celery("TaskRevokedError", "terminated");
+                    let exc = ExceptionInfo::revoked("terminated");
                     shared
                         .store(shared.meta(&msg, State::Revoked, exc.to_value()))
                         .await;
                 }
-                let exc = ExceptionInfo::celery("TaskRevokedError", "terminated");
+                let exc = ExceptionInfo::revoked("terminated");
                 Box::pin(flow::chord_member_done(
                     &*shared,
                     &msg,
