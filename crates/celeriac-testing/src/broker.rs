@@ -15,7 +15,9 @@ use crate::BrokerUnderTest;
 
 /// Long enough for any engine to hand out a waiting message.
 const ARRIVE: Duration = Duration::from_secs(5);
-/// How long to watch for a message that must not arrive.
+/// How long to watch for a message that must not arrive, where nothing that does arrive
+/// can prove it (a prefetch limit holding, a consumer going idle); elsewhere a marker
+/// published behind it arrives first.
 const QUIET: Duration = Duration::from_millis(300);
 
 /// A message for `queue` carrying `n` in its headers and body.
@@ -158,24 +160,42 @@ pub async fn lower_priority_number_is_served_first(b: BrokerUnderTest) {
     assert_eq!(order, [0, 5, 9]);
 }
 
-/// An acknowledged message is gone: not redelivered, not counted.
+/// An acknowledged message is gone: not redelivered (a marker published behind it is the
+/// next delivery), not counted.
 pub async fn ack_removes_the_message(b: BrokerUnderTest) {
     let queue = q(&b, "ack");
     publish(&b.broker, &queue, 1, None).await;
     let mut c = consume(&b.broker, &[&queue], 1).await;
     next(&mut c).await.ack().await.unwrap();
-    nothing(&mut c).await;
+    publish(&b.broker, &queue, 2, None).await;
+    let marker = next(&mut c).await;
+    assert_eq!(
+        n_of(&marker),
+        2,
+        "an acknowledged message was delivered again"
+    );
+    marker.ack().await.unwrap();
     drop(c);
     assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 0);
 }
 
-/// `reject(false)` drops the message.
+/// `reject(false)` drops the message: a marker published behind it is the next delivery,
+/// and nothing is left.
 pub async fn reject_without_requeue_drops(b: BrokerUnderTest) {
     let queue = q(&b, "rejdrop");
     publish(&b.broker, &queue, 1, None).await;
     let mut c = consume(&b.broker, &[&queue], 1).await;
     next(&mut c).await.reject(false).await.unwrap();
-    nothing(&mut c).await;
+    publish(&b.broker, &queue, 2, None).await;
+    let marker = next(&mut c).await;
+    assert_eq!(
+        n_of(&marker),
+        2,
+        "a message rejected without requeue came back"
+    );
+    marker.ack().await.unwrap();
+    drop(c);
+    assert_eq!(b.broker.queue_depth(&queue).await.unwrap(), 0);
 }
 
 /// `reject(true)` puts the message back behind those already waiting, marked redelivered.
@@ -495,7 +515,8 @@ pub async fn idle_consumer_wakes_for_a_new_message(b: BrokerUnderTest) {
     assert_eq!(n_of(&next(&mut c).await), 42);
 }
 
-/// A fanout publish reaches every subscriber of that exchange, and only them.
+/// A fanout publish reaches every subscriber of that exchange, and only them (a subscriber
+/// of another exchange gets a marker published there afterwards, and nothing before it).
 pub async fn fanout_reaches_every_subscriber(b: BrokerUnderTest) {
     let claimed = b.broker.capabilities().fanout;
     if !claims(&b, "fanout_reaches_every_subscriber", "fanout", claimed) {
@@ -522,8 +543,18 @@ pub async fn fanout_reaches_every_subscriber(b: BrokerUnderTest) {
         assert_eq!(got.headers, sent.headers);
         assert_eq!(got.body, sent.body);
     }
-    assert!(
-        tokio::time::timeout(QUIET, other.next()).await.is_err(),
+    let marker = message("", 10, None);
+    b.broker
+        .publish_fanout(&q(&b, "elsewhere"), marker.clone())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(ARRIVE, other.next())
+        .await
+        .expect("the marker arrives")
+        .expect("subscribed");
+    assert_eq!(
+        (got.headers, got.body),
+        (marker.headers, marker.body),
         "a subscriber of another exchange got the broadcast"
     );
 }
