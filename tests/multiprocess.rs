@@ -39,7 +39,7 @@ async fn several_worker_processes_share_one_file_without_loss_or_duplicates() {
     let published = t0.elapsed();
     let marks_env = marks.display().to_string();
     let env = [("CELERIAC_MARK_FILE", marks_env.as_str())];
-    let workers: Vec<WorkerProcess> = (0..4)
+    let mut workers: Vec<WorkerProcess> = (0..4)
         .map(|i| {
             WorkerProcess::spawn(
                 &url,
@@ -63,8 +63,11 @@ async fn several_worker_processes_share_one_file_without_loss_or_duplicates() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ran = t0.elapsed();
-    // Let any duplicate show up before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every worker stops (SIGTERM: warm, so what it runs finishes and what it prefetched
+    // goes back to the file); with nothing left in the queue, every duplicate has run and
+    // is counted below.
+    stop(&mut workers);
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
     let text = std::fs::read_to_string(&marks).unwrap();
     let mut seen: HashMap<u64, u32> = HashMap::new();
     for line in text.lines() {
@@ -73,12 +76,17 @@ async fn several_worker_processes_share_one_file_without_loss_or_duplicates() {
     let dups: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).take(5).collect();
     assert!(dups.is_empty(), "tasks ran twice: {dups:?}");
     assert_eq!(seen.len() as u64, n, "tasks lost");
-    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
-    drop(workers);
     eprintln!(
         "sqlite, 4 worker processes: {n} tasks published in {published:.2?}, all run once in {ran:.2?} ({:.0} tasks/s)",
         n as f64 / ran.as_secs_f64()
     );
+}
+
+/// Stops every worker with SIGTERM (a warm shutdown) and waits for each to exit cleanly.
+fn stop(workers: &mut [WorkerProcess]) {
+    for w in workers {
+        assert!(w.terminate().success(), "worker exit:\n{}", w.log());
+    }
 }
 
 /// Issue 6: a chord of 1,000 header tasks under 4 worker processes fires its body exactly
@@ -92,7 +100,7 @@ async fn chord_of_1000_fires_once(url: &str, dir: &ScratchDir) {
         .unwrap();
     let marks_env = marks.display().to_string();
     let env = [("CELERIAC_MARK_FILE", marks_env.as_str())];
-    let _workers: Vec<WorkerProcess> = (0..4)
+    let mut workers: Vec<WorkerProcess> = (0..4)
         .map(|i| {
             WorkerProcess::spawn(
                 url,
@@ -110,8 +118,17 @@ async fn chord_of_1000_fires_once(url: &str, dir: &ScratchDir) {
     let got: Vec<i64> = r.get(Duration::from_secs(300)).await.unwrap();
     let took = t0.elapsed();
     assert_eq!(got, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
-    // Give a second firing every chance to show up before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A marker on the same queue runs (so whatever was sent before it was taken); then
+    // every worker stops (warm: what it runs finishes, sending whatever follows it) and
+    // nothing is left in the queue: a second firing has run and is counted below.
+    let marker = Signature::new("tasks.add").args(vec![json!(20), json!(22)]);
+    let marker = marker.apply_async(&app).await.unwrap();
+    assert_eq!(
+        marker.get::<i64>(Duration::from_secs(30)).await.unwrap(),
+        42
+    );
+    stop(&mut workers);
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
     let text = std::fs::read_to_string(&marks).unwrap();
     assert_eq!(
         text.lines().collect::<Vec<_>>(),

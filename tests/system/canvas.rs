@@ -1,6 +1,6 @@
 //! The canvas end to end — chains, groups, chords, callbacks, map/starmap/chunks — on
-//! every engine: memory://, SQLite and Redis run the same checks, each with a worker in
-//! the test process.
+//! every engine: memory://, SQLite and Redis run the same claims, one test each, with a
+//! worker in the test process.
 
 use std::time::Duration;
 
@@ -13,22 +13,83 @@ use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(20);
 
-/// Runs every check against `app` with a worker of 4 slots.
-async fn all_checks(app: &App) {
-    let w = start(app, |b| b.concurrency(4));
-    chains_pass_results_along(app).await;
-    a_failure_stops_the_chain_and_fails_its_last_step(app).await;
-    groups_return_results_in_order_and_as_completed(app).await;
-    chords_join_their_header_in_order(app).await;
-    a_failing_header_fails_the_chord_body(app).await;
-    a_group_inside_a_chain_becomes_a_chord(app).await;
-    callbacks_and_errbacks_run(app).await;
-    map_starmap_and_chunks(app).await;
-    pool_style_calls(app).await;
-    w.warm().await;
+/// One test per claim on each engine, named `canvas::on_<engine>::<claim>`, each with an
+/// app and a worker (4 slots) of its own, so a failing claim names itself and hides none
+/// of the others. A claim gets the worker and ends by [`drained`].
+macro_rules! on_every_engine {
+    ($($claim:ident),* $(,)?) => {
+        mod on_memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $claim() {
+                    let app = app().await;
+                    let worker = start(&app, |b| b.concurrency(4));
+                    super::$claim(&app, worker).await;
+                }
+            )*
+        }
+        mod on_sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $claim() {
+                    let dir = ScratchDir::new("celeriac-canvas");
+                    let app = builder_on(&dir.sqlite_url("c.sqlite", ""))
+                        .build()
+                        .await
+                        .unwrap();
+                    let worker = start(&app, |b| b.concurrency(4));
+                    super::$claim(&app, worker).await;
+                }
+            )*
+        }
+        mod on_redis {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $claim() {
+                    let test = concat!("canvas::on_redis::", stringify!($claim));
+                    let Some(scope) = RedisScope::new(test) else {
+                        return;
+                    };
+                    let app = builder_on(&scope.url("")).build().await.unwrap();
+                    let worker = start(&app, |b| b.concurrency(4));
+                    super::$claim(&app, worker).await;
+                }
+            )*
+        }
+    };
 }
 
-async fn chains_pass_results_along(app: &App) {
+on_every_engine!(
+    chains_pass_results_along,
+    a_failure_stops_the_chain_and_fails_its_last_step,
+    groups_return_results_in_order_and_as_completed,
+    chords_join_their_header_in_order,
+    a_failing_header_fails_the_chord_body,
+    a_group_inside_a_chain_becomes_a_chord,
+    callbacks_and_errbacks_run,
+    map_starmap_and_chunks,
+    pool_style_calls,
+);
+
+/// Proves the claim's work is over, so counts of runs are final and "X did not run" is
+/// proven, not waited for: a marker task sent now on the same queue runs (so everything
+/// queued before it was taken), then `worker` stops warm (everything it started finishes,
+/// sending whatever follows it; what it prefetched goes back to the queue), and the queue
+/// is empty (nothing sent was left unrun).
+async fn drained(app: &App, worker: Running) {
+    assert_eq!(run::<i64>(app, count_task::new(key())).await, 1, "marker");
+    worker.warm().await;
+    assert_eq!(
+        app.broker().queue_depth("celery").await.unwrap(),
+        0,
+        "messages left in the queue after the worker stopped"
+    );
+}
+
+async fn chains_pass_results_along(app: &App, worker: Running) {
     let r = chain![add::new(1, 1), add::s(3), mul::s(10)]
         .apply_async(app)
         .await
@@ -47,9 +108,10 @@ async fn chains_pass_results_along(app: &App) {
         .await
         .unwrap();
     assert_eq!(r.get::<i64>(LONG).await.unwrap(), 10);
+    drained(app, worker).await;
 }
 
-async fn a_failure_stops_the_chain_and_fails_its_last_step(app: &App) {
+async fn a_failure_stops_the_chain_and_fails_its_last_step(app: &App, worker: Running) {
     let k = key();
     let r = chain![
         add::new(1, 1),
@@ -68,7 +130,7 @@ async fn a_failure_stops_the_chain_and_fails_its_last_step(app: &App) {
         ("ValueError", "boom".to_string())
     );
     assert_eq!(r.state().await.unwrap(), State::Failure);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    drained(app, worker).await;
     assert_eq!(
         count(&format!("{k}:runs")),
         0,
@@ -76,7 +138,7 @@ async fn a_failure_stops_the_chain_and_fails_its_last_step(app: &App) {
     );
 }
 
-async fn groups_return_results_in_order_and_as_completed(app: &App) {
+async fn groups_return_results_in_order_and_as_completed(app: &App, worker: Running) {
     let g = group((0..20).map(|i| add::new(i, i)))
         .apply_async(app)
         .await
@@ -112,9 +174,10 @@ async fn groups_return_results_in_order_and_as_completed(app: &App) {
         .unwrap();
     assert!(g.get::<Value>(LONG).await.is_err());
     assert!(g.failed().await.unwrap());
+    drained(app, worker).await;
 }
 
-async fn chords_join_their_header_in_order(app: &App) {
+async fn chords_join_their_header_in_order(app: &App, worker: Running) {
     let r = chord(group((0..50).map(|i| add::new(i, i))), xsum::s())
         .apply_async(app)
         .await
@@ -135,13 +198,18 @@ async fn chords_join_their_header_in_order(app: &App) {
     let list = r.get::<Value>(LONG).await.unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(3));
     assert_eq!(list[1], json!(2));
-    assert_eq!(count(&format!("{k}:runs")), 1);
     // An empty header: the body runs at once with [].
     let r = chord(group([]), xsum::s()).apply_async(app).await.unwrap();
     assert_eq!(r.get::<i64>(LONG).await.unwrap(), 0);
+    drained(app, worker).await;
+    assert_eq!(
+        count(&format!("{k}:runs")),
+        1,
+        "the body ran other than once"
+    );
 }
 
-async fn a_failing_header_fails_the_chord_body(app: &App) {
+async fn a_failing_header_fails_the_chord_body(app: &App, worker: Running) {
     let k = key();
     let r = chord(
         group([add::new(1, 1), fail::new("bad".into())]),
@@ -159,11 +227,11 @@ async fn a_failing_header_fails_the_chord_body(app: &App) {
         msg.starts_with("Dependency ") && msg.ends_with(" raised ValueError('bad')"),
         "{msg}"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    drained(app, worker).await;
     assert_eq!(count(&format!("{k}:runs")), 0, "the body ran");
 }
 
-async fn a_group_inside_a_chain_becomes_a_chord(app: &App) {
+async fn a_group_inside_a_chain_becomes_a_chord(app: &App, worker: Running) {
     let r = chain![add::new(1, 1), group([add::s(1), add::s(2)]), xsum::s()]
         .apply_async(app)
         .await
@@ -178,9 +246,10 @@ async fn a_group_inside_a_chain_becomes_a_chord(app: &App) {
     .await
     .unwrap();
     assert_eq!(r.get::<i64>(LONG).await.unwrap(), 60);
+    drained(app, worker).await;
 }
 
-async fn callbacks_and_errbacks_run(app: &App) {
+async fn callbacks_and_errbacks_run(app: &App, worker: Running) {
     let (ok, err) = (key(), key());
     let r = add::new(2, 2)
         .link(note::s(ok.clone()))
@@ -208,11 +277,6 @@ async fn callbacks_and_errbacks_run(app: &App) {
     .await;
     // An errback gets the failed task's id.
     assert_eq!(entries(&err), vec![json!(f.id())]);
-    assert_eq!(
-        count(&format!("{ok}:runs")),
-        1,
-        "the callback ran on a failure"
-    );
 
     // Two callbacks both run.
     let (a, b) = (key(), key());
@@ -226,9 +290,20 @@ async fn callbacks_and_errbacks_run(app: &App) {
         count(&format!("{a}:runs")) == 1 && count(&format!("{b}:runs")) == 1
     })
     .await;
+    drained(app, worker).await;
+    assert_eq!(
+        count(&format!("{ok}:runs")),
+        1,
+        "the callback ran on a failure"
+    );
+    assert_eq!(
+        count(&format!("{err}:runs")),
+        1,
+        "the errback ran on a success"
+    );
 }
 
-async fn map_starmap_and_chunks(app: &App) {
+async fn map_starmap_and_chunks(app: &App, worker: Running) {
     let r = sq::map([1, 2, 3]).apply_async(app).await.unwrap();
     assert_eq!(r.get::<Vec<i64>>(LONG).await.unwrap(), vec![1, 4, 9]);
     let r = add::starmap([(1, 1), (2, 2)])
@@ -253,10 +328,11 @@ async fn map_starmap_and_chunks(app: &App) {
         .unwrap();
     let err = r.get::<Value>(LONG).await.unwrap_err();
     assert_eq!(err.exception().unwrap().exc_type, "ValueError");
+    drained(app, worker).await;
 }
 
 /// `app.map` / `app.starmap` / `app.imap_unordered`: Python's `Pool` over the workers.
-async fn pool_style_calls(app: &App) {
+async fn pool_style_calls(app: &App, worker: Running) {
     for chunksize in [1, 7] {
         let squares = app.map(sq, 0..50, chunksize).await.unwrap();
         assert_eq!(squares, (0..50).map(|i| i * i).collect::<Vec<_>>());
@@ -290,30 +366,7 @@ async fn pool_style_calls(app: &App) {
         .await;
     assert_eq!(items.len(), 2);
     assert!(items.iter().all(|r| r.is_err()));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canvas_on_memory() {
-    all_checks(&app().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canvas_on_sqlite() {
-    let dir = ScratchDir::new("celeriac-canvas");
-    let app = builder_on(&dir.sqlite_url("c.sqlite", ""))
-        .build()
-        .await
-        .unwrap();
-    all_checks(&app).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canvas_on_redis() {
-    let Some(scope) = RedisScope::new("canvas_on_redis") else {
-        return;
-    };
-    let app = builder_on(&scope.url("")).build().await.unwrap();
-    all_checks(&app).await;
+    drained(app, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,13 +418,15 @@ async fn chord_of_1000_fires_once_under_four_workers_on_memory() {
         .unwrap();
     let got: Vec<i64> = r.get(LONG).await.unwrap();
     assert_eq!(got, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every worker stopped (warm: what they started finished, sending whatever follows it)
+    // and nothing is left waiting: a second firing would have run or would be counted here.
+    for w in workers {
+        w.warm().await;
+    }
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
     assert_eq!(
         count(&format!("{k}:runs")),
         1,
         "the body ran other than once"
     );
-    for w in workers {
-        w.warm().await;
-    }
 }

@@ -33,11 +33,31 @@ mod memory_backend {
     backend_conformance!(factory);
 }
 
-#[tokio::test]
-async fn engines_are_send_sync_static() {
+/// The capability-gated conformance checks run only where the engine claims the
+/// capability, so the claims are pinned here: a claim dropped by mistake fails this test
+/// instead of quietly turning checks into skips.
+#[test]
+fn memory_capabilities_are_the_documented_ones() {
+    use celeriac::core::Broker;
+    let c = MemoryBroker::new(PriorityOrder::LowFirst).capabilities();
+    assert_eq!(
+        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared),
+        (true, true, true, false, false),
+        "(priorities, native_delay, fanout, durable, shared) changed: {c:?}"
+    );
+}
+
+/// Every engine's broker and backend can be shared across tasks and threads (checked at
+/// compile time: a type that stops being `Send + Sync + 'static` fails the build).
+#[test]
+fn engines_are_send_sync_static() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<MemoryBroker>();
     assert_send_sync::<MemoryBackend>();
+    assert_send_sync::<celeriac_sqlite::SqliteBroker>();
+    assert_send_sync::<celeriac_sqlite::SqliteBackend>();
+    assert_send_sync::<celeriac_redis::RedisBroker>();
+    assert_send_sync::<celeriac_redis::RedisBackend>();
     assert_send_sync::<Arc<dyn celeriac::core::Broker>>();
     assert_send_sync::<Arc<dyn ResultBackend>>();
     assert_send_sync::<celeriac::App>();

@@ -24,7 +24,7 @@ async fn listening(app: &celeriac::App, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_task_does_not_run_when_it_comes_due() {
     let app = app().await;
-    let _w = start(&app, |b| b);
+    let w = start(&app, |b| b);
     listening(&app, 1).await;
     let k = key();
     let r = count_task::new(k.clone())
@@ -38,6 +38,17 @@ async fn revoked_task_does_not_run_when_it_comes_due() {
         panic!("{err:?}")
     };
     assert_eq!(exception.exc_message, json!(["revoked"]));
+    // A marker on the same queue, due after it: once the marker has run and the worker
+    // has stopped (warm) with nothing left in the queue, the revoked task came due and
+    // would be counted had it run.
+    let marker = count_task::new(key())
+        .countdown(0.8)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(marker.get::<i64>(WAIT).await.unwrap(), 1, "marker");
+    w.warm().await;
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
     assert_eq!(count(&k), 0, "a revoked task ran");
 }
 
@@ -47,9 +58,9 @@ async fn revoke_reaches_every_worker_and_a_held_task_is_settled_at_once() {
     // SQLite: shared by two workers, fanout through the file.
     let url = dir.sqlite_url("q.sqlite", "");
     let app = builder_on(&url).build().await.unwrap();
-    let _a = start(&app, |b| b.name("a@test"));
+    let a = start(&app, |b| b.name("a@test"));
     let app_b = builder_on(&url).build().await.unwrap();
-    let _b = start(&app_b, |b| b.name("b@test"));
+    let b = start(&app_b, |b| b.name("b@test"));
     listening(&app, 2).await;
     let k = key();
     let results = app
@@ -66,7 +77,18 @@ async fn revoke_reaches_every_worker_and_a_held_task_is_settled_at_once() {
         let got = r.get::<i64>(WAIT).await;
         assert!(matches!(got, Err(Error::TaskRevoked { .. })), "{got:?}");
     }
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // A marker on the same queue, due after the revoked tasks: once it has run, they came
+    // due and were taken; once both workers have stopped (warm: what they started
+    // finished) with nothing left in the queue, a revoked task that ran would be counted.
+    let marker = count_task::new(key())
+        .countdown(1.5)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(marker.get::<i64>(WAIT).await.unwrap(), 1, "marker");
+    a.warm().await;
+    b.warm().await;
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
     assert_eq!(count(&k), 0, "a revoked task ran");
 }
 

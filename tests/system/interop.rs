@@ -512,10 +512,14 @@ async fn python_client_pings_and_revokes_on_a_celeriac_worker() {
         }
     })
     .await;
+    // The marker: the same task on the same queue, recording 2 instead of 1, due after the
+    // revoked one. Once it has run, the revoked one came due; had it run, 1 would be
+    // recorded (before 2).
     let r = it
         .python_client(vec![
             json!({"op": "revoke", "id": id}),
             json!({"op": "get", "id": id, "wait": 10}),
+            json!({"op": "send", "name": "tasks.record", "args": [k, 2], "countdown": 3, "wait": 20}),
             json!({"op": "records", "key": k}),
         ])
         .await;
@@ -523,11 +527,8 @@ async fn python_client_pings_and_revokes_on_a_celeriac_worker() {
         (r[1]["state"].clone(), r[1]["exc_type"].clone()),
         (json!("REVOKED"), json!("TaskRevokedError"))
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let records = it
-        .python_client(vec![json!({"op": "records", "key": k})])
-        .await;
-    assert_eq!(records[0]["values"], json!([]), "the revoked task ran");
+    assert_eq!(r[2]["result"], json!(2), "marker: {}", r[2]);
+    assert_eq!(r[3]["values"], json!([2]), "the revoked task ran");
 }
 
 /// A task spec for the Python client's `canvas` op (tests/python/README.md).

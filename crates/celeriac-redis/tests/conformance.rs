@@ -42,6 +42,26 @@ mod redis_backend {
     backend_conformance!(factory);
 }
 
+/// The capability-gated conformance checks run only where the engine claims the
+/// capability, so the claims are pinned here: a claim dropped by mistake fails this test
+/// instead of quietly turning checks into skips. Redis has no native delay, by design:
+/// kombu's Redis transport has none, so a worker holds ETA tasks itself (and keeps them
+/// alive in `unacked_index`) — `delayed_delivery_waits_until_due` is skipped, visibly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_are_the_documented_ones() {
+    use celeriac_core::Broker;
+    let Some(scope) = services::RedisScope::new("capabilities_are_the_documented_ones") else {
+        return;
+    };
+    let url = EngineUrl::parse(&scope.url("")).unwrap();
+    let c = RedisBroker::connect(&url).await.unwrap().capabilities();
+    assert_eq!(
+        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared),
+        (true, false, true, true, true),
+        "(priorities, native_delay, fanout, durable, shared) changed: {c:?}"
+    );
+}
+
 /// Result records stored at the same moment are written together (one script call per
 /// batch); each caller still learns its own outcome: a key holding another type fails its
 /// own record only, and every other record of the batch lands, published as usual.

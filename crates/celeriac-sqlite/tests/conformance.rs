@@ -41,3 +41,21 @@ mod sqlite_backend {
 
     backend_conformance!(factory);
 }
+
+/// The capability-gated conformance checks run only where the engine claims the
+/// capability, so the claims are pinned here: a claim dropped by mistake fails this test
+/// instead of quietly turning checks into skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_are_the_documented_ones() {
+    use celeriac_core::Broker;
+    let dir = ScratchDir::new("celeriac-sqlite-test");
+    let c = SqliteBroker::connect(&dir.sqlite_url("q.sqlite", ""))
+        .await
+        .unwrap()
+        .capabilities();
+    assert_eq!(
+        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared),
+        (true, true, true, true, true),
+        "(priorities, native_delay, fanout, durable, shared) changed: {c:?}"
+    );
+}
