@@ -1,8 +1,10 @@
 //! [`App`]: the task registry, broker, result backend, routes and configuration that
 //! clients send through and workers run from. Cheap to clone (one `Arc`).
 //!
-//! Its sending methods (`send_task`, `send_many`, `apply_async` through the `Apply` trait)
-//! live with the rest of sending, in the `producer` module.
+//! The app is what every other part is built on, so it depends on none of them: its
+//! sending methods (`send_task`, `send_many`, `apply_async` through the `Apply` trait) are
+//! defined with the rest of sending in the `producer` module, [`App::worker`] beside the
+//! worker builder (`worker/builder.rs`) and [`App::control`] in [`control`](crate::control).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +18,6 @@ use crate::engines;
 use crate::error::Error;
 use crate::result::AsyncResult;
 use crate::task::Task;
-use crate::worker::WorkerBuilder;
 
 /// Application-wide settings, with Celery's names and defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -349,19 +350,9 @@ impl App {
         &self.inner.reply_to
     }
 
-    /// Remote control of the workers (revoke, ping, any command).
-    pub fn control(&self) -> crate::control::Control {
-        crate::control::Control::new(self.clone())
-    }
-
     /// This process's node name for messages it sends (`gen<pid>@<host>`).
     pub fn origin(&self) -> &str {
         &self.inner.origin
-    }
-
-    /// A worker for this app, to configure and run.
-    pub fn worker(&self) -> WorkerBuilder {
-        WorkerBuilder::new(self.clone())
     }
 
     /// A handle to the result of task `id`.

@@ -172,6 +172,13 @@ pub struct Control {
     app: App,
 }
 
+impl App {
+    /// Remote control of the workers (revoke, ping, any command).
+    pub fn control(&self) -> Control {
+        Control::new(self.clone())
+    }
+}
+
 impl Control {
     pub(crate) fn new(app: App) -> Self {
         Self { app }

@@ -27,6 +27,13 @@ pub struct WorkerBuilder {
     stats_interval: Duration,
 }
 
+impl App {
+    /// A worker for this app, to configure and run.
+    pub fn worker(&self) -> WorkerBuilder {
+        WorkerBuilder::new(self.clone())
+    }
+}
+
 impl WorkerBuilder {
     pub(crate) fn new(app: App) -> Self {
         let concurrency = std::thread::available_parallelism().map_or(1, usize::from);
