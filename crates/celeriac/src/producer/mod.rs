@@ -40,7 +40,8 @@ pub(crate) async fn apply(
         ..SendOptions::default()
     };
     if app.config().always_eager {
-        let run = eager::run(app, sig, opts).await?;
+        // Boxed: the eager run's state stays out of the broker path's future.
+        let run = Box::pin(eager::run(app, sig, opts)).await?;
         return match run.sent() {
             Sent::Task(id) => Ok(run.result(id).await),
             Sent::Group(id, _) => Err(Error::Input(format!(
@@ -55,7 +56,7 @@ pub(crate) async fn apply(
 /// Sends a group (or any canvas) and returns a handle to the results of its members.
 pub(crate) async fn apply_group(app: &App, sig: Signature) -> Result<GroupResult, Error> {
     if app.config().always_eager {
-        let run = eager::run(app, sig, SendOptions::default()).await?;
+        let run = Box::pin(eager::run(app, sig, SendOptions::default())).await?;
         let (id, members) = match run.sent() {
             Sent::Group(id, members) => (id, members.iter().map(Sent::id).collect()),
             Sent::Task(id) => (id, vec![id.as_str()]),
@@ -180,5 +181,25 @@ impl Apply for App {
 
     async fn apply_signature(&self, signature: Signature) -> Result<AsyncResult, Error> {
         apply(self, signature, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `apply_async` on the broker path stays a small future: the eager run (a cold path
+    /// with a whole workflow host in it) is boxed, not inlined into every caller's state.
+    /// Measured: 4,408 bytes; 5,624 with the eager run inlined; 5,016 before sending had
+    /// one home (`App::send_signature`).
+    #[tokio::test]
+    async fn sending_future_stays_small() {
+        let app = App::builder()
+            .broker_url("memory://producer-future-size")
+            .build()
+            .await
+            .unwrap();
+        let size = std::mem::size_of_val(&apply(&app, Signature::new("t"), None));
+        assert!(size < 5_000, "producer::apply's future is {size} bytes");
     }
 }
