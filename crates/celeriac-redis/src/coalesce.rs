@@ -26,8 +26,7 @@ impl<T> Default for Coalesce<T> {
 
 impl<T> Coalesce<T> {
     fn lock(&self) -> MutexGuard<'_, Vec<T>> {
-        // Sections never unwind half-way; a poisoned lock still holds consistent data.
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.waiting)
     }
 
     /// Queues `item`; true if no writer runs and the caller must start one (then loop on

@@ -58,6 +58,12 @@ mod config;
 mod error;
 pub mod keys;
 
+/// Locks a mutex of this crate's. Its sections never unwind half-way, so a poisoned lock
+/// still holds consistent data and is taken as it is.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub use backend::RedisBackend;
 pub use broker::{bucket_depths, RedisBroker};
 pub use config::RedisConfig;

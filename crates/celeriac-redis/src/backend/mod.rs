@@ -32,7 +32,7 @@ mod wait;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,11 +76,6 @@ struct Inner {
     sink: watch::Sender<Option<PubSubSink>>,
     subscriber_started: AtomicBool,
     shutdown: Arc<Notify>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Sections never unwind half-way; a poisoned lock still holds consistent data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Inner {

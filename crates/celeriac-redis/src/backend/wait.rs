@@ -16,7 +16,8 @@ use celeriac_core::backoff::Backoff;
 use celeriac_core::error::BackendError;
 use celeriac_core::TaskMeta;
 
-use super::{lock, Inner, RedisBackend};
+use super::{Inner, RedisBackend};
+use crate::lock;
 
 /// What waiters on one task id share.
 #[derive(Default)]

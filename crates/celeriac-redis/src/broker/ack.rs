@@ -9,7 +9,8 @@ use tracing::warn;
 use celeriac_core::broker::Acker;
 use celeriac_core::error::BrokerError;
 
-use super::{lock, Inner};
+use super::Inner;
+use crate::lock;
 
 /// An ack waiting to be written, and who waits for it.
 pub(super) type PendingAck = (

@@ -5,8 +5,9 @@
 
 use celeriac_core::error::BrokerError;
 
-use super::{lock, Inner, RedisBroker};
+use super::{Inner, RedisBroker};
 use crate::keys::BrokerKeys;
+use crate::lock;
 
 impl Inner {
     /// Queues a message for `exchange`/`routing_key` goes to: the routing key for the

@@ -22,8 +22,9 @@ use celeriac_core::error::BrokerError;
 use celeriac_core::message::Message;
 use celeriac_core::protocol::envelope;
 
-use super::{lock, now_secs, Inner, RedisBroker};
+use super::{now_secs, Inner, RedisBroker};
 use crate::keys::PRIORITY_STEPS;
+use crate::lock;
 
 /// Pops and records up to the free prefetch in one step.
 pub(super) const SCRIPT: &str = include_str!("../lua/fetch.lua");

@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use celeriac_core::error::BrokerError;
 
-use super::{lock, RedisBroker};
+use super::RedisBroker;
 use crate::keys::{BrokerKeys, PRIORITY_STEPS};
+use crate::lock;
 
 impl RedisBroker {
     /// `Broker::purge`: empties every priority bucket of `queue` in one transaction.

@@ -40,7 +40,7 @@ mod sweep;
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -87,11 +87,6 @@ struct Inner {
     restoring: tokio::sync::watch::Sender<usize>,
     /// Acks waiting to be written together.
     acks: Coalesce<PendingAck>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Sections never unwind half-way; a poisoned lock still holds consistent data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_secs() -> f64 {

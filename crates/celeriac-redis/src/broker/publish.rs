@@ -7,7 +7,8 @@ use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
 use celeriac_core::protocol::envelope;
 
-use super::{lock, Inner, RedisBroker};
+use super::{Inner, RedisBroker};
+use crate::lock;
 
 /// Most messages published in one pipeline by `publish_many`.
 const PUBLISH_CHUNK: usize = 2_000;

@@ -10,7 +10,8 @@ use tracing::error;
 
 use celeriac_core::error::BrokerError;
 
-use super::{lock, Inner, RedisBroker};
+use super::{Inner, RedisBroker};
+use crate::lock;
 
 /// Pushes an `unacked` entry back if it still holds what was read.
 pub(super) const SCRIPT: &str = include_str!("../lua/restore.lua");

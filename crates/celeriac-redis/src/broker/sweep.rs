@@ -13,7 +13,8 @@ use tracing::{debug, info, warn};
 
 use celeriac_core::error::BrokerError;
 
-use super::{lock, now_secs, Inner, RedisBroker};
+use super::{now_secs, Inner, RedisBroker};
+use crate::lock;
 
 /// Releases `unacked_mutex` if the caller's token still holds it (kombu's release script).
 pub(super) const SCRIPT: &str = include_str!("../lua/sweep_release_mutex.lua");
