@@ -9,6 +9,11 @@
 //! - **preparing** ([`prepare`]): routing, ids, parent, publish options;
 //! - **publishing** ([`publish`]): one message or a chunked batch, with one retry policy
 //!   while the broker is unreachable, handing back whatever was not published.
+//!
+//! Remote-control messages are not task messages and do not come here: a pidbox broadcast
+//! (`control.rs`) and a worker's reply (`worker/control.rs`) go straight to the broker,
+//! unrouted and not retried — a ping nobody hears is answered by its timeout, as in
+//! Celery's pidbox.
 
 mod eager;
 mod prepare;
