@@ -10,20 +10,19 @@
 //! published to the broker) and eager mode (records kept in the call, follow-ups run
 //! inline) — so eager mode has the worker's workflow semantics, `ChordError` and all.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::Value;
 use tracing::{error, warn};
 
+use celeriac_core::backoff::Backoff;
 use celeriac_core::protocol::TaskMessage;
 use celeriac_core::{
     Canvas, ChordEnd, ChordJoin, ChordPart, ExceptionInfo, ResultBackend, Signature, State,
     TaskMeta,
 };
-
-use futures::future::BoxFuture;
-
-use celeriac_core::backoff::Backoff;
 
 use crate::canvas::plan::{SendOptions, Sent};
 use crate::error::Error;
@@ -266,9 +265,9 @@ fn fail_chain<'a>(
     exc: &'a ExceptionInfo,
     traceback: Option<String>,
     store: bool,
-) -> futures::future::BoxFuture<'a, ()> {
+) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        let mut pending: std::collections::VecDeque<Signature> = chain.iter().cloned().collect();
+        let mut pending: VecDeque<Signature> = chain.iter().cloned().collect();
         while let Some(step) = pending.pop_front() {
             if let Ok(Canvas::Chord { body, .. }) = step.canvas() {
                 pending.push_back(*body);

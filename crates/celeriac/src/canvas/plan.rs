@@ -301,9 +301,7 @@ fn normalize_chain(sig: Signature) -> Result<Vec<Signature>, Error> {
     fn flatten(sig: Signature, out: &mut Vec<Signature>) -> Result<(), Error> {
         match sig.canvas()? {
             Canvas::Chain(steps) => {
-                for (i, s) in steps.into_iter().enumerate() {
-                    // A nested chain's own parent args went to its first step already.
-                    let _ = i;
+                for s in steps {
                     flatten(s, out)?;
                 }
             }

@@ -139,10 +139,22 @@ pub(crate) async fn send_many(
     }
 }
 
-/// Publishes an already built task message (a retry, a requeue after an early ack),
-/// retrying while the broker is unreachable.
+/// Publishes an already built task message (a requeue after an early ack), retrying
+/// while the broker is unreachable.
 pub(crate) async fn publish(app: &App, msg: TaskMessage) -> Result<(), Error> {
     publish::one(app, msg).await
+}
+
+/// Sends the next try of `msg` (Celery's `Task.retry`): the same task and id with
+/// `retries` + 1, due in `countdown` seconds, to the queue it came from when it carries no
+/// routing key of its own (`unrouted_queue`).
+pub(crate) async fn retry(
+    app: &App,
+    msg: &TaskMessage,
+    countdown: f64,
+    unrouted_queue: Option<&str>,
+) -> Result<(), Error> {
+    publish::one(app, prepare::retry(msg, countdown, unrouted_queue)).await
 }
 
 /// The app's own ways to send: by name, in a batch, and `apply_async` on a signature —

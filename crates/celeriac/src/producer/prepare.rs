@@ -1,7 +1,9 @@
 //! A signature becomes a message here: its route (the router, with `celery.map` and
 //! `celery.starmap` routed like the task they map), its ids and parent, and the publish
 //! options the broker needs (a native delay for ETA messages where the broker has one).
+//! A retry's message is made here too, from the message being retried.
 
+use chrono::Utc;
 use serde_json::Value;
 
 use celeriac_core::broker::PublishOptions;
@@ -46,4 +48,26 @@ pub(super) fn message(
 pub(super) fn options(app: &App, msg: &TaskMessage) -> PublishOptions {
     let native = app.broker().capabilities().native_delay;
     PublishOptions::deliver_at(msg.headers.eta.filter(|_| native))
+}
+
+/// The next try of `msg`: `retries` + 1, the new ETA, the tried message as its parent, no
+/// longer marked redelivered, and routed back to `unrouted_queue` when it had no routing
+/// key of its own.
+pub(super) fn retry(
+    msg: &TaskMessage,
+    countdown: f64,
+    unrouted_queue: Option<&str>,
+) -> TaskMessage {
+    let mut next = msg.clone();
+    next.headers.retries += 1;
+    next.headers.eta =
+        (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
+    next.headers.parent_id = Some(msg.headers.id.clone());
+    // A fresh message: not a redelivery, whatever the original was.
+    next.headers.extra.remove("redelivered");
+    next.properties.delivery_info.redelivered = None;
+    if let Some(queue) = unrouted_queue {
+        next.properties.delivery_info.routing_key = queue.to_string();
+    }
+    next
 }

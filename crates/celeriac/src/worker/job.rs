@@ -456,18 +456,8 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 }
             }
             Outcome::Retry { countdown, reason } => {
-                let mut next = (*msg).clone();
-                next.headers.retries += 1;
-                next.headers.eta =
-                    (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
-                next.headers.parent_id = Some(msg.headers.id.clone());
-                // A fresh message: not a redelivery, whatever the original was.
-                next.headers.extra.remove("redelivered");
-                next.properties.delivery_info.redelivered = None;
-                if let Some(queue) = ctx.queue_if_unrouted() {
-                    next.properties.delivery_info.routing_key = queue.to_string();
-                }
-                match Box::pin(producer::publish(app, next)).await {
+                let retried = producer::retry(app, &msg, countdown, ctx.queue_if_unrouted());
+                match Box::pin(retried).await {
                     Ok(()) => {
                         info!("Task {label} retry: {reason}");
                         shared.stats.record(Some(task_name), Event::Retried);
