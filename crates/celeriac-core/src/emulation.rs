@@ -4,7 +4,8 @@
 //! An engine implements [`Fetch`] — "take up to N messages from these queues, waiting until
 //! there is one" — and [`spawn_consumer`] turns it into a [`Consumer`] that never has more
 //! than `prefetch` unsettled deliveries out, fetches as many as the free prefetch allows in
-//! one call, and stops when the consumer is dropped.
+//! one call, retries every fetch error with back-off (reporting each to the consumer), and
+//! stops only when the consumer is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,8 +83,10 @@ pub fn spawn_consumer(
                     }
                 }
                 Err(e) => {
-                    let retry = e.is_retryable();
-                    if tx.send(Err(e)).is_err() || !retry {
+                    // Every error class is retried: a consumer only ends when it is
+                    // dropped. An error that will not go away (a queue key of the wrong
+                    // type, say) is reported on every try, `backoff` apart.
+                    if tx.send(Err(e)).is_err() {
                         return Vec::new();
                     }
                     tokio::select! {

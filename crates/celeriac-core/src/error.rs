@@ -15,6 +15,18 @@ pub enum BrokerError {
         /// What the connection attempt or the connection reported.
         reason: String,
     },
+    /// The broker is reachable but cannot serve for now: a replica during a failover
+    /// (`READONLY`, `UNBLOCKED`, `MASTERDOWN`), a server loading its dataset (`LOADING`),
+    /// out of memory (`OOM`), busy (`BUSY`, `TRYAGAIN`), unable to persist (`MISCONF`), a
+    /// database that is locked, full or failing on disk. Retried with back-off, and the
+    /// connection is made again (a failover may have moved the primary).
+    #[error("broker {url} is unavailable: {reason}")]
+    Unavailable {
+        /// The broker URL, credentials masked.
+        url: String,
+        /// What the broker reported.
+        reason: String,
+    },
     /// The broker refused or failed an operation.
     #[error("broker operation `{op}` failed: {reason}")]
     Operation {
@@ -45,9 +57,10 @@ impl BrokerError {
         matches!(self, BrokerError::Connection { .. } | BrokerError::Closed)
     }
 
-    /// True when trying again later may succeed.
+    /// True when trying again later may succeed: the connection failed, or the broker
+    /// is temporarily unavailable ([`BrokerError::Unavailable`]).
     pub fn is_retryable(&self) -> bool {
-        self.is_connection()
+        self.is_connection() || matches!(self, BrokerError::Unavailable { .. })
     }
 }
 
@@ -87,6 +100,15 @@ pub enum BackendError {
         /// What was reported.
         reason: String,
     },
+    /// The backend is reachable but cannot serve for now (failover, loading, out of
+    /// memory, a full or failing disk); see [`BrokerError::Unavailable`].
+    #[error("result backend {url} is unavailable: {reason}")]
+    Unavailable {
+        /// The backend URL, credentials masked.
+        url: String,
+        /// What the backend reported.
+        reason: String,
+    },
     /// A stored record is not a task meta record.
     #[error("result record for task {task_id} is corrupt: {reason}")]
     Corrupt {
@@ -114,8 +136,9 @@ impl BackendError {
         matches!(self, BackendError::Connection { .. })
     }
 
-    /// True when trying again later may succeed.
+    /// True when trying again later may succeed: the connection failed, or the backend
+    /// is temporarily unavailable ([`BackendError::Unavailable`]).
     pub fn is_retryable(&self) -> bool {
-        self.is_connection()
+        self.is_connection() || matches!(self, BackendError::Unavailable { .. })
     }
 }

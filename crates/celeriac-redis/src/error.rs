@@ -1,5 +1,7 @@
-//! Errors of the Redis engine, and how redis-rs errors map onto the core's kinds (a
-//! dropped or refused connection is a connection error: retried, reconnected).
+//! Errors of the Redis engine, and how redis-rs errors map onto the core's kinds: a
+//! dropped or refused connection is a connection error, and a server that answers but
+//! cannot serve for now (a failover, a restart loading its dataset, out of memory) is
+//! `Unavailable`; both are retried, with a new connection.
 
 use celeriac_core::error::{BackendError, BrokerError};
 use celeriac_core::url::UrlError;
@@ -27,8 +29,52 @@ pub(crate) fn is_connection(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Error codes of a server that is there but cannot serve for now; what Sentinel and
+/// managed-Redis failovers, restarts and memory pressure answer with:
+///
+/// - `READONLY`: a write reached a replica (the primary was demoted);
+/// - `UNBLOCKED`: a blocked `BRPOP` was cut off because the server turned replica;
+/// - `MASTERDOWN`: a replica lost its primary and serves no stale data;
+/// - `LOADING`: the server is loading its dataset after a restart;
+/// - `BUSY`: a script is running past `busy-reply-threshold`;
+/// - `TRYAGAIN`, `CLUSTERDOWN`: cluster resharding or failover;
+/// - `MISCONF`: persistence failed and writes are refused until it works again;
+/// - `OOM`: `maxmemory` reached;
+/// - `NOREPLICAS`: `min-replicas-to-write` is not met.
+const UNAVAILABLE: &[&str] = &[
+    "READONLY",
+    "UNBLOCKED",
+    "MASTERDOWN",
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MISCONF",
+    "OOM",
+    "NOREPLICAS",
+];
+
+/// True when the server answered with one of the [`UNAVAILABLE`] codes, also when a Lua
+/// script passed it on (`ERR ... OOM command not allowed ...` in older servers).
+pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
+    if e.code().is_some_and(|c| UNAVAILABLE.contains(&c)) {
+        return true;
+    }
+    // A script's error, or an EXECABORT, carries the original code in its text.
+    let text = e.to_string();
+    UNAVAILABLE.iter().any(|code| {
+        text.split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| word == *code)
+    })
+}
+
 pub(crate) fn broker(url: &str, op: &'static str, e: redis::RedisError) -> BrokerError {
-    if is_connection(&e) {
+    if is_unavailable(&e) {
+        BrokerError::Unavailable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        }
+    } else if is_connection(&e) {
         BrokerError::Connection {
             url: url.to_string(),
             reason: e.to_string(),
@@ -42,7 +88,12 @@ pub(crate) fn broker(url: &str, op: &'static str, e: redis::RedisError) -> Broke
 }
 
 pub(crate) fn backend(url: &str, op: &'static str, e: redis::RedisError) -> BackendError {
-    if is_connection(&e) {
+    if is_unavailable(&e) {
+        BackendError::Unavailable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        }
+    } else if is_connection(&e) {
         BackendError::Connection {
             url: url.to_string(),
             reason: e.to_string(),
@@ -51,6 +102,48 @@ pub(crate) fn backend(url: &str, op: &'static str, e: redis::RedisError) -> Back
         BackendError::Operation {
             op,
             reason: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(text: &str) -> redis::RedisError {
+        let mut parser = redis::Parser::new();
+        match parser.parse_value(format!("-{text}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn failover_and_pressure_codes_are_unavailable_and_retried() {
+        for text in [
+            "READONLY You can't write against a read only replica.",
+            "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
+            "LOADING Redis is loading the dataset in memory",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+            "BUSY Redis is busy running a script.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "ERR Error running script (call to f_1234): @user_script:12: OOM command not allowed",
+        ] {
+            let e = broker("redis://x", "consume", server_error(text));
+            assert!(
+                matches!(e, BrokerError::Unavailable { .. }) && e.is_retryable(),
+                "{text}: {e:?}"
+            );
+            assert!(backend("redis://x", "store", server_error(text)).is_retryable());
+        }
+        for text in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR unknown command 'FOO'",
+        ] {
+            let e = broker("redis://x", "consume", server_error(text));
+            assert!(matches!(e, BrokerError::Operation { .. }), "{text}: {e:?}");
         }
     }
 }

@@ -319,6 +319,10 @@ pub enum Error {
     /// Invalid input (a command-line file, say); the message says where.
     #[error("{0}")]
     Input(String),
+    /// The worker stopped without being asked to (its broker ended consumption): a
+    /// supervisor should restart it. The CLI prints this line and exits 1.
+    #[error("the worker stopped unasked: {0}")]
+    Stopped(String),
     /// An engine could not start (e.g. an SQLite file that is not usable); the message
     /// names the resource.
     #[error(transparent)]

@@ -105,6 +105,10 @@ impl Worker {
     }
 
     /// Runs until shut down; returns the final counters.
+    ///
+    /// Broker errors never stop it: consumption is retried with back-off, whatever the
+    /// error. If it stops without a shutdown request all the same (the broker ended
+    /// consumption), it shuts down warm and returns [`Error::Stopped`].
     pub async fn run(self) -> Result<WorkerReport, Error> {
         let broker = self.app.broker().clone();
         for q in &self.queues {
@@ -174,6 +178,7 @@ impl Worker {
         self.stats
             .set_concurrency(self.autoscale.map_or(self.concurrency, |a| a.min));
         let mut broker_down = false;
+        let mut stopped_unasked = None;
         loop {
             state.start_pending().await;
             if *phase.borrow_and_update() != Phase::Running {
@@ -199,6 +204,7 @@ impl Worker {
                 next = c.next() => {
                     if state.take_deliveries(c, next, &mut broker_down) == Consuming::Ended {
                         consumer = None;
+                        stopped_unasked = Some("the broker ended consumption");
                     }
                 }
             }
@@ -216,7 +222,17 @@ impl Worker {
         if let Some(pool) = prefork {
             pool.shutdown().await;
         }
-        Ok(report)
+        match stopped_unasked {
+            Some(reason) => {
+                error!(
+                    "{} stopped unasked ({reason}) after {} task(s); exiting with an error so a supervisor restarts it",
+                    self.name,
+                    report.stats.succeeded + report.stats.failed
+                );
+                Err(Error::Stopped(reason.into()))
+            }
+            None => Ok(report),
+        }
     }
 }
 
@@ -268,7 +284,7 @@ impl LoopState {
                     return Consuming::Open;
                 }
                 None => {
-                    error!("the broker ended consumption; shutting down");
+                    error!("the broker ended consumption; shutting down warm");
                     return Consuming::Ended;
                 }
             }
