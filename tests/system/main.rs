@@ -5,6 +5,7 @@ mod cli;
 mod conformance;
 mod control;
 mod eager;
+mod failover;
 mod interop;
 mod pools;
 mod prefork;

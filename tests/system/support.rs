@@ -57,6 +57,17 @@ pub(crate) fn entries(key: &str) -> Vec<Value> {
     logs().lock().unwrap().get(key).cloned().unwrap_or_default()
 }
 
+/// Shows the worker's log in a test's output when `RUST_LOG` is set (e.g.
+/// `RUST_LOG=info cargo test -p celeriac-tests --test system failover -- --nocapture`).
+pub(crate) fn show_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+}
+
 /// A key no other test uses.
 pub(crate) fn key() -> String {
     uuid::Uuid::new_v4().simple().to_string()

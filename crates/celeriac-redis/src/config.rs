@@ -8,7 +8,10 @@
 //! kombu's `broker_transport_options` are given as query options: `visibility_timeout`
 //! (s, default 3600), `global_keyprefix`, `polling_interval` (the BRPOP timeout, s, default
 //! 1), `unacked_restore_interval` (s between visibility sweeps, default 60; Celery's
-//! worker sweeps about every 100 s), and for TLS `ssl_cert_reqs`
+//! worker sweeps about every 100 s), celeriac's `dead_after` (s of silence after which a
+//! consumer is dead and a live one restores the messages it held, default 10) and
+//! `heartbeat` (s between a consumer's liveness beats, default `dead_after` / 5), and for
+//! TLS `ssl_cert_reqs`
 //! (`required`/`optional`/`none`, as kombu spells them, `CERT_*` too), `ssl_ca_certs`
 //! (a CA file to verify the server with) and `ssl_certfile` + `ssl_keyfile` (a client
 //! certificate for mutual TLS).
@@ -35,6 +38,11 @@ pub struct RedisConfig {
     pub polling_interval: Duration,
     /// Time between visibility-timeout sweeps of a consuming process.
     pub restore_interval: Duration,
+    /// Silence after which a consumer is dead and its unacknowledged messages are
+    /// restored by a live one (celeriac consumers only; see `broker::liveness`).
+    pub dead_after: Duration,
+    /// Time between a consumer's liveness beats.
+    pub heartbeat: Duration,
     /// `ssl_ca_certs`: PEM file of the CA to verify the server with (instead of the
     /// system's roots).
     pub ssl_ca_certs: Option<std::path::PathBuf>,
@@ -146,6 +154,17 @@ impl RedisConfig {
                 })
             }
         };
+        let dead_after = seconds(url, "dead_after", 10.0)?;
+        let heartbeat = match url.query("heartbeat") {
+            Some(_) => seconds(url, "heartbeat", 0.0)?,
+            None => dead_after / 5,
+        };
+        if heartbeat >= dead_after {
+            return Err(url.bad_option(
+                "heartbeat",
+                format!("must be shorter than dead_after ({dead_after:?}), got {heartbeat:?}"),
+            ));
+        }
         Ok(Self {
             client_url,
             masked: url.masked(),
@@ -154,6 +173,8 @@ impl RedisConfig {
             visibility_timeout: seconds(url, "visibility_timeout", 3600.0)?,
             polling_interval: seconds(url, "polling_interval", 1.0)?,
             restore_interval: seconds(url, "unacked_restore_interval", 60.0)?,
+            dead_after,
+            heartbeat,
             ssl_ca_certs: url.query("ssl_ca_certs").map(Into::into),
             ssl_client_cert: match (url.query("ssl_certfile"), url.query("ssl_keyfile")) {
                 (Some(c), Some(k)) => Some((c.into(), k.into())),
@@ -283,6 +304,13 @@ mod tests {
         assert_eq!(c.client_url, "redis+unix:///tmp/r.sock?db=0");
         let c = cfg("rediss://:pw@h:6380/0?ssl_cert_reqs=none").unwrap();
         assert!(c.client_url.ends_with("#insecure"));
+        let c = cfg("redis://h?dead_after=3").unwrap();
+        assert_eq!(
+            (c.dead_after, c.heartbeat),
+            (Duration::from_secs(3), Duration::from_millis(600))
+        );
+        let e = cfg("redis://h?dead_after=3&heartbeat=5").unwrap_err();
+        assert!(e.contains("heartbeat") && e.contains("dead_after"), "{e}");
     }
 
     #[test]

@@ -54,18 +54,24 @@ const UNAVAILABLE: &[&str] = &[
     "NOREPLICAS",
 ];
 
-/// True when the server answered with one of the [`UNAVAILABLE`] codes, also when a Lua
-/// script passed it on (`ERR ... OOM command not allowed ...` in older servers).
+/// True when the server answered with one of the [`UNAVAILABLE`] codes: for a command,
+/// for any command of a pipeline or transaction, or passed on by a Lua script (older
+/// servers wrap it: `ERR Error running script ... OOM command not allowed ...`).
 pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
-    if e.code().is_some_and(|c| UNAVAILABLE.contains(&c)) {
-        return true;
+    let unavailable = |code: &str, detail: Option<&str>| {
+        UNAVAILABLE.contains(&code)
+            || (code == "ERR"
+                && detail.is_some_and(|d| {
+                    d.split(|c: char| !c.is_ascii_alphanumeric())
+                        .any(|word| UNAVAILABLE.contains(&word))
+                }))
+    };
+    match e.clone().into_server_errors() {
+        Some(errors) => errors
+            .iter()
+            .any(|(_, server)| unavailable(server.code(), server.details())),
+        None => false,
     }
-    // A script's error, or an EXECABORT, carries the original code in its text.
-    let text = e.to_string();
-    UNAVAILABLE.iter().any(|code| {
-        text.split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|word| word == *code)
-    })
 }
 
 pub(crate) fn broker(url: &str, op: &'static str, e: redis::RedisError) -> BrokerError {

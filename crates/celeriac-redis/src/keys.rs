@@ -2,7 +2,10 @@
 //!
 //! Broker keys (`global_keyprefix` prepended as given): queue lists `<q>` and priority
 //! buckets `<q>\x06\x16<step>`, binding sets `_kombu.binding.<exchange>` (and
-//! `_kombu.binding_permanent.<exchange>`), `unacked`, `unacked_index`, `unacked_mutex`.
+//! `_kombu.binding_permanent.<exchange>`), `unacked`, `unacked_index`, `unacked_mutex`;
+//! and celeriac's own liveness keys beside them (`_celeriac.consumers`,
+//! `_celeriac.alive.<id>`, `_celeriac.held.<id>`, `_celeriac.reaping.<id>`) and batch
+//! markers (`_celeriac.sent.<id>`), which kombu ignores.
 //! Result keys: `celery-task-meta-<id>`, with the backend's prefix rule (an `_` is added
 //! unless the prefix already ends in `:`, `_`, `-` or `.`).
 
@@ -116,6 +119,35 @@ impl BrokerKeys {
     /// The sweep lock.
     pub fn unacked_mutex(&self) -> String {
         format!("{}unacked_mutex", self.prefix)
+    }
+
+    /// celeriac's consumer registry (hash: consumer id → `{"hostname", "pid",
+    /// "started"}`), read by live consumers to find dead ones. Not a kombu key: Python
+    /// workers neither read nor write it.
+    pub fn consumers(&self) -> String {
+        format!("{}_celeriac.consumers", self.prefix)
+    }
+
+    /// A consumer's liveness key, set with a time to live of `dead_after` and renewed
+    /// every heartbeat: gone means dead.
+    pub fn alive(&self, consumer: &str) -> String {
+        format!("{}_celeriac.alive.{consumer}", self.prefix)
+    }
+
+    /// The delivery tags a consumer holds unacknowledged (a set), restored when it dies.
+    pub fn held(&self, consumer: &str) -> String {
+        format!("{}_celeriac.held.{consumer}", self.prefix)
+    }
+
+    /// A batch publish's marker, written in the batch's transaction: after a lost reply it
+    /// tells whether the batch landed.
+    pub fn sent(&self, batch: &str) -> String {
+        format!("{}_celeriac.sent.{batch}", self.prefix)
+    }
+
+    /// The lock one live consumer takes to restore a dead one's messages.
+    pub fn reaping(&self, consumer: &str) -> String {
+        format!("{}_celeriac.reaping.{consumer}", self.prefix)
     }
 }
 

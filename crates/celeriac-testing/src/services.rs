@@ -143,6 +143,10 @@ pub struct ServerOptions {
     pub tls: bool,
     /// A unix socket too.
     pub unix_socket: bool,
+    /// Microseconds Redis waits per key while it loads its dataset at start-up (its
+    /// `key-load-delay`): with some thousand keys stored, a restart answers `LOADING` for
+    /// seconds, as a large production dataset does.
+    pub key_load_delay_us: u32,
 }
 
 fn free_port() -> u16 {
@@ -271,6 +275,14 @@ impl RedisServer {
             .arg("--tls-ca-cert-file")
             .arg(self.dir.join("cert.pem"));
         }
+        if self.options.key_load_delay_us > 0 {
+            cmd.args([
+                "--key-load-delay",
+                &self.options.key_load_delay_us.to_string(),
+                "--loading-process-events-interval-bytes",
+                "1024",
+            ]);
+        }
         if let Some(sock) = self.socket() {
             cmd.arg("--unixsocket")
                 .arg(sock)
@@ -287,7 +299,12 @@ impl RedisServer {
             let up = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if up.is_ok() {
+            // A server still loading its dataset is up: it answers `LOADING`.
+            if up.is_ok()
+                || up.as_ref().is_err_and(|e| {
+                    self.options.key_load_delay_us > 0 && e.code() == Some("LOADING")
+                })
+            {
                 return;
             }
             assert!(
@@ -313,6 +330,11 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

@@ -15,17 +15,20 @@
 //! holds fresh (so no sweep, ours or a Python worker's, restores a held ETA task or a long
 //! late-ack task while its holder lives — Celery runs those twice), and sweeps messages
 //! older than the visibility timeout back to their queues under kombu's `unacked_mutex`.
+//! It beats a liveness key of its own too, and restores the messages of celeriac
+//! consumers that stopped beating (killed) within seconds (`liveness`).
 //!
 //! One file per operation, each beside the Lua script it runs (`src/lua/<file>.lua`):
 //!
 //! | file | what it does | script |
 //! |---|---|---|
-//! | `publish` | `LPUSH` to the priority buckets of the routed queues, in pipelines | |
+//! | `publish` | `LPUSH` to the priority buckets of the routed queues; batches in transactions, once | |
 //! | `bindings` | kombu's exchange bindings: routing, and declaring a queue's binding | |
 //! | `fetch` | the consumer: pop + record in one step, else `BRPOP` | `fetch.lua` |
 //! | `ack` | the `Acker` deliveries settle through; coalesced acks | |
 //! | `restore` | an unacked message back on its queue, redelivered | `restore.lua` |
 //! | `sweep` | keep-alive of held messages, visibility sweep | `sweep_release_mutex.lua` |
+//! | `liveness` | heartbeats; a dead consumer's messages restored within seconds | |
 //! | `fanout` | fanout exchanges over pub/sub | |
 //! | `inspect` | depths, purge, the list of queues | |
 
@@ -34,11 +37,12 @@ mod bindings;
 mod fanout;
 mod fetch;
 mod inspect;
+mod liveness;
 mod publish;
 mod restore;
 mod sweep;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -80,13 +84,22 @@ struct Inner {
     release: Script,
     /// Queues whose binding this process has declared.
     declared: Mutex<HashSet<String>>,
-    /// Delivery tags this process holds unsettled.
+    /// Delivery tags this process holds unsettled (removed once the settle is written).
     outstanding: Mutex<HashSet<String>>,
+    /// This process's consumer id (see `liveness`).
+    consumer: String,
+    /// When this broker was made (Unix seconds), for the consumer registry.
+    started: f64,
+    /// Whether this consumer has beaten once (registered itself).
+    registered: AtomicBool,
     maintenance_started: AtomicBool,
     /// Restores of dropped deliveries still running, for `flush`.
     restoring: tokio::sync::watch::Sender<usize>,
     /// Acks waiting to be written together.
     acks: Coalesce<PendingAck>,
+    /// Batch chunks whose transaction may or may not have run (reply lost, Redis still
+    /// unreachable): chunk identity → its marker key, looked up before a resend.
+    in_doubt: Mutex<HashMap<String, String>>,
 }
 
 fn now_secs() -> f64 {
@@ -112,9 +125,13 @@ impl RedisBroker {
                 release: Script::new(sweep::SCRIPT),
                 declared: Mutex::new(HashSet::new()),
                 outstanding: Mutex::new(HashSet::new()),
+                consumer: uuid::Uuid::new_v4().simple().to_string(),
+                started: now_secs(),
+                registered: AtomicBool::new(false),
                 maintenance_started: AtomicBool::new(false),
                 restoring: tokio::sync::watch::channel(0).0,
                 acks: Coalesce::default(),
+                in_doubt: Mutex::new(HashMap::new()),
             }),
         })
     }

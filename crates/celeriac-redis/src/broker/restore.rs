@@ -18,9 +18,26 @@ pub(super) const SCRIPT: &str = include_str!("../lua/restore.lua");
 
 impl Inner {
     /// Puts the unacked message `tag` back on its queue: at the front (`front`, as kombu's
-    /// restore does) or the back (reject with requeue), marked redelivered, same tag.
-    pub(super) async fn restore_tag(&self, tag: &str, front: bool) -> Result<bool, BrokerError> {
+    /// restore does) or the back (reject with requeue), marked redelivered, same tag, and
+    /// takes it out of the consumer set `held` (see `liveness`).
+    pub(super) async fn restore_tag(
+        &self,
+        tag: &str,
+        front: bool,
+        held: &str,
+    ) -> Result<bool, BrokerError> {
+        let result = self.restore_unacked(tag, front, held).await;
+        // Only now: until the restore is written, the tag is this process's.
         lock(&self.outstanding).remove(tag);
+        result
+    }
+
+    async fn restore_unacked(
+        &self,
+        tag: &str,
+        front: bool,
+        held: &str,
+    ) -> Result<bool, BrokerError> {
         let mut conn = self.conn();
         let raw: Option<String> = redis::cmd("HGET")
             .arg(self.keys.unacked())
@@ -29,11 +46,17 @@ impl Inner {
             .await
             .map_err(|e| self.err("restore", e))?;
         let Some(raw) = raw else {
-            // Settled meanwhile; drop a dangling index entry.
-            let _: Result<(), _> = redis::cmd("ZREM")
+            // Settled meanwhile; drop dangling index and held entries.
+            let _: Result<(), _> = redis::pipe()
+                .cmd("ZREM")
                 .arg(self.keys.unacked_index())
                 .arg(tag)
-                .query_async(&mut conn)
+                .ignore()
+                .cmd("SREM")
+                .arg(held)
+                .arg(tag)
+                .ignore()
+                .exec_async(&mut conn)
                 .await;
             return Ok(false);
         };
@@ -58,6 +81,7 @@ impl Inner {
             .key(self.keys.unacked())
             .key(self.keys.unacked_index())
             .key(self.keys.queue_for(&queue, priority))
+            .key(held)
             .arg(tag)
             .arg(&raw)
             .arg(envelope.to_string())

@@ -1,4 +1,5 @@
-//! The visibility sweep and keep-alive, run by one task per consuming process: the
+//! The visibility sweep and keep-alive, run by one task per consuming process (with the
+//! liveness beat and the restore of dead consumers' messages, see `liveness`): the
 //! `unacked_index` score of every message this process holds is refreshed (so no sweep,
 //! ours or a Python worker's, restores a held ETA task or a long late-ack task while its
 //! holder lives — Celery runs those twice), and messages older than the visibility timeout
@@ -71,7 +72,7 @@ impl Inner {
                     if lock(&self.outstanding).contains(&tag) {
                         continue;
                     }
-                    match self.restore_tag(&tag, true).await {
+                    match self.restore_tag(&tag, true, &self.held_key()).await {
                         Ok(true) => restored += 1,
                         Ok(false) => {}
                         Err(e) => warn!("could not restore unacked message {tag}: {e}"),
@@ -116,7 +117,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts the sweep/keep-alive task once, when this process first consumes.
+    /// Starts the maintenance task once, when this process first consumes: every
+    /// heartbeat it beats (see `liveness`), refreshes what it holds, and restores what dead
+    /// consumers held; every `restore_interval` it runs the visibility sweep.
     pub(super) fn start_maintenance(self: &Arc<Self>) {
         if self.maintenance_started.swap(true, Ordering::SeqCst) {
             return;
@@ -124,15 +127,19 @@ impl Inner {
         let weak: Weak<Inner> = Arc::downgrade(self);
         let tick = (self.cfg.visibility_timeout / 4)
             .min(self.cfg.restore_interval)
+            .min(self.cfg.heartbeat)
             .min(Duration::from_secs(30))
-            .max(Duration::from_millis(100));
+            .max(Duration::from_millis(50));
         let sweep_every = self.cfg.restore_interval;
         tokio::spawn(async move {
             let mut last_sweep: Option<tokio::time::Instant> = None;
             let mut warned = false;
             loop {
                 let Some(inner) = weak.upgrade() else { return };
-                let mut result = inner.keep_alive().await;
+                let beat = inner.beat().await;
+                let kept = inner.keep_alive().await;
+                let reaped = inner.reap().await.map(drop);
+                let mut result = beat.and(kept).and(reaped);
                 if last_sweep.is_none_or(|t| t.elapsed() >= sweep_every) {
                     last_sweep = Some(tokio::time::Instant::now());
                     result = result.and(inner.sweep().await.map(|_| ()));

@@ -1,24 +1,31 @@
--- Takes up to ARGV[1] messages from the lists KEYS[3..] (in that order: priority bucket,
+-- Takes up to ARGV[1] messages from the lists KEYS[4..] (in that order: priority bucket,
 -- then queue) and records each in `unacked` / `unacked_index` exactly as kombu does
--- (hash value `[envelope, exchange, routing_key]`, score = delivery time), in one atomic
--- step: a message is never popped without being recorded.
+-- (hash value `[envelope, exchange, routing_key]`, score = delivery time), and its tag in
+-- this consumer's held set (celeriac's liveness: a dead consumer's set is restored), in
+-- one step: a message is never popped without being recorded.
 --
--- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3..] lists
+-- KEYS[1] unacked, KEYS[2] unacked_index, KEYS[3] held set, KEYS[4..] lists
 -- ARGV[1] max messages, ARGV[2] now (Unix seconds, float text)
--- Returns {list1, envelope1, recorded1, list2, ...}, `recorded` '1' or '0': an envelope
--- whose JSON has no delivery tag is returned unrecorded (the caller adopts it).
+-- Returns {{list1, envelope1, recorded1, list2, ...}, {error, ...}}, `recorded` '1' or
+-- '0': an envelope whose JSON has no delivery tag is returned unrecorded (the caller
+-- adopts it).
+--
+-- Failures lose nothing. Messages are read (`LRANGE` of the list's tail), recorded, and
+-- only then cut from the list (`LTRIM`), so a failed write (out of memory: `HSET` is
+-- refused, `LTRIM` never is) leaves them where they were; the error is returned with what
+-- was taken before it. A list that cannot be read (a key of another type) is skipped and
+-- named in the errors. Every call goes through `redis.pcall`: a script error would stop
+-- the script midway.
 --
 -- Speed: this runs inside Redis for every message (measured, script time per message of a
 -- 928-byte envelope: 9.3 µs with a cjson decode and a ZADD + HSET each; 7.6 µs with plain
 -- searches for `"key"`; 6.1 µs as written). The three fields it needs are found with plain
 -- string searches when each key occurs exactly once and its value has no escapes (every
 -- kombu and celeriac envelope); anything else falls back to cjson. The records are
--- written with one ZADD and one HSET per batch.
+-- written with one HSET, one ZADD and one SADD per batch.
 local max = tonumber(ARGV[1])
 local now = ARGV[2]
 local out = {}
-local zargs = {}
-local hargs = {}
 local n = 0
 
 -- The string value of `"key": "..."` if `key` occurs exactly once and its value is plain;
@@ -73,20 +80,26 @@ local function fields(msg)
   return tag, cjson.encode(ex), cjson.encode(rk)
 end
 
-local function flush()
-  if #zargs > 0 then
-    redis.call('ZADD', KEYS[2], unpack(zargs))
-    redis.call('HSET', KEYS[1], unpack(hargs))
-    zargs = {}
-    hargs = {}
-  end
+local errors = {}
+
+local function failed(reply)
+  return type(reply) == 'table' and reply.err
 end
 
-for i = 3, #KEYS do
-  while n < max do
-    local msg = redis.call('RPOP', KEYS[i])
-    if not msg then break end
-    n = n + 1
+-- Takes up to `k` messages from the tail of `list` (RPOP order) into `out`: reads them,
+-- records the tagged ones, then trims them off. Returns 'more' (the list may hold more),
+-- 'done' (it is empty or unreadable), or 'stop' (the records could not be written).
+local function take(list, k)
+  local items = redis.pcall('LRANGE', list, -k, -1)
+  if failed(items) then
+    errors[#errors + 1] = list .. ': ' .. items.err
+    return 'done'
+  end
+  if #items == 0 then return 'done' end
+  local zargs, hargs, sargs = {}, {}, {}
+  local first = #out
+  for j = #items, 1, -1 do
+    local msg = items[j]
     local recorded = '0'
     local tag, ex, rk = fields(msg)
     if tag and tag ~= '' then
@@ -94,15 +107,39 @@ for i = 3, #KEYS do
       zargs[#zargs + 1] = tag
       hargs[#hargs + 1] = tag
       hargs[#hargs + 1] = '[' .. msg .. ', ' .. ex .. ', ' .. rk .. ']'
+      sargs[#sargs + 1] = tag
       recorded = '1'
-      -- Keep unpack() well inside Lua's stack limit.
-      if #zargs >= 512 then flush() end
     end
-    out[#out + 1] = KEYS[i]
+    out[#out + 1] = list
     out[#out + 1] = msg
     out[#out + 1] = recorded
   end
+  if #sargs > 0 then
+    local r = redis.pcall('HSET', KEYS[1], unpack(hargs))
+    if not failed(r) then r = redis.pcall('ZADD', KEYS[2], unpack(zargs)) end
+    if not failed(r) then r = redis.pcall('SADD', KEYS[3], unpack(sargs)) end
+    if failed(r) then
+      errors[#errors + 1] = 'recording messages of ' .. list .. ': ' .. r.err
+      redis.pcall('ZREM', KEYS[2], unpack(sargs))
+      redis.pcall('HDEL', KEYS[1], unpack(sargs))
+      redis.pcall('SREM', KEYS[3], unpack(sargs))
+      for _ = first + 1, #out do out[#out] = nil end
+      return 'stop'
+    end
+  end
+  redis.pcall('LTRIM', list, 0, -#items - 1)
+  n = n + #items
+  if #items == k then return 'more' end
+  return 'done'
+end
+
+for i = 4, #KEYS do
+  while n < max do
+    -- At most 512 a step: keeps unpack() well inside Lua's stack limit.
+    local r = take(KEYS[i], math.min(max - n, 512))
+    if r == 'stop' then return {out, errors} end
+    if r == 'done' then break end
+  end
   if n >= max then break end
 end
-flush()
-return out
+return {out, errors}
