@@ -12,7 +12,9 @@
 //!   delivered to two consumers at once.
 //! - **Dead workers**: consuming processes beat every `heartbeat`; the messages a silent
 //!   consumer held (after `dead_after`, default 10 s) go back to their queues and run
-//!   elsewhere. A live worker's messages are never taken from it.
+//!   elsewhere. A live worker's messages are never taken from it. A worker that was only
+//!   stalled that long notices at its next beat, and its late ack or restore of a message
+//!   that now belongs to another consumer changes nothing (a `claim lost` warning).
 //! - **Throughput**: one database thread per process groups every waiting operation
 //!   (publishes, claims, acks, result writes) into one transaction.
 //! - **Latency without spinning**: idle consumers and result waiters sleep until this
