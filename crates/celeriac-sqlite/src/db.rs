@@ -254,10 +254,7 @@ fn run(
             // back: nothing of this batch is written, so none of it may report success,
             // and nothing after it may run outside a transaction.
             if txn.is_autocommit() {
-                aborted = Some(error.unwrap_or_else(|| DbError {
-                    code: None,
-                    message: "the transaction was rolled back".into(),
-                }));
+                aborted = Some(error.unwrap_or_else(DbError::rolled_back));
             }
         }
         let committed = match &aborted {
