@@ -25,6 +25,8 @@
 //!   from a newer schema is refused with one line naming the path; the schema is versioned
 //!   and migrated on open; a full disk (or `max_size`) fails the publish with a clear
 //!   error and writes nothing.
+//! - **Privacy**: a new database file and its `-wal`, `-shm` and `-wake` files are created
+//!   0600 whatever the umask; an existing file keeps its mode, and its side files take it.
 //! - **Errors**: what time or an operator can mend (a lock held beyond `busy_timeout`, a
 //!   full disk, I/O errors, a file that became read-only or cannot be opened) is
 //!   `Unavailable`, which workers and producers retry with back-off; a corrupt file is not.
