@@ -107,11 +107,7 @@ impl Db {
         let name = cfg.display();
         let thread_name = name.clone();
         let busy_timeout = cfg.busy_timeout;
-        let wake = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(wake_path(&cfg.path))
+        let wake = open_wake_file(&cfg.path)
             .map_err(|e| debug!("{name}: no wake file ({e}); other processes will poll"))
             .ok();
         let thread = std::thread::Builder::new()
@@ -254,10 +250,7 @@ fn run(
             // back: nothing of this batch is written, so none of it may report success,
             // and nothing after it may run outside a transaction.
             if txn.is_autocommit() {
-                aborted = Some(error.unwrap_or_else(|| DbError {
-                    code: None,
-                    message: "the transaction was rolled back".into(),
-                }));
+                aborted = Some(error.unwrap_or_else(DbError::rolled_back));
             }
         }
         let committed = match &aborted {
@@ -292,6 +285,19 @@ pub(crate) fn wake_path(db: &std::path::Path) -> std::path::PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
     name.push("-wake");
     db.with_file_name(name)
+}
+
+/// Opens the wake file (see [`wake_path`]) for writing; a new one gets the database file's
+/// mode, as SQLite gives it to the `-wal` and `-shm` files, so every process that may
+/// write the database may touch it, and no one else may.
+fn open_wake_file(db: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = wake_path(db);
+    let mode = std::fs::metadata(db)?.permissions().mode() & 0o777;
+    match schema::create_new(&path, mode)? {
+        Some(file) => Ok(file),
+        None => std::fs::OpenOptions::new().write(true).open(path),
+    }
 }
 
 /// Watches the database's wake file (see [`wake_path`]) for writes.
@@ -331,4 +337,97 @@ fn watch(cfg: &SqliteConfig, changed: Arc<Notify>) -> Option<notify::Recommended
             .ok()?;
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use celeriac_core::{Broker, PublishOptions};
+    use celeriac_testing::broker::message;
+    use celeriac_testing::services::ScratchDir;
+
+    use crate::SqliteBroker;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// Opens `db` and publishes, then returns the modes of the database and its side files
+    /// while it is open (SQLite removes `-wal` and `-shm` when the last connection closes).
+    async fn modes_while_open(db: &Path) -> Vec<(String, u32)> {
+        let broker = SqliteBroker::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        broker
+            .publish(message("q", 1, None), PublishOptions::default())
+            .await
+            .unwrap();
+        ["", "-wal", "-shm", "-wake"]
+            .iter()
+            .map(|suffix| {
+                let name = format!("{}{suffix}", db.display());
+                let m = mode(Path::new(&name));
+                (name, m)
+            })
+            .collect()
+    }
+
+    const CHILD: &str = "CELERIAC_SQLITE_TEST_UMASK_0_DIR";
+
+    /// The database holds task arguments and results: every file of a new one is 0600,
+    /// even under `umask 000`. The umask belongs to the whole process, so the check runs in
+    /// a child process of this test binary started with that umask.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_a_new_databases_files_are_0600_whatever_the_umask() {
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let dir = Path::new(&dir);
+            // The umask really is permissive: a file std creates 0666 stays 0666.
+            let probe = dir.join("probe");
+            std::fs::write(&probe, "").unwrap();
+            assert_eq!(mode(&probe), 0o666, "the child's umask is not 000");
+            for (file, m) in modes_while_open(&dir.join("new.sqlite")).await {
+                assert_eq!(m, 0o600, "{file} is {m:o}");
+            }
+            return;
+        }
+        let dir = ScratchDir::new("celeriac-sqlite-modes");
+        let name = module_path!()
+            .split_once("::")
+            .map(|(_, rest)| {
+                format!("{rest}::issue14_a_new_databases_files_are_0600_whatever_the_umask")
+            })
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+            .arg(std::env::current_exe().unwrap())
+            .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the child under umask 000 failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A file its owner created keeps its mode (0640 for a group of workers, say), and the
+    /// side files celeriac and SQLite create take the same mode.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_existing_files_mode_is_kept_and_its_side_files_follow_it() {
+        let dir = ScratchDir::new("celeriac-sqlite-modes");
+        let db = dir.path().join("shared.sqlite");
+        std::fs::write(&db, "").unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+        for (file, m) in modes_while_open(&db).await {
+            assert_eq!(m, 0o640, "{file} is {m:o}");
+        }
+    }
 }

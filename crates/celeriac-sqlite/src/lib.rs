@@ -12,7 +12,9 @@
 //!   delivered to two consumers at once.
 //! - **Dead workers**: consuming processes beat every `heartbeat`; the messages a silent
 //!   consumer held (after `dead_after`, default 10 s) go back to their queues and run
-//!   elsewhere. A live worker's messages are never taken from it.
+//!   elsewhere. A live worker's messages are never taken from it. A worker that was only
+//!   stalled that long notices at its next beat, and its late ack or restore of a message
+//!   that now belongs to another consumer changes nothing (a `claim lost` warning).
 //! - **Throughput**: one database thread per process groups every waiting operation
 //!   (publishes, claims, acks, result writes) into one transaction.
 //! - **Latency without spinning**: idle consumers and result waiters sleep until this
@@ -23,6 +25,11 @@
 //!   from a newer schema is refused with one line naming the path; the schema is versioned
 //!   and migrated on open; a full disk (or `max_size`) fails the publish with a clear
 //!   error and writes nothing.
+//! - **Privacy**: a new database file and its `-wal`, `-shm` and `-wake` files are created
+//!   0600 whatever the umask; an existing file keeps its mode, and its side files take it.
+//! - **Errors**: what time or an operator can mend (a lock held beyond `busy_timeout`, a
+//!   full disk, I/O errors, a file that became read-only or cannot be opened) is
+//!   `Unavailable`, which workers and producers retry with back-off; a corrupt file is not.
 //!
 //! # URL
 //!

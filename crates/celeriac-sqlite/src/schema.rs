@@ -2,6 +2,12 @@
 //! that is not SQLite at all, a corrupt or read-only file) with one clear line naming the
 //! path, and creating or migrating the schema.
 //!
+//! A new database file is created by celeriac itself, mode 0600 whatever the umask (it
+//! holds task arguments and results), before SQLite opens it: SQLite gives the `-wal` and
+//! `-shm` files it creates the database file's mode exactly, and so does the `-wake` file
+//! (see `db`). A file that already exists keeps the mode its owner gave it, and its
+//! side files follow it.
+//!
 //! A celeriac database carries `PRAGMA application_id = 0x63656C72` ("celr") and its
 //! schema version in `PRAGMA user_version`; migrations run in order, each in the same
 //! transaction as the version bump, so a crash mid-migration leaves the old version.
@@ -44,6 +50,7 @@ pub(crate) fn open(cfg: &SqliteConfig) -> Result<Connection, OpenError> {
                 .map_err(|e| fail(format!("cannot create its directory: {e}")))?;
         }
     }
+    create_new(path, PRIVATE).map_err(|e| fail(format!("cannot be created: {e}")))?;
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -116,6 +123,29 @@ fn busy(tries: i32) -> bool {
 pub(crate) fn set_busy_handler(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<()> {
     BUSY.with(|b| b.set((timeout, None)));
     conn.busy_handler(Some(busy))
+}
+
+/// The mode of a database file celeriac creates: read and write for its owner only.
+pub(crate) const PRIVATE: u32 = 0o600;
+
+/// Creates `path` with exactly `mode` (the umask may only have removed bits, so the mode
+/// is set again once created) and returns it open for writing; `None` if it exists
+/// already, which is left as it is.
+pub(crate) fn create_new(path: &Path, mode: u32) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(file) => {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            Ok(Some(file))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A reason if the file exists but is not an SQLite database at all.

@@ -85,7 +85,7 @@ impl Fetch for Fetcher {
                                 "{}: discarded an undecodable message from `{queue}`: {e}",
                                 db.name
                             );
-                            let _ = self.inner.settle(&tag, Settle::Delete).await;
+                            let _ = self.inner.settle(&tag, Settle::Delete, "discard").await;
                         }
                     }
                 }
@@ -138,11 +138,16 @@ fn claim(
 ) -> rusqlite::Result<Vec<Claimed>> {
     // Placeholders are numbered: an anonymous `?` takes the number after the largest seen
     // so far in the text, and would collide with `?3`.
+    //
+    // Only a registered consumer claims: one whose row another process's sweep deleted
+    // (it stalled past `dead_after`) waits for its next heartbeat, since whatever it took
+    // under an id without a row the next sweep would release again, to run twice.
     let sql = format!(
         "UPDATE messages SET claimed_by = ?1, claimed_at = ?2
          WHERE id IN (SELECT id FROM messages INDEXED BY messages_ready
                       WHERE claimed_by IS NULL AND visible_at <= ?2 AND queue IN ({})
                       ORDER BY priority, id LIMIT ?3)
+           AND EXISTS (SELECT 1 FROM consumers WHERE id = ?1)
          RETURNING id, priority, queue, tag, redelivered, envelope",
         placeholders(queues.len(), 4)
     );
@@ -164,4 +169,46 @@ fn claim(
         ))
     })?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use celeriac_core::{Broker, PublishOptions};
+    use celeriac_testing::broker::message;
+    use celeriac_testing::services::ScratchDir;
+
+    use super::*;
+    use crate::broker::settle::tests::{age, sql, SLOW_BEATS};
+
+    /// Whatever a consumer whose row was swept took would be released again by the next
+    /// sweep and run twice: it takes nothing until it has registered again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_a_consumer_presumed_dead_claims_nothing_until_it_beats_again() {
+        let dir = ScratchDir::new("celeriac-sqlite-fetch");
+        let url = dir.sqlite_url("q.sqlite", SLOW_BEATS);
+        let a = SqliteBroker::connect(&url).await.unwrap();
+        let b = SqliteBroker::connect(&url).await.unwrap();
+        a.inner.heartbeat().await.unwrap();
+        a.publish(message("q", 1, None), PublishOptions::default())
+            .await
+            .unwrap();
+        age(&a).await;
+        b.sweep().await.unwrap();
+
+        let id = a.inner.consumer.clone();
+        let take = move || {
+            let id = id.clone();
+            move |c: &Connection| claim(c, &["q".to_string()], 1, &id)
+        };
+        assert!(
+            sql(&a, take()).await.is_empty(),
+            "claimed while presumed dead"
+        );
+        a.inner.heartbeat().await.unwrap();
+        assert_eq!(
+            sql(&a, take()).await.len(),
+            1,
+            "claims once registered again"
+        );
+    }
 }

@@ -6,11 +6,14 @@
 //!   ordered by priority (0 first) then arrival; the claim names this process's consumer
 //!   id, so no two consumers ever get the same row.
 //! - **Ack / reject** delete the row; **requeue** moves it to the back (a new id);
-//!   **restore** releases the claim, keeping its place, marked redelivered.
+//!   **restore** releases the claim, keeping its place, marked redelivered. Each acts only
+//!   while this consumer still holds the claim.
 //! - **Dead consumers**: each consuming process beats every `heartbeat`; any live one
 //!   releases the claims of consumers silent for `dead_after` (default 10 s), so a killed
 //!   worker's `acks_late` tasks run again within seconds — a live worker's held messages
-//!   are never taken from it, however long it holds them.
+//!   are never taken from it, however long it holds them. A worker that was only stalled
+//!   past `dead_after` notices at its next beat (a warning), and its late ack or restore
+//!   of a released message changes nothing (`claim lost: …`).
 //!
 //! One file per operation:
 //!
@@ -55,6 +58,8 @@ struct Inner {
     db: Arc<Db>,
     /// This process's consumer id, in `claimed_by` and `consumers`.
     consumer: String,
+    /// When this consumer's last heartbeat was written (Unix seconds), once it beat.
+    last_beat: Mutex<Option<f64>>,
     maintenance_started: AtomicBool,
     declared: Mutex<HashSet<String>>,
 }
@@ -67,6 +72,7 @@ impl SqliteBroker {
             inner: Arc::new(Inner {
                 db,
                 consumer: uuid::Uuid::new_v4().to_string(),
+                last_beat: Mutex::new(None),
                 maintenance_started: AtomicBool::new(false),
                 declared: Mutex::new(HashSet::new()),
             }),

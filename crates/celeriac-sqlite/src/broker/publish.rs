@@ -143,3 +143,71 @@ impl SqliteBroker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use celeriac_core::Broker;
+    use celeriac_testing::broker::message;
+    use celeriac_testing::services::ScratchDir;
+
+    use super::*;
+    use crate::broker::settle::tests::sql;
+
+    /// Sets the connection's `max_page_count` (a setting of the connection, not the file,
+    /// so it is set on the broker's own), returning the limit now in force.
+    async fn limit_pages(b: &SqliteBroker, pages: Option<i64>) -> i64 {
+        sql(b, move |c| {
+            let pages = match pages {
+                Some(p) => p,
+                None => c.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+            };
+            c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get(0)
+            })
+        })
+        .await
+    }
+
+    /// A full disk (`SQLITE_FULL`, here from `max_page_count`) is `Unavailable`, so the
+    /// worker and producer retry it; the failed publish hands its message back and writes
+    /// nothing, and once there is room again the same message is published.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue14_a_full_disk_is_unavailable_and_the_message_is_handed_back() {
+        let dir = ScratchDir::new("celeriac-sqlite-full");
+        let broker = SqliteBroker::connect(&dir.sqlite_url("q.sqlite", ""))
+            .await
+            .unwrap();
+        broker
+            .publish(message("q", 1, None), PublishOptions::default())
+            .await
+            .unwrap();
+        limit_pages(&broker, None).await;
+
+        let mut big = message("q", 2, None);
+        big.headers
+            .insert("pad".into(), "x".repeat(256 * 1024).into());
+        let e = broker
+            .publish(big.clone(), PublishOptions::default())
+            .await
+            .expect_err("no room for 256 KiB");
+        assert!(
+            matches!(&e.source, BrokerError::Unavailable { reason, .. } if reason.contains("full"))
+                && e.source.is_retryable(),
+            "{e:?}"
+        );
+        assert_eq!(*e.message, big, "the message was handed back whole");
+        assert_eq!(broker.queue_depth("q").await.unwrap(), 1, "nothing written");
+
+        let batch = vec![(big.clone(), PublishOptions::default()); 2];
+        let e = broker.publish_many(batch).await.expect_err("no room");
+        assert!(e.source.is_retryable() && e.unpublished.len() == 2, "{e:?}");
+
+        assert!(limit_pages(&broker, Some(1 << 20)).await >= 1 << 20);
+        let (handed_back, options) = e.unpublished.into_iter().next().expect("two");
+        broker
+            .publish(handed_back, options)
+            .await
+            .expect("room again");
+        assert_eq!(broker.queue_depth("q").await.unwrap(), 2);
+    }
+}
