@@ -6,6 +6,7 @@ mod conformance;
 mod control;
 mod eager;
 mod failover;
+mod hostile;
 mod interop;
 mod pools;
 mod prefork;

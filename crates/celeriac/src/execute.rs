@@ -65,23 +65,47 @@ pub(crate) struct Limits {
     pub(crate) soft: Option<f64>,
 }
 
+/// The longest time limit honoured, in seconds (ten years): a longer one — `1e300` in a
+/// message's `timelimit` — is clamped to it rather than overflowing a `Duration`.
+pub(crate) const MAX_LIMIT_SECS: f64 = 315_360_000.0;
+
 impl Limits {
     /// Celery's rule, per limit: the message's value if set, else the task's, else the
-    /// worker's.
+    /// worker's. A limit that is not a positive number (0, negative) counts as unset, as
+    /// in Celery; one beyond [`MAX_LIMIT_SECS`] is clamped.
     pub(crate) fn resolve(
         message: (Option<f64>, Option<f64>),
         task: Limits,
         worker: Limits,
     ) -> Limits {
-        let pick = |m: Option<f64>, t: Option<f64>, w: Option<f64>| {
-            m.filter(|v| *v > 0.0)
-                .or(t.filter(|v| *v > 0.0))
-                .or(w.filter(|v| *v > 0.0))
+        let sane = |v: Option<f64>| {
+            v.filter(|v| *v > 0.0 && !v.is_nan())
+                .map(|v| v.min(MAX_LIMIT_SECS))
         };
+        let pick = |m: Option<f64>, t: Option<f64>, w: Option<f64>| sane(m).or(sane(t)).or(sane(w));
         Limits {
             hard: pick(message.0, task.hard, worker.hard),
             soft: pick(message.1, task.soft, worker.soft),
         }
+    }
+
+    /// What is wrong with a message's `timelimit`, if a value in it is out of range
+    /// (clamped or ignored by [`resolve`](Self::resolve)), for the worker's log.
+    pub(crate) fn out_of_range(message: (Option<f64>, Option<f64>)) -> Option<String> {
+        let bad = |v: Option<f64>| v.filter(|v| v.is_nan() || *v < 0.0 || *v > MAX_LIMIT_SECS);
+        match (bad(message.0), bad(message.1)) {
+            (None, None) => None,
+            (h, s) => Some(format!(
+                "time limits [{}, {}] out of range (0 to {MAX_LIMIT_SECS} s): a negative one is ignored, a longer one clamped",
+                h.map_or("ok".into(), |v| v.to_string()),
+                s.map_or("ok".into(), |v| v.to_string()),
+            )),
+        }
+    }
+
+    /// `secs` as a `Duration`, whatever the number: never panics.
+    pub(crate) fn duration(secs: f64) -> Duration {
+        Duration::try_from_secs_f64(secs.clamp(0.0, MAX_LIMIT_SECS)).unwrap_or_default()
     }
 }
 
@@ -112,14 +136,14 @@ pub(crate) async fn run(
     let soft_timer = limits.soft.map(|secs| {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            tokio::time::sleep(Limits::duration(secs)).await;
             ctx.fire_soft_time_limit();
         })
     });
     let body = run_body(task, ctx, args, kwargs, pool);
     let out = match limits.hard {
         None => body.await,
-        Some(secs) => match tokio::time::timeout(Duration::from_secs_f64(secs), body).await {
+        Some(secs) => match tokio::time::timeout(Limits::duration(secs), body).await {
             Ok(out) => out,
             Err(_) => {
                 if pool != Pool::Async || task.kind() == TaskKind::Blocking {
@@ -267,5 +291,36 @@ pub(crate) fn reject_exception(reason: &str) -> ExceptionInfo {
         exc_type: "Reject".into(),
         exc_message: json!([reason, false]),
         exc_module: Some(celeriac_core::state::CELERY_EXCEPTIONS.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_limits_from_the_wire_never_overflow() {
+        let task = Limits {
+            hard: Some(30.0),
+            soft: Some(20.0),
+        };
+        let none = Limits::default();
+        // 1e300 s is clamped; a negative or zero limit counts as unset (the task's applies).
+        let l = Limits::resolve((Some(1e300), Some(-1.0)), task, none);
+        assert_eq!(l.hard, Some(MAX_LIMIT_SECS));
+        assert_eq!(l.soft, Some(20.0));
+        assert!(Limits::out_of_range((Some(1e300), None)).is_some());
+        assert!(Limits::out_of_range((Some(f64::NAN), None)).is_some());
+        assert!(Limits::out_of_range((Some(10.0), Some(5.0))).is_none());
+        let l = Limits::resolve((Some(f64::NAN), Some(0.0)), none, none);
+        assert_eq!((l.hard, l.soft), (None, None));
+        for secs in [1e300, f64::INFINITY, f64::NAN, -1.0, 0.0, 1.5] {
+            let d = Limits::duration(secs);
+            assert!(
+                d <= Duration::from_secs_f64(MAX_LIMIT_SECS),
+                "{secs}: {d:?}"
+            );
+        }
+        assert_eq!(Limits::duration(1.5), Duration::from_millis(1500));
     }
 }

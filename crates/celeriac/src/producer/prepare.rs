@@ -59,7 +59,8 @@ pub(super) fn retry(
     unrouted_queue: Option<&str>,
 ) -> TaskMessage {
     let mut next = msg.clone();
-    next.headers.retries += 1;
+    // Saturating: `retries` comes from the wire, and u32::MAX + 1 must not panic.
+    next.headers.retries = next.headers.retries.saturating_add(1);
     next.headers.eta =
         (countdown > 0.0).then(|| Utc::now() + celeriac_core::time::seconds(countdown));
     next.headers.parent_id = Some(msg.headers.id.clone());

@@ -301,6 +301,9 @@ pub(super) fn execute(
             meta.date_done = None;
             shared.store(meta).await;
         }
+        if let Some(problem) = Limits::out_of_range(msg.headers.timelimit) {
+            warn!("Task {}: {problem}", Label(&msg));
+        }
         let limits = Limits::resolve(
             msg.headers.timelimit,
             Limits {

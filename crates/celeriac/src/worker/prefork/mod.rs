@@ -35,7 +35,7 @@ use celeriac_core::ExceptionInfo;
 
 use crate::context::RequestDeliveryInfo;
 use crate::error::{Failure, TaskError};
-use crate::execute::time_limit_exceeded;
+use crate::execute::{time_limit_exceeded, Limits};
 use crate::task::TaskOutput;
 use wire::{Hello, Request, Response};
 
@@ -362,7 +362,7 @@ impl PreforkPool {
         }
         let limit = async {
             match hard {
-                Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs)).await,
+                Some(secs) => tokio::time::sleep(Limits::duration(secs)).await,
                 None => std::future::pending().await,
             }
         };
