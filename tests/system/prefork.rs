@@ -2,8 +2,12 @@
 //! which is replaced; time limits and terminate kill the child; children are recycled by
 //! task count and by memory; a worker killed with SIGKILL leaves no child behind; warm
 //! shutdown lets a running task finish, cold shutdown kills it and requeues its late-ack
-//! message.
+//! message. Issue 14: the pool's socket is private, impostor children are refused, and
+//! tasks do not inherit the socket, token or broker URLs.
 
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use celeriac::{Error, Signature};
@@ -90,6 +94,36 @@ fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The Unix socket the worker `pid` listens on for its children: its socket inodes from
+/// `/proc/<pid>/fd`, their paths from `/proc/net/unix`.
+fn pool_socket(pid: u32) -> PathBuf {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    // Num RefCount Protocol Flags Type St Inode Path
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 8 && inodes.contains(fields[6])).then(|| PathBuf::from(fields[7]))
+        })
+        .find(|path| path.to_string_lossy().contains("celeriac-prefork"))
+        .unwrap_or_else(|| panic!("worker {pid} listens on no celeriac-prefork socket"))
 }
 
 fn alive(pid: u32) -> bool {
@@ -334,4 +368,38 @@ async fn warm_shutdown_finishes_and_cold_shutdown_requeues_prefork_tasks() {
         long.get::<f64>(Duration::from_secs(20)).await.unwrap(),
         60.0
     );
+}
+
+/// Another user cannot reach the socket: it sits in a directory of its own, mode 0700,
+/// owned by the worker's user, not in the shared temp directory; stopping the pool
+/// removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_the_pool_socket_is_in_a_private_directory_removed_at_shutdown() {
+    let mut p = prefork(&["-c", "1"]).await;
+    let socket = pool_socket(p.worker.pid());
+    let dir = socket
+        .parent()
+        .expect("the socket's directory")
+        .to_path_buf();
+    assert_ne!(
+        dir,
+        std::env::temp_dir(),
+        "the socket sits in the shared temp directory"
+    );
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{} is not private",
+        dir.display()
+    );
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    assert_eq!(
+        meta.uid(),
+        me,
+        "{} is not the worker's user's",
+        dir.display()
+    );
+    assert!(p.worker.terminate().success(), "{}", p.worker.log());
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }

@@ -13,6 +13,7 @@
 //! [`run_child_if_requested`] first thing in `main`.
 
 mod child;
+mod handshake;
 mod wire;
 
 pub use child::{run_child_if_requested, CHILD_ENV, SOCKET_ENV};
@@ -37,6 +38,7 @@ use crate::context::RequestDeliveryInfo;
 use crate::error::{Failure, TaskError};
 use crate::execute::time_limit_exceeded;
 use crate::task::TaskOutput;
+use handshake::SocketDir;
 use wire::{Hello, Request, Response};
 
 /// Recycling limits for children.
@@ -73,7 +75,8 @@ pub(crate) struct PreforkPool {
     exe: PathBuf,
     /// The worker's broker and backend URLs, for the children.
     urls: (String, String),
-    socket_path: PathBuf,
+    /// The private directory holding the socket; removed with the pool.
+    socket_dir: SocketDir,
     listener: UnixListener,
     /// Children are started one at a time, so the next connection is the new child's.
     spawning: tokio::sync::Mutex<()>,
@@ -92,7 +95,7 @@ pub(crate) struct PreforkPool {
 impl std::fmt::Debug for PreforkPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreforkPool")
-            .field("socket", &self.socket_path)
+            .field("socket", &self.socket_dir.socket())
             .finish_non_exhaustive()
     }
 }
@@ -156,17 +159,14 @@ impl PreforkPool {
     ) -> Result<Self, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
-        let socket_path = std::env::temp_dir().join(format!(
-            "celeriac-prefork-{}-{}.sock",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let listener = UnixListener::bind(&socket_path)
-            .map_err(|e| format!("cannot listen on {}: {e}", socket_path.display()))?;
+        let socket_dir = SocketDir::create()
+            .map_err(|e| format!("cannot create a private directory for the socket: {e}"))?;
+        let listener = UnixListener::bind(socket_dir.socket())
+            .map_err(|e| format!("cannot listen on {}: {e}", socket_dir.socket().display()))?;
         let pool = Self {
             exe,
             urls,
-            socket_path,
+            socket_dir,
             listener,
             spawning: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
@@ -194,7 +194,7 @@ impl PreforkPool {
         let _one_at_a_time = self.spawning.lock().await;
         let id = self.next_child.fetch_add(1, Ordering::Relaxed);
         let process = tokio::process::Command::new(&self.exe)
-            .env(SOCKET_ENV, &self.socket_path)
+            .env(SOCKET_ENV, self.socket_dir.socket())
             .env(CHILD_ENV, id.to_string())
             .env(child::BROKER_ENV, &self.urls.0)
             .env(child::BACKEND_ENV, &self.urls.1)
@@ -443,13 +443,7 @@ impl PreforkPool {
     pub(crate) async fn shutdown(&self) {
         let children: Vec<ChildProc> = self.lock_idle().drain(..).collect();
         futures::future::join_all(children.into_iter().map(stop)).await;
-        let _ = std::fs::remove_file(&self.socket_path);
-    }
-}
-
-impl Drop for PreforkPool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket_path);
+        self.socket_dir.remove();
     }
 }
 
