@@ -403,3 +403,58 @@ async fn issue14_the_pool_socket_is_in_a_private_directory_removed_at_shutdown()
     assert!(p.worker.terminate().success(), "{}", p.worker.log());
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// A process of the worker's own user can reach the socket, but cannot pass for a child:
+/// a hello with a guessed child number and token, from a process the worker did not
+/// start, is refused with a warning, and the pool goes on with its real children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_an_impostor_child_is_refused_and_the_pool_keeps_running_tasks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // One child, replaced after every task: each task makes the worker accept a child.
+    let p = prefork(&["-c", "1", "--max-tasks-per-child", "1"]).await;
+    let worker_pid = p.worker.pid();
+    let socket = pool_socket(worker_pid);
+    let mut impostors = Vec::new();
+    // Child 1 is running; 2 is the next number the worker will hand out.
+    for (child, token) in [(2, "0".repeat(64)), (3, String::new())] {
+        let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let hello = json!({"child": child, "pid": std::process::id(), "token": token});
+        conn.write_all(format!("{hello}\n").as_bytes())
+            .await
+            .unwrap();
+        impostors.push(conn);
+    }
+    assert_eq!(p.call("tasks.add", json!([2, 3])).await.unwrap(), json!(5));
+    // The worker hangs up on both without sending a task.
+    for mut conn in impostors {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got))
+            .await
+            .expect("the worker kept an impostor's connection open");
+        // Closed with the hello unread, the connection may end in a reset instead of EOF.
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        assert!(
+            got.is_empty(),
+            "an impostor was sent: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    p.worker.wait_for_log(
+        "prefork: refused a connection posing as child",
+        Duration::from_secs(10),
+    );
+    assert!(p.worker.log().contains("is not the new child's pid"));
+    // Tasks still run, each in a new child (the impostors took no child's place).
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let pid = p.call("tasks.pid", json!([])).await.unwrap();
+        pids.push(pid.as_u64().expect("a pid") as u32);
+    }
+    assert!(
+        pids[0] != pids[1] && !pids.contains(&worker_pid),
+        "{pids:?}"
+    );
+}

@@ -20,6 +20,8 @@ use crate::execute::{self, Limits, Pool};
 pub const SOCKET_ENV: &str = "CELERIAC_PREFORK_SOCKET";
 /// The child's number, for its hello.
 pub const CHILD_ENV: &str = "CELERIAC_PREFORK_CHILD";
+/// The child's one-time token, for its hello: proves it is the process the worker started.
+pub(crate) const TOKEN_ENV: &str = "CELERIAC_PREFORK_TOKEN";
 /// The worker's broker URL: a child builds its app on the same engines (a task may send
 /// tasks), not on whatever the defaults would pick in its working directory.
 pub(crate) const BROKER_ENV: &str = "CELERIAC_PREFORK_BROKER_URL";
@@ -48,6 +50,7 @@ pub fn run_child_if_requested(builder: AppBuilder) -> AppBuilder {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
     let mut builder = builder;
     if let Ok(url) = std::env::var(BROKER_ENV) {
         builder = builder.broker_url(url);
@@ -55,10 +58,11 @@ pub fn run_child_if_requested(builder: AppBuilder) -> AppBuilder {
     if let Ok(url) = std::env::var(BACKEND_ENV) {
         builder = builder.result_backend_url(url);
     }
-    std::process::exit(child_main(builder, &socket, child))
+    std::process::exit(child_main(builder, &socket, Hello { child, token }))
 }
 
-fn child_main(builder: AppBuilder, socket: &str, child: u64) -> i32 {
+fn child_main(builder: AppBuilder, socket: &str, hello: Hello) -> i32 {
+    let child = hello.child;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,10 +90,6 @@ fn child_main(builder: AppBuilder, socket: &str, child: u64) -> i32 {
             eprintln!("prefork child {child}: cannot reach the worker at {socket}: {e}");
             return 1;
         }
-    };
-    let hello = Hello {
-        child,
-        pid: std::process::id(),
     };
     if write_line(&mut writer, &hello).is_err() {
         return 1;

@@ -38,7 +38,7 @@ use crate::context::RequestDeliveryInfo;
 use crate::error::{Failure, TaskError};
 use crate::execute::time_limit_exceeded;
 use crate::task::TaskOutput;
-use handshake::SocketDir;
+use handshake::{Expected, SocketDir, Token};
 use wire::{Hello, Request, Response};
 
 /// Recycling limits for children.
@@ -193,16 +193,26 @@ impl PreforkPool {
     async fn spawn(&self) -> Result<ChildProc, String> {
         let _one_at_a_time = self.spawning.lock().await;
         let id = self.next_child.fetch_add(1, Ordering::Relaxed);
+        let token = Token::new();
+        // The token goes in the environment: only the worker's user (and root) can read
+        // another process's environment, the child removes it before running any task,
+        // and it is good for one connection from that very process anyway.
         let process = tokio::process::Command::new(&self.exe)
             .env(SOCKET_ENV, self.socket_dir.socket())
             .env(CHILD_ENV, id.to_string())
+            .env(child::TOKEN_ENV, token.as_str())
             .env(child::BROKER_ENV, &self.urls.0)
             .env(child::BACKEND_ENV, &self.urls.1)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start a child process ({}): {e}", self.exe.display()))?;
-        let pid = process.id().unwrap_or(0);
+        let pid = process
+            .id()
+            .ok_or_else(|| format!("child process {id} exited at once"))?;
+        let mut expected = Expected::new(id, pid, self.socket_dir.uid(), token);
+        // Any other connection (an impostor, or a late child given up on) is refused and
+        // the wait goes on: it takes no room in the pool.
         let connect = async {
             loop {
                 let (stream, _) = self
@@ -210,13 +220,28 @@ impl PreforkPool {
                     .accept()
                     .await
                     .map_err(|e| format!("accepting a child's connection failed: {e}"))?;
+                match stream.peer_cred() {
+                    Ok(cred) => match expected.check_peer(&cred) {
+                        Ok(()) => {}
+                        Err(refusal) => {
+                            warn!("prefork: refused a connection posing as child {id}: {refusal}");
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        warn!("prefork: refused a connection posing as child {id}: no peer credentials ({e})");
+                        continue;
+                    }
+                }
                 let (read, writer) = stream.into_split();
                 let mut reader = BufReader::new(read).lines();
                 let hello = reader.next_line().await.ok().flatten();
-                match hello.and_then(|l| serde_json::from_str::<Hello>(&l).ok()) {
-                    Some(h) if h.child == id => return Ok::<_, String>((reader, writer)),
-                    // A late connection of a child given up on: ignore it.
-                    _ => debug!("prefork: ignored a stray connection"),
+                let hello = hello.and_then(|l| serde_json::from_str::<Hello>(&l).ok());
+                match expected.admit(hello.as_ref()) {
+                    Ok(()) => return Ok::<_, String>((reader, writer)),
+                    Err(refusal) => {
+                        warn!("prefork: refused a connection posing as child {id}: {refusal}")
+                    }
                 }
             }
         };
