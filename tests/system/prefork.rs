@@ -24,11 +24,21 @@ struct Prefork {
 }
 
 async fn prefork(args: &[&str]) -> Prefork {
+    prefork_with_env(args, |_| Vec::new()).await
+}
+
+/// A prefork worker with extra environment variables, made from the broker URL.
+async fn prefork_with_env(
+    args: &[&str],
+    env: impl FnOnce(&str) -> Vec<(&'static str, String)>,
+) -> Prefork {
     let dir = ScratchDir::new("celeriac-prefork");
     let url = dir.sqlite_url("q.sqlite", "");
     let mut all = vec!["--pool", "prefork"];
     all.extend_from_slice(args);
-    let worker = WorkerProcess::spawn(&url, &all, &[]);
+    let env = env(&url);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker = WorkerProcess::spawn(&url, &all, &env);
     let url = url.to_string();
     let app = celeriac::App::builder()
         .broker_url(&url)
@@ -457,4 +467,37 @@ async fn issue14_an_impostor_child_is_refused_and_the_pool_keeps_running_tasks()
         pids[0] != pids[1] && !pids.contains(&worker_pid),
         "{pids:?}"
     );
+}
+
+/// What a task in a child sees of its environment: none of the pool's socket, child
+/// number or token, and no broker or backend URL, whether the worker passed it to the
+/// child or had it in its own environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_prefork_tasks_do_not_inherit_the_socket_token_or_broker_urls() {
+    let p = prefork_with_env(&["-c", "1"], |url| {
+        vec![
+            ("CELERY_BROKER_URL", url.to_string()),
+            ("CELERIAC_BROKER_URL", url.to_string()),
+        ]
+    })
+    .await;
+    let seen = p.call("tasks.environ", json!([])).await.unwrap();
+    assert_ne!(
+        seen["pid"].as_u64(),
+        Some(u64::from(p.worker.pid())),
+        "the task did not run in a child"
+    );
+    let vars = seen["vars"].as_object().expect("the task's environment");
+    assert!(vars.contains_key("PATH"), "not the environment: {vars:?}");
+    let file = p.url.trim_start_matches("sqlite://");
+    let leaked: Vec<_> = vars
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("CELERIAC_PREFORK_")
+                || k.contains("BROKER_URL")
+                || k.contains("RESULT_BACKEND")
+                || v.as_str().is_some_and(|v| v.contains(file))
+        })
+        .collect();
+    assert!(leaked.is_empty(), "a task inherited {leaked:?}");
 }

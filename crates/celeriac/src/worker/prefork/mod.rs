@@ -197,7 +197,11 @@ impl PreforkPool {
         // The token goes in the environment: only the worker's user (and root) can read
         // another process's environment, the child removes it before running any task,
         // and it is good for one connection from that very process anyway.
-        let process = tokio::process::Command::new(&self.exe)
+        let mut command = tokio::process::Command::new(&self.exe);
+        for name in child::INHERITED_URL_ENV {
+            command.env_remove(name);
+        }
+        let process = command
             .env(SOCKET_ENV, self.socket_dir.socket())
             .env(CHILD_ENV, id.to_string())
             .env(child::TOKEN_ENV, token.as_str())
