@@ -9,6 +9,12 @@
 //! memory passes `max_memory_per_child`, which bounds leaks. Children exit by themselves
 //! when the socket closes, so killing the worker (even with SIGKILL) leaves none behind.
 //!
+//! Security model: the socket sits in a fresh directory of mode 0700, so other users cannot
+//! reach it. A connection is taken as a child only if the kernel (`SO_PEERCRED`) says it
+//! comes from the worker's user and from the very process just started, and its hello
+//! carries that process's one-time 256-bit token; anything else is refused with a warning.
+//! Children remove the socket, token and URL variables from their environment at once.
+//!
 //! The binary must route child mode: [`crate::cli::run`] does; other programs call
 //! [`run_child_if_requested`] first thing in `main`.
 
