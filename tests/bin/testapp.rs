@@ -145,6 +145,19 @@ async fn pid() -> TaskResult<u32> {
     Ok(std::process::id())
 }
 
+/// Returns the id and the environment of the process running it (prefork tests check what
+/// a child's tasks inherit).
+#[celeriac::task(name = "tasks.environ")]
+async fn environ() -> TaskResult<Value> {
+    let vars: serde_json::Map<String, Value> = std::env::vars_os()
+        .map(|(k, v)| {
+            let v = Value::String(v.to_string_lossy().into_owned());
+            (k.to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    Ok(json!({"pid": std::process::id(), "vars": vars}))
+}
+
 /// Aborts the process running it, as a `panic = "abort"` build or a C library would.
 #[celeriac::task(name = "tasks.abort")]
 fn abort() -> TaskResult<()> {
@@ -218,6 +231,7 @@ fn main() {
             .task(mark_all)
             .task(relay)
             .task(pid)
+            .task(environ)
             .task(abort)
             .task(segfault)
             .task(leak)

@@ -2,8 +2,12 @@
 //! which is replaced; time limits and terminate kill the child; children are recycled by
 //! task count and by memory; a worker killed with SIGKILL leaves no child behind; warm
 //! shutdown lets a running task finish, cold shutdown kills it and requeues its late-ack
-//! message.
+//! message. Issue 14: the pool's socket is private, impostor children are refused, and
+//! tasks do not inherit the socket, token or broker URLs.
 
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use celeriac::{Error, Signature};
@@ -20,11 +24,21 @@ struct Prefork {
 }
 
 async fn prefork(args: &[&str]) -> Prefork {
+    prefork_with_env(args, |_| Vec::new()).await
+}
+
+/// A prefork worker with extra environment variables, made from the broker URL.
+async fn prefork_with_env(
+    args: &[&str],
+    env: impl FnOnce(&str) -> Vec<(&'static str, String)>,
+) -> Prefork {
     let dir = ScratchDir::new("celeriac-prefork");
     let url = dir.sqlite_url("q.sqlite", "");
     let mut all = vec!["--pool", "prefork"];
     all.extend_from_slice(args);
-    let worker = WorkerProcess::spawn(&url, &all, &[]);
+    let env = env(&url);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker = WorkerProcess::spawn(&url, &all, &env);
     let url = url.to_string();
     let app = celeriac::App::builder()
         .broker_url(&url)
@@ -90,6 +104,36 @@ fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The Unix socket the worker `pid` listens on for its children: its socket inodes from
+/// `/proc/<pid>/fd`, their paths from `/proc/net/unix`.
+fn pool_socket(pid: u32) -> PathBuf {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    // Num RefCount Protocol Flags Type St Inode Path
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 8 && inodes.contains(fields[6])).then(|| PathBuf::from(fields[7]))
+        })
+        .find(|path| path.to_string_lossy().contains("celeriac-prefork"))
+        .unwrap_or_else(|| panic!("worker {pid} listens on no celeriac-prefork socket"))
 }
 
 fn alive(pid: u32) -> bool {
@@ -334,4 +378,126 @@ async fn warm_shutdown_finishes_and_cold_shutdown_requeues_prefork_tasks() {
         long.get::<f64>(Duration::from_secs(20)).await.unwrap(),
         60.0
     );
+}
+
+/// Another user cannot reach the socket: it sits in a directory of its own, mode 0700,
+/// owned by the worker's user, not in the shared temp directory; stopping the pool
+/// removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_the_pool_socket_is_in_a_private_directory_removed_at_shutdown() {
+    let mut p = prefork(&["-c", "1"]).await;
+    let socket = pool_socket(p.worker.pid());
+    let dir = socket
+        .parent()
+        .expect("the socket's directory")
+        .to_path_buf();
+    assert_ne!(
+        dir,
+        std::env::temp_dir(),
+        "the socket sits in the shared temp directory"
+    );
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{} is not private",
+        dir.display()
+    );
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    assert_eq!(
+        meta.uid(),
+        me,
+        "{} is not the worker's user's",
+        dir.display()
+    );
+    assert!(p.worker.terminate().success(), "{}", p.worker.log());
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// A process of the worker's own user can reach the socket, but cannot pass for a child:
+/// a hello with a guessed child number and token, from a process the worker did not
+/// start, is refused with a warning, and the pool goes on with its real children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_an_impostor_child_is_refused_and_the_pool_keeps_running_tasks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // One child, replaced after every task: each task makes the worker accept a child.
+    let p = prefork(&["-c", "1", "--max-tasks-per-child", "1"]).await;
+    let worker_pid = p.worker.pid();
+    let socket = pool_socket(worker_pid);
+    let mut impostors = Vec::new();
+    // Child 1 is running; 2 is the next number the worker will hand out.
+    for (child, token) in [(2, "0".repeat(64)), (3, String::new())] {
+        let mut conn = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        let hello = json!({"child": child, "pid": std::process::id(), "token": token});
+        conn.write_all(format!("{hello}\n").as_bytes())
+            .await
+            .unwrap();
+        impostors.push(conn);
+    }
+    assert_eq!(p.call("tasks.add", json!([2, 3])).await.unwrap(), json!(5));
+    // The worker hangs up on both without sending a task.
+    for mut conn in impostors {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got))
+            .await
+            .expect("the worker kept an impostor's connection open");
+        // Closed with the hello unread, the connection may end in a reset instead of EOF.
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        assert!(
+            got.is_empty(),
+            "an impostor was sent: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    p.worker.wait_for_log(
+        "prefork: refused a connection posing as child",
+        Duration::from_secs(10),
+    );
+    assert!(p.worker.log().contains("is not the new child's pid"));
+    // Tasks still run, each in a new child (the impostors took no child's place).
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let pid = p.call("tasks.pid", json!([])).await.unwrap();
+        pids.push(pid.as_u64().expect("a pid") as u32);
+    }
+    assert!(
+        pids[0] != pids[1] && !pids.contains(&worker_pid),
+        "{pids:?}"
+    );
+}
+
+/// What a task in a child sees of its environment: none of the pool's socket, child
+/// number or token, and no broker or backend URL, whether the worker passed it to the
+/// child or had it in its own environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_prefork_tasks_do_not_inherit_the_socket_token_or_broker_urls() {
+    let p = prefork_with_env(&["-c", "1"], |url| {
+        vec![
+            ("CELERY_BROKER_URL", url.to_string()),
+            ("CELERIAC_BROKER_URL", url.to_string()),
+        ]
+    })
+    .await;
+    let seen = p.call("tasks.environ", json!([])).await.unwrap();
+    assert_ne!(
+        seen["pid"].as_u64(),
+        Some(u64::from(p.worker.pid())),
+        "the task did not run in a child"
+    );
+    let vars = seen["vars"].as_object().expect("the task's environment");
+    assert!(vars.contains_key("PATH"), "not the environment: {vars:?}");
+    let file = p.url.trim_start_matches("sqlite://");
+    let leaked: Vec<_> = vars
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("CELERIAC_PREFORK_")
+                || k.contains("BROKER_URL")
+                || k.contains("RESULT_BACKEND")
+                || v.as_str().is_some_and(|v| v.contains(file))
+        })
+        .collect();
+    assert!(leaked.is_empty(), "a task inherited {leaked:?}");
 }

@@ -20,17 +20,30 @@ use crate::execute::{self, Limits, Pool};
 pub const SOCKET_ENV: &str = "CELERIAC_PREFORK_SOCKET";
 /// The child's number, for its hello.
 pub const CHILD_ENV: &str = "CELERIAC_PREFORK_CHILD";
+/// The child's one-time token, for its hello: proves it is the process the worker started.
+pub(crate) const TOKEN_ENV: &str = "CELERIAC_PREFORK_TOKEN";
 /// The worker's broker URL: a child builds its app on the same engines (a task may send
 /// tasks), not on whatever the defaults would pick in its working directory.
 pub(crate) const BROKER_ENV: &str = "CELERIAC_PREFORK_BROKER_URL";
 /// The worker's result backend URL.
 pub(crate) const BACKEND_ENV: &str = "CELERIAC_PREFORK_BACKEND_URL";
+/// Broker and backend URLs a worker may have from its own environment; its children are
+/// started without them (they are given [`BROKER_ENV`] and [`BACKEND_ENV`] instead), so
+/// tasks do not inherit them.
+pub(crate) const INHERITED_URL_ENV: [&str; 4] = [
+    "CELERIAC_BROKER_URL",
+    "CELERY_BROKER_URL",
+    "CELERIAC_RESULT_BACKEND",
+    "CELERY_RESULT_BACKEND",
+];
 
 /// Runs this process as a prefork child and exits, if the worker started it as one;
 /// otherwise hands `builder` back untouched.
 ///
 /// [`crate::cli::run`] calls this first. A program that runs a prefork [`crate::Worker`]
-/// without the CLI must call it at the top of `main`, with the same tasks registered:
+/// without the CLI must call it at the top of `main`, before starting any thread or
+/// runtime (a child removes the pool's variables from its environment here), with the
+/// same tasks registered:
 ///
 /// ```no_run
 /// # fn app() -> celeriac::AppBuilder { celeriac::App::builder() }
@@ -48,6 +61,7 @@ pub fn run_child_if_requested(builder: AppBuilder) -> AppBuilder {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
     let mut builder = builder;
     if let Ok(url) = std::env::var(BROKER_ENV) {
         builder = builder.broker_url(url);
@@ -55,10 +69,18 @@ pub fn run_child_if_requested(builder: AppBuilder) -> AppBuilder {
     if let Ok(url) = std::env::var(BACKEND_ENV) {
         builder = builder.result_backend_url(url);
     }
-    std::process::exit(child_main(builder, &socket, child))
+    // Tasks, and the processes they start, must not inherit these: the socket and token
+    // are this child's credentials, the URLs may carry passwords. Editing the environment
+    // races with any other thread reading it (which is why `remove_var` is `unsafe` from
+    // edition 2024 on); this runs first thing in `main`, before any thread exists.
+    for name in [SOCKET_ENV, CHILD_ENV, TOKEN_ENV, BROKER_ENV, BACKEND_ENV] {
+        std::env::remove_var(name);
+    }
+    std::process::exit(child_main(builder, &socket, Hello { child, token }))
 }
 
-fn child_main(builder: AppBuilder, socket: &str, child: u64) -> i32 {
+fn child_main(builder: AppBuilder, socket: &str, hello: Hello) -> i32 {
+    let child = hello.child;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,10 +108,6 @@ fn child_main(builder: AppBuilder, socket: &str, child: u64) -> i32 {
             eprintln!("prefork child {child}: cannot reach the worker at {socket}: {e}");
             return 1;
         }
-    };
-    let hello = Hello {
-        child,
-        pid: std::process::id(),
     };
     if write_line(&mut writer, &hello).is_err() {
         return 1;

@@ -9,10 +9,17 @@
 //! memory passes `max_memory_per_child`, which bounds leaks. Children exit by themselves
 //! when the socket closes, so killing the worker (even with SIGKILL) leaves none behind.
 //!
+//! Security model: the socket sits in a fresh directory of mode 0700, so other users cannot
+//! reach it. A connection is taken as a child only if the kernel (`SO_PEERCRED`) says it
+//! comes from the worker's user and from the very process just started, and its hello
+//! carries that process's one-time 256-bit token; anything else is refused with a warning.
+//! Children remove the socket, token and URL variables from their environment at once.
+//!
 //! The binary must route child mode: [`crate::cli::run`] does; other programs call
 //! [`run_child_if_requested`] first thing in `main`.
 
 mod child;
+mod handshake;
 mod wire;
 
 pub use child::{run_child_if_requested, CHILD_ENV, SOCKET_ENV};
@@ -37,6 +44,7 @@ use crate::context::RequestDeliveryInfo;
 use crate::error::{Failure, TaskError};
 use crate::execute::{time_limit_exceeded, Limits};
 use crate::task::TaskOutput;
+use handshake::{Expected, SocketDir, Token};
 use wire::{Hello, Request, Response};
 
 /// Recycling limits for children.
@@ -73,7 +81,8 @@ pub(crate) struct PreforkPool {
     exe: PathBuf,
     /// The worker's broker and backend URLs, for the children.
     urls: (String, String),
-    socket_path: PathBuf,
+    /// The private directory holding the socket; removed with the pool.
+    socket_dir: SocketDir,
     listener: UnixListener,
     /// Children are started one at a time, so the next connection is the new child's.
     spawning: tokio::sync::Mutex<()>,
@@ -92,7 +101,7 @@ pub(crate) struct PreforkPool {
 impl std::fmt::Debug for PreforkPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreforkPool")
-            .field("socket", &self.socket_path)
+            .field("socket", &self.socket_dir.socket())
             .finish_non_exhaustive()
     }
 }
@@ -156,17 +165,14 @@ impl PreforkPool {
     ) -> Result<Self, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
-        let socket_path = std::env::temp_dir().join(format!(
-            "celeriac-prefork-{}-{}.sock",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let listener = UnixListener::bind(&socket_path)
-            .map_err(|e| format!("cannot listen on {}: {e}", socket_path.display()))?;
+        let socket_dir = SocketDir::create()
+            .map_err(|e| format!("cannot create a private directory for the socket: {e}"))?;
+        let listener = UnixListener::bind(socket_dir.socket())
+            .map_err(|e| format!("cannot listen on {}: {e}", socket_dir.socket().display()))?;
         let pool = Self {
             exe,
             urls,
-            socket_path,
+            socket_dir,
             listener,
             spawning: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
@@ -193,16 +199,30 @@ impl PreforkPool {
     async fn spawn(&self) -> Result<ChildProc, String> {
         let _one_at_a_time = self.spawning.lock().await;
         let id = self.next_child.fetch_add(1, Ordering::Relaxed);
-        let process = tokio::process::Command::new(&self.exe)
-            .env(SOCKET_ENV, &self.socket_path)
+        let token = Token::new();
+        // The token goes in the environment: only the worker's user (and root) can read
+        // another process's environment, the child removes it before running any task,
+        // and it is good for one connection from that very process anyway.
+        let mut command = tokio::process::Command::new(&self.exe);
+        for name in child::INHERITED_URL_ENV {
+            command.env_remove(name);
+        }
+        let process = command
+            .env(SOCKET_ENV, self.socket_dir.socket())
             .env(CHILD_ENV, id.to_string())
+            .env(child::TOKEN_ENV, token.as_str())
             .env(child::BROKER_ENV, &self.urls.0)
             .env(child::BACKEND_ENV, &self.urls.1)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start a child process ({}): {e}", self.exe.display()))?;
-        let pid = process.id().unwrap_or(0);
+        let pid = process
+            .id()
+            .ok_or_else(|| format!("child process {id} exited at once"))?;
+        let mut expected = Expected::new(id, pid, self.socket_dir.uid(), token);
+        // Any other connection (an impostor, or a late child given up on) is refused and
+        // the wait goes on: it takes no room in the pool.
         let connect = async {
             loop {
                 let (stream, _) = self
@@ -210,13 +230,28 @@ impl PreforkPool {
                     .accept()
                     .await
                     .map_err(|e| format!("accepting a child's connection failed: {e}"))?;
+                match stream.peer_cred() {
+                    Ok(cred) => match expected.check_peer(&cred) {
+                        Ok(()) => {}
+                        Err(refusal) => {
+                            warn!("prefork: refused a connection posing as child {id}: {refusal}");
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        warn!("prefork: refused a connection posing as child {id}: no peer credentials ({e})");
+                        continue;
+                    }
+                }
                 let (read, writer) = stream.into_split();
                 let mut reader = BufReader::new(read).lines();
                 let hello = reader.next_line().await.ok().flatten();
-                match hello.and_then(|l| serde_json::from_str::<Hello>(&l).ok()) {
-                    Some(h) if h.child == id => return Ok::<_, String>((reader, writer)),
-                    // A late connection of a child given up on: ignore it.
-                    _ => debug!("prefork: ignored a stray connection"),
+                let hello = hello.and_then(|l| serde_json::from_str::<Hello>(&l).ok());
+                match expected.admit(hello.as_ref()) {
+                    Ok(()) => return Ok::<_, String>((reader, writer)),
+                    Err(refusal) => {
+                        warn!("prefork: refused a connection posing as child {id}: {refusal}")
+                    }
                 }
             }
         };
@@ -443,13 +478,7 @@ impl PreforkPool {
     pub(crate) async fn shutdown(&self) {
         let children: Vec<ChildProc> = self.lock_idle().drain(..).collect();
         futures::future::join_all(children.into_iter().map(stop)).await;
-        let _ = std::fs::remove_file(&self.socket_path);
-    }
-}
-
-impl Drop for PreforkPool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.socket_path);
+        self.socket_dir.remove();
     }
 }
 

@@ -11,11 +11,20 @@ use crate::context::RequestDeliveryInfo;
 use crate::error::{Failure, RetryRequest, TaskError};
 use crate::task::TaskOutput;
 
-/// The first line a child sends: who it is.
-#[derive(Debug, Serialize, Deserialize)]
+/// The first line a child sends: who it is, and the token it was given to prove it. (Its
+/// pid is not asked: the worker takes that from the kernel, `SO_PEERCRED`.)
+#[derive(Serialize, Deserialize)]
 pub(super) struct Hello {
     pub(super) child: u64,
-    pub(super) pid: u32,
+    pub(super) token: String,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("child", &self.child)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Run one task.
