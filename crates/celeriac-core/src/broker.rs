@@ -348,6 +348,15 @@ impl Delivery {
         }
     }
 
+    /// The size of the message body as it came over the wire, in bytes; `None` for a
+    /// task handed over in-process (no wire form).
+    pub fn wire_size(&self) -> Option<usize> {
+        match &self.payload {
+            Payload::Wire(m) => Some(m.body.len()),
+            Payload::Task(_) => None,
+        }
+    }
+
     /// The task message: decoded from the transport form, or the one that was published,
     /// by pointer.
     pub fn task_message(&self) -> Result<Arc<TaskMessage>, DecodeError> {

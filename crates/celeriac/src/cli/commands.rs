@@ -31,6 +31,9 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     if let Some(p) = w.prefetch {
         builder = builder.prefetch(p);
     }
+    builder = builder
+        .max_message_size(w.max_message_size)
+        .max_held_eta(w.max_held_eta);
     if let Some(n) = w.hostname {
         builder = builder.name(n);
     }

@@ -105,9 +105,15 @@ struct WorkerArgs {
     /// Node name (`%h` = host name) [default: celery@<host>].
     #[arg(short = 'n', long)]
     hostname: Option<String>,
-    /// Most unacknowledged messages held [default: concurrency × 4].
-    #[arg(long)]
+    /// Most unacknowledged messages held [default: concurrency × 4]; at least 1.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     prefetch: Option<usize>,
+    /// Largest message body accepted, in bytes; larger ones are rejected with a FAILURE.
+    #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: usize,
+    /// Most messages held in memory for their ETA; at the limit, fetching pauses.
+    #[arg(long, default_value_t = crate::worker::DEFAULT_MAX_HELD_ETA)]
+    max_held_eta: usize,
     /// Where tasks run: async, threads, prefork (child processes) or solo.
     #[arg(long, default_value = "async")]
     pool: Pool,

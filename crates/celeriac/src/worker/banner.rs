@@ -50,14 +50,7 @@ pub(super) fn render(w: &Worker) -> String {
             ),
             None => format!(".> concurrency: {} ({})", w.concurrency, w.pool),
         },
-        format!(
-            ".> prefetch:    {}",
-            if w.prefetch == 0 {
-                "unlimited".to_string()
-            } else {
-                w.prefetch.to_string()
-            }
-        ),
+        format!(".> prefetch:    {}", w.prefetch),
         ".> task events: OFF".to_string(),
         String::new(),
         "[queues]".to_string(),

@@ -25,7 +25,14 @@ pub struct WorkerBuilder {
     prefork: PreforkOptions,
     autoscale: Option<Autoscale>,
     stats_interval: Duration,
+    max_message_size: usize,
+    max_held_eta: usize,
 }
+
+/// Default [`WorkerBuilder::max_message_size`]: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Default [`WorkerBuilder::max_held_eta`].
+pub const DEFAULT_MAX_HELD_ETA: usize = 100_000;
 
 impl App {
     /// A worker for this app, to configure and run.
@@ -50,7 +57,26 @@ impl WorkerBuilder {
             prefork: PreforkOptions::default(),
             autoscale: None,
             stats_interval: Duration::from_secs(60),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_held_eta: DEFAULT_MAX_HELD_ETA,
         }
+    }
+
+    /// Largest message body accepted, in bytes (default 64 MiB). A larger one is rejected
+    /// unread, with a logged reason and a FAILURE (`MessageTooLarge`) stored under its
+    /// task id, so one oversized message cannot take the worker's memory.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// Most messages held in memory for their ETA (default 100,000). At the limit the
+    /// worker stops fetching until some fall due (or are revoked), so a flood of
+    /// far-future ETAs cannot take its memory; brokers that hold ETAs themselves
+    /// (SQLite) never reach it.
+    pub fn max_held_eta(mut self, n: usize) -> Self {
+        self.max_held_eta = n.max(1);
+        self
     }
 
     /// How often the worker logs its counters when they changed (default 60 s): its
@@ -129,7 +155,9 @@ impl WorkerBuilder {
     }
 
     /// Most messages fetched and not yet acknowledged (default: concurrency × the app's
-    /// prefetch multiplier; 0 = no limit).
+    /// prefetch multiplier). Always a limit: 0 (here, or a multiplier of 0) is not taken
+    /// for "no limit" — a worker fetching without one holds its whole queue in memory —
+    /// but for the default, with a warning.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -169,9 +197,23 @@ impl WorkerBuilder {
             .name
             .map(|n| n.replace("%h", &host))
             .unwrap_or_else(|| format!("celery@{host}"));
-        let prefetch = self
-            .prefetch
-            .unwrap_or(self.concurrency * self.app.config().prefetch_multiplier);
+        let default_prefetch = self.concurrency * self.app.config().prefetch_multiplier.max(1);
+        let prefetch = match self.prefetch {
+            None if self.app.config().prefetch_multiplier == 0 => {
+                tracing::warn!(
+                    "a prefetch multiplier of 0 does not mean \"no limit\" here; prefetching {default_prefetch} (concurrency × 1)"
+                );
+                default_prefetch
+            }
+            None => default_prefetch,
+            Some(0) => {
+                tracing::warn!(
+                    "prefetch 0 does not mean \"no limit\" here; prefetching {default_prefetch} (the default)"
+                );
+                default_prefetch
+            }
+            Some(n) => n,
+        };
         Worker {
             app: self.app,
             queues: self.queues,
@@ -189,6 +231,8 @@ impl WorkerBuilder {
             prefork: self.prefork,
             autoscale: self.autoscale,
             stats_interval: self.stats_interval,
+            max_message_size: self.max_message_size,
+            max_held_eta: self.max_held_eta,
             shutdown: ShutdownHandle::new(),
             stats: Arc::new(WorkerStats::default()),
         }

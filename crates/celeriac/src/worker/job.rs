@@ -179,7 +179,37 @@ impl JobEnv {
             meta.children = Value::Null;
             self.store(meta).await;
         }
-        self.stats.record(err.task_name.as_deref(), Event::Failed);
+        // Not under its name: names from undecodable or unknown messages are whatever the
+        // wire said, and the per-task counters would grow with every one.
+        self.stats.record(None, Event::Failed);
+        self.stats.record(None, Event::Rejected);
+        settle("reject", delivery.reject(false).await);
+    }
+
+    /// A message over `max_message_size`: not decoded; logged, FAILURE `MessageTooLarge`
+    /// stored under the task id its headers give (if any), message dropped.
+    pub(super) async fn oversized(self: Arc<Self>, delivery: Delivery, size: usize, max: usize) {
+        self.stats.record(None, Event::Received);
+        let id = delivery
+            .message()
+            .headers
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let reason =
+            format!("message of {size} bytes is over the worker's max_message_size of {max} bytes");
+        error!(
+            "Rejected a message from queue `{}` (task id {}): {reason}",
+            delivery.queue(),
+            id.as_deref().unwrap_or("unknown")
+        );
+        if let Some(id) = id {
+            let exc = ExceptionInfo::new("MessageTooLarge", crate::error::EXC_MODULE, reason);
+            let mut meta = TaskMeta::failure(id, &exc, None);
+            meta.children = Value::Null;
+            self.store(meta).await;
+        }
+        self.stats.record(None, Event::Failed);
         self.stats.record(None, Event::Rejected);
         settle("reject", delivery.reject(false).await);
     }
@@ -196,7 +226,7 @@ impl JobEnv {
         let mut meta = self.meta(&msg, State::Failure, exc.to_value());
         meta.children = Value::Null;
         self.store(meta).await;
-        self.stats.record(Some(&msg.headers.task), Event::Failed);
+        self.stats.record(None, Event::Failed);
         self.stats.record(None, Event::Rejected);
         settle("reject", delivery.reject(false).await);
     }

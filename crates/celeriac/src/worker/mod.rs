@@ -24,7 +24,7 @@ mod shutdown;
 mod stats;
 mod terminate;
 
-pub use builder::WorkerBuilder;
+pub use builder::{WorkerBuilder, DEFAULT_MAX_HELD_ETA, DEFAULT_MAX_MESSAGE_SIZE};
 pub use shutdown::{Phase, ShutdownHandle};
 pub use stats::{StatsSnapshot, TaskCounts, WorkerStats};
 
@@ -67,6 +67,8 @@ pub struct Worker {
     prefork: PreforkOptions,
     autoscale: Option<Autoscale>,
     stats_interval: Duration,
+    max_message_size: usize,
+    max_held_eta: usize,
     shutdown: ShutdownHandle,
     stats: Arc<WorkerStats>,
 }
@@ -169,6 +171,9 @@ impl Worker {
             held_jobs: HashMap::new(),
             next_hold: 0,
             running: JoinSet::new(),
+            max_message_size: self.max_message_size,
+            max_held_eta: self.max_held_eta,
+            held_full_warned: false,
         };
         let mut phase = self.shutdown.subscribe();
         let mut consumer = Some(consumer);
@@ -201,7 +206,7 @@ impl Worker {
                         state.release_or_hold(job);
                     }
                 }
-                next = c.next() => {
+                next = c.next(), if state.may_take_more() => {
                     if state.take_deliveries(c, next, &mut broker_down) == Consuming::Ended {
                         consumer = None;
                         stopped_unasked = Some("the broker ended consumption");
@@ -247,6 +252,12 @@ struct LoopState {
     held_jobs: HashMap<u64, Job>,
     next_hold: u64,
     running: JoinSet<()>,
+    /// Largest message body accepted (bytes).
+    max_message_size: usize,
+    /// Most ETA messages held; at the limit, fetching pauses.
+    max_held_eta: usize,
+    /// Whether the pause at `max_held_eta` was logged (once per time it is reached).
+    held_full_warned: bool,
 }
 
 /// Whether the broker is still handing out deliveries.
@@ -288,11 +299,28 @@ impl LoopState {
                     return Consuming::Ended;
                 }
             }
+            if self.held_jobs.len() >= self.max_held_eta {
+                return Consuming::Open;
+            }
             match consumer.try_next() {
                 Some(more) => next = Some(more),
                 None => return Consuming::Open,
             }
         }
+    }
+
+    /// Whether to take more deliveries: not while `max_held_eta` messages are held for
+    /// their ETA (they are in memory; the rest wait in the broker).
+    fn may_take_more(&mut self) -> bool {
+        let full = self.held_jobs.len() >= self.max_held_eta;
+        if full && !self.held_full_warned {
+            warn!(
+                "holding {} messages for their ETA (the worker's max_held_eta); fetching paused until some fall due",
+                self.held_jobs.len()
+            );
+        }
+        self.held_full_warned = full;
+        !full
     }
 
     /// Starts waiting jobs while slots are free.
@@ -317,6 +345,14 @@ impl LoopState {
     /// Sorts a fresh delivery: invalid, unregistered, expired, held for its ETA, or ready.
     fn accept(&mut self, delivery: Delivery) {
         let shared = self.shared.clone();
+        if let Some(size) = delivery
+            .wire_size()
+            .filter(|size| *size > self.max_message_size)
+        {
+            self.running
+                .spawn(shared.oversized(delivery, size, self.max_message_size));
+            return;
+        }
         let msg = match delivery.task_message() {
             Ok(m) => m,
             Err(e) => {
@@ -361,16 +397,19 @@ impl LoopState {
 
     /// Settles the waiting and held jobs a revoke named (REVOKED, acknowledged) at once,
     /// rather than when they would have run.
+    /// One pass over the waiting and held jobs with a set of the ids: O(jobs + ids), so
+    /// a revoke of many ids with many messages held stays cheap.
     fn drop_revoked(&mut self, ids: &[String]) {
+        let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let (revoked, keep): (Vec<Job>, Vec<Job>) = self
             .pending
             .drain(..)
-            .partition(|j| ids.contains(&j.msg.headers.id));
+            .partition(|j| ids.contains(j.msg.headers.id.as_str()));
         self.pending = keep.into();
         let held: Vec<u64> = self
             .held_jobs
             .iter()
-            .filter(|(_, j)| ids.contains(&j.msg.headers.id))
+            .filter(|(_, j)| ids.contains(j.msg.headers.id.as_str()))
             .map(|(k, _)| *k)
             .collect();
         let held_jobs: Vec<Job> = held
