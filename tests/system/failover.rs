@@ -342,3 +342,46 @@ async fn out_of_memory_takes_nothing_and_loses_nothing() {
     ran.sort_unstable();
     assert_eq!(ran, (0..100).collect::<Vec<_>>(), "lost or run twice");
 }
+
+/// SIGKILL a worker holding `acks_late` tasks, with kombu's default visibility timeout
+/// (an hour): a worker started after it restores them from the dead one's held set as
+/// soon as its liveness key expires (`dead_after=2`), and every task finishes within 15 s
+/// of that restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_late_ack_tasks_finish_within_seconds_of_a_restart() {
+    let Some(scope) = celeriac_testing::services::RedisScope::new(
+        "a_killed_workers_late_ack_tasks_finish_within_seconds_of_a_restart",
+    ) else {
+        return;
+    };
+    let url = scope.url("dead_after=2");
+    let app = builder_on(&url).build().await.unwrap();
+    let mut doomed =
+        crate::proc::WorkerProcess::spawn(&url, &["-c", "4", "-n", "doomed@test"], &[]);
+    let results: Vec<celeriac::AsyncResult> = app
+        .send_many((0..12).map(|_| slow_late::new(300.0)).collect())
+        .await
+        .unwrap();
+    for r in &results {
+        doomed.wait_for_log(&format!("[{}] received", r.id()), Duration::from_secs(10));
+    }
+    doomed.kill();
+    let restarted = Instant::now();
+    let rescuer = start(&app, |b| b.name("rescuer@test"));
+    for r in &results {
+        let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
+        assert_eq!(
+            r.get::<f64>(left).await.unwrap_or_else(|e| panic!(
+                "task {} not finished within 15 s of the restart: {e}",
+                r.id()
+            )),
+            300.0
+        );
+    }
+    eprintln!(
+        "12 late-ack tasks of a killed worker finished {:.1?} after the restart",
+        restarted.elapsed()
+    );
+    rescuer.warm().await;
+    assert_eq!(app.broker().queue_depth("celery").await.unwrap(), 0);
+}

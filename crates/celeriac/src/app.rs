@@ -291,6 +291,29 @@ impl AppBuilder {
     }
 }
 
+#[cfg(test)]
+impl App {
+    /// The same app on another broker, for tests of how the worker meets a broker's
+    /// failures.
+    pub(crate) fn on_broker(&self, broker: Arc<dyn Broker>) -> App {
+        let i = &self.inner;
+        App {
+            inner: Arc::new(Inner {
+                broker,
+                backend: i.backend.clone(),
+                broker_url: i.broker_url.clone(),
+                backend_url: i.backend_url.clone(),
+                connect_urls: i.connect_urls.clone(),
+                tasks: i.tasks.clone(),
+                router: i.router.clone(),
+                config: i.config.clone(),
+                origin: i.origin.clone(),
+                reply_to: i.reply_to.clone(),
+            }),
+        }
+    }
+}
+
 impl App {
     /// Starts building an app.
     pub fn builder() -> AppBuilder {

@@ -512,3 +512,60 @@ impl LoopState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use celeriac_core::broker::{Broker, Capabilities, ConsumeOptions, Consumer, PublishOptions};
+    use celeriac_core::error::{BrokerError, PublishError};
+    use celeriac_core::message::Message;
+
+    use crate::{App, Error};
+
+    /// A broker whose consumption ends at once, as no engine's should.
+    struct Ending;
+
+    #[async_trait]
+    impl Broker for Ending {
+        fn url(&self) -> String {
+            "ending://".into()
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        async fn publish(&self, m: Message, _: PublishOptions) -> Result<(), PublishError> {
+            Err(PublishError::new(m, BrokerError::Unsupported("publish")))
+        }
+        async fn consume(&self, _: ConsumeOptions) -> Result<Consumer, BrokerError> {
+            let (_, rx) = tokio::sync::mpsc::unbounded_channel();
+            Ok(Consumer::from_channel(rx))
+        }
+        async fn purge(&self, _: &str) -> Result<u64, BrokerError> {
+            Ok(0)
+        }
+        async fn queue_depth(&self, _: &str) -> Result<u64, BrokerError> {
+            Ok(0)
+        }
+        async fn queues(&self) -> Result<Vec<String>, BrokerError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_stops_unasked_returns_an_error() {
+        let app = App::builder()
+            .broker_url("memory://")
+            .build()
+            .await
+            .unwrap()
+            .on_broker(Arc::new(Ending));
+        let err = app.worker().build().run().await.unwrap_err();
+        assert!(matches!(err, Error::Stopped(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "the worker stopped unasked: the broker ended consumption"
+        );
+    }
+}
