@@ -289,6 +289,27 @@ async fn killing_the_worker_leaves_no_child_running() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The killed worker could not remove its socket directory; the next prefork worker
+    // on this machine does, once it has made its own (or another test's worker did).
+    let prefix = format!("celeriac-prefork-{worker_pid}-");
+    let left = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
+    };
+    let next = prefork(&["-c", "1"]).await;
+    assert_eq!(
+        next.call("tasks.add", json!([1, 1])).await.unwrap(),
+        json!(2)
+    );
+    assert!(
+        left().is_empty(),
+        "socket directory left behind: {:?}",
+        left()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,7 @@ impl SocketDir {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let uid = std::fs::metadata(&dir)?.uid();
         let socket = dir.join("pool.sock");
+        remove_stale(&std::env::temp_dir(), uid);
         Ok(Self { dir, socket, uid })
     }
 
@@ -58,6 +59,38 @@ impl SocketDir {
     pub(super) fn remove(&self) {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Removes the socket directories (and the older flat `.sock` files) that workers of
+/// user `uid` left in `tmp` when they were killed with SIGKILL and could not clean up:
+/// those whose worker process (the pid in the name) no longer exists.
+fn remove_stale(tmp: &Path, uid: u32) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("celeriac-prefork-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == uid);
+        if !ours || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if path.is_dir() {
+            let _ = std::fs::remove_file(path.join("pool.sock"));
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
