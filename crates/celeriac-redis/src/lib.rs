@@ -57,6 +57,7 @@ mod coalesce;
 mod config;
 mod error;
 pub mod keys;
+mod target;
 
 /// Locks a mutex of this crate's. Its sections never unwind half-way, so a poisoned lock
 /// still holds consistent data and is taken as it is.
