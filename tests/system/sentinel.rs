@@ -166,3 +166,29 @@ async fn worker_follows_sentinel_to_a_new_primary_when_the_primary_stops() {
     every_result_is_readable(&results).await;
     assert_eq!(replication(&new_url, "role").as_deref(), Some("master"));
 }
+
+/// No Sentinel answers: building the app fails at once with one line naming the URL
+/// (password masked) and the master it looked for.
+#[tokio::test]
+async fn no_sentinel_answering_is_one_clear_line() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let started = Instant::now();
+    let built = builder_on(&format!(
+        "sentinel://:s3cret@127.0.0.1:{nobody}/0?master_name=orders"
+    ))
+    .build()
+    .await;
+    let Err(e) = built else {
+        panic!("an app was built with no Sentinel answering");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("master `orders`") && e.contains(":***@127.0.0.1") && !e.contains("s3cret"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(6), "{e}");
+}
