@@ -14,7 +14,7 @@ use celeriac_testing::services::{RedisServer, ServerOptions};
 
 use crate::support::*;
 
-fn sync_conn(url: &str) -> redis::Connection {
+pub(crate) fn sync_conn(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
         .expect("a test connection to the test's redis-server")
@@ -22,27 +22,30 @@ fn sync_conn(url: &str) -> redis::Connection {
 
 /// Sends `n` numbered tasks a few ms apart, starts `fault` on a thread once a quarter
 /// are sent, and checks that every number ran exactly once and that the worker is alive
-/// and stops cleanly afterwards.
-async fn every_task_once_through(
+/// and stops cleanly afterwards, with nothing queued or unacknowledged on the server at
+/// `inspect_url`. Returns the tasks' results, in order.
+pub(crate) async fn every_task_once_through(
     app: &App,
     inspect_url: &str,
     n: i64,
     fault: impl FnOnce() + Send + 'static,
-) {
+) -> Vec<celeriac::AsyncResult> {
     show_logs();
     let w = start(app, |b| b.concurrency(4));
     let k = key();
     let mut fault = Some(fault);
     let mut faulting = None;
     let t0 = Instant::now();
+    let mut results = Vec::with_capacity(n as usize);
     for i in 0..n {
         if i == n / 4 {
             faulting = fault.take().map(tokio::task::spawn_blocking);
         }
-        log_task::new(k.clone(), i)
+        let sent = log_task::new(k.clone(), i)
             .apply_async(app)
             .await
             .unwrap_or_else(|e| panic!("task {i} was not sent: {e}"));
+        results.push(sent);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if let Some(f) = faulting {
@@ -83,6 +86,7 @@ async fn every_task_once_through(
         "ran twice: {twice:?}; never ran: {never:?}"
     );
     eprintln!("{n} tasks through the fault, each ran once, in {wall:.1?}");
+    results
 }
 
 /// `REPLICAOF` a primary that does not exist for 3 s, then `REPLICAOF NO ONE`: blocked

@@ -12,6 +12,7 @@ mod pools;
 mod prefork;
 mod proc;
 mod redis_engine;
+mod sentinel;
 mod shutdown;
 mod sqlite_engine;
 mod support;

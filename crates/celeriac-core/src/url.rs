@@ -14,7 +14,7 @@ pub enum Engine {
     Memory,
     /// `sqlite://`: the embedded SQLite engine.
     Sqlite,
-    /// `redis://` and its spellings: the Redis engine.
+    /// `redis://` and its spellings, and `sentinel://`: the Redis engine.
     Redis,
     /// `amqp://` and its spellings: RabbitMQ.
     Amqp,
@@ -65,6 +65,11 @@ pub const KNOWN_SCHEMES: &[(&str, Engine, &str)] = &[
         Engine::Redis,
         "Redis on a unix socket (kombu's short spelling)",
     ),
+    (
+        "sentinel",
+        Engine::Redis,
+        "Redis whose primary Sentinel names (`;`-separated list, `master_name`)",
+    ),
     ("amqp", Engine::Amqp, "RabbitMQ"),
     ("amqps", Engine::Amqp, "RabbitMQ over TLS"),
     ("pyamqp", Engine::Amqp, "RabbitMQ (Celery's alias)"),
@@ -72,11 +77,21 @@ pub const KNOWN_SCHEMES: &[(&str, Engine, &str)] = &[
     ("disabled", Engine::Disabled, "no result backend"),
 ];
 
+/// Schemes whose URL may be a `;`-separated list (kombu's "alternates"), as
+/// `sentinel://h1:26379;sentinel://h2:26379` names every Sentinel of one deployment.
+const LIST_SCHEMES: &[&str] = &["sentinel"];
+
 /// A broker or backend URL that has been split into its parts.
+///
+/// A `sentinel://` URL may be a list, `sentinel://h1:26379;sentinel://h2:26379/0?…`: the
+/// first is the URL ([`as_url`](Self::as_url), [`host`](Self::host), ...), the others
+/// are its [`alternates`](Self::alternates), and [`query`](Self::query) reads options
+/// from any of them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EngineUrl {
     raw: String,
     parsed: url::Url,
+    alternates: Vec<url::Url>,
     engine: Engine,
 }
 
@@ -154,10 +169,34 @@ impl EngineUrl {
     /// assert!(err.to_string().contains("did you mean `redis`"));
     /// ```
     pub fn parse(text: &str) -> Result<Self, UrlError> {
-        let parsed = url::Url::parse(text.trim()).map_err(|e| UrlError::Invalid {
+        let text = text.trim();
+        let invalid = |reason: String| UrlError::Invalid {
             url: mask(text),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let is_list = text
+            .split_once("://")
+            .is_some_and(|(s, _)| LIST_SCHEMES.contains(&s.to_ascii_lowercase().as_str()));
+        let (first, rest) = if is_list {
+            let mut pieces = list_pieces(text).into_iter();
+            (pieces.next().unwrap_or(text), pieces.collect())
+        } else {
+            (text, Vec::new())
+        };
+        let parsed = url::Url::parse(first).map_err(|e| invalid(e.to_string()))?;
+        let mut alternates = Vec::with_capacity(rest.len());
+        for piece in rest {
+            let alt =
+                url::Url::parse(piece).map_err(|e| invalid(format!("`{}`: {e}", mask(piece))))?;
+            if alt.scheme() != parsed.scheme() {
+                return Err(invalid(format!(
+                    "every URL of a `;`-separated list must be {}://, not `{}`",
+                    parsed.scheme(),
+                    mask(piece)
+                )));
+            }
+            alternates.push(alt);
+        }
         let scheme = parsed.scheme().to_ascii_lowercase();
         let Some(&(_, engine, _)) = KNOWN_SCHEMES.iter().find(|(s, _, _)| *s == scheme) else {
             let suggestion = KNOWN_SCHEMES
@@ -173,8 +212,9 @@ impl EngineUrl {
             });
         };
         Ok(Self {
-            raw: text.trim().to_string(),
+            raw: text.to_string(),
             parsed,
+            alternates,
             engine,
         })
     }
@@ -199,20 +239,29 @@ impl EngineUrl {
         self.parsed.path()
     }
 
-    /// The value of a query option, if present.
+    /// The value of a query option, if present: from the first URL of a list that has it.
     pub fn query(&self, key: &str) -> Option<String> {
-        self.parsed
-            .query_pairs()
-            .find(|(k, _)| k == key)
+        self.all()
+            .find_map(|u| u.query_pairs().find(|(k, _)| k == key))
             .map(|(_, v)| v.into_owned())
     }
 
-    /// All query options in order.
+    /// All query options in order (of every URL of a list).
     pub fn query_pairs(&self) -> Vec<(String, String)> {
-        self.parsed
-            .query_pairs()
+        self.all()
+            .flat_map(|u| u.query_pairs())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect()
+    }
+
+    /// The URLs after the first of a `;`-separated list (`sentinel://` only), in order;
+    /// empty for a single URL.
+    pub fn alternates(&self) -> &[url::Url] {
+        &self.alternates
+    }
+
+    fn all(&self) -> impl Iterator<Item = &url::Url> {
+        std::iter::once(&self.parsed).chain(&self.alternates)
     }
 
     /// The parsed URL, for engines that need every part.
@@ -252,11 +301,70 @@ impl fmt::Display for EngineUrl {
     }
 }
 
-/// Replaces the password of a URL-like string with `***`, leaving the rest as written.
+/// Splits `text` at every `;` that starts another URL (`;scheme://`), as kombu splits a
+/// list of alternates; a `;` anywhere else (a password, a path) is kept.
+fn list_pieces(text: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        rest.split_once("://").is_some_and(|(scheme, _)| {
+            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        })
+    };
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for (i, _) in text.match_indices(';') {
+        if starts_url(&text[i + 1..]) {
+            pieces.push(&text[start..i]);
+            start = i + 1;
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces
+}
+
+/// Replaces the passwords of a URL-like string with `***`, leaving the rest as written:
+/// the userinfo's, those of every URL of a `;`-separated list, and the values of query
+/// options named `password` or `…_password` (`sentinel_password`).
 ///
 /// Works on text that does not parse as a URL too, so error messages about bad URLs can
 /// still be logged safely.
 pub fn mask(text: &str) -> String {
+    list_pieces(text)
+        .into_iter()
+        .map(mask_one)
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Masks the query values of options whose name ends in `password`.
+fn mask_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn mask_one(text: &str) -> String {
+    let masked = mask_userinfo(text);
+    let Some(q) = masked.find('?') else {
+        return masked;
+    };
+    let end = masked[q..].find('#').map_or(masked.len(), |i| q + i);
+    format!(
+        "{}?{}{}",
+        &masked[..q],
+        mask_query(&masked[q + 1..end]),
+        &masked[end..]
+    )
+}
+
+fn mask_userinfo(text: &str) -> String {
     let Some(scheme_end) = text.find("://") else {
         return text.to_string();
     };
@@ -295,6 +403,44 @@ mod tests {
         assert_eq!(mask("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
         assert_eq!(mask("garbage"), "garbage");
         assert_eq!(mask("a://u:p@h?x=@y"), "a://u:***@h?x=@y");
+        assert_eq!(
+            mask("sentinel://:pw@h1:26379;sentinel://:pw2@h2/0?master_name=m"),
+            "sentinel://:***@h1:26379;sentinel://:***@h2/0?master_name=m"
+        );
+        assert_eq!(
+            mask("sentinel://h?master_name=m&sentinel_password=s3&password=p#x"),
+            "sentinel://h?master_name=m&sentinel_password=***&password=***#x"
+        );
+        // A `;` that does not start another URL is part of the password or the path.
+        assert_eq!(mask("redis://:pa;ss@h"), "redis://:***@h");
+        assert_eq!(mask("sqlite:///tmp/a;b.db"), "sqlite:///tmp/a;b.db");
+    }
+
+    #[test]
+    fn sentinel_lists_parse_into_alternates() {
+        let u = EngineUrl::parse(
+            "sentinel://:pw@h1:26379/2;sentinel://h2:26380;sentinel://h3?master_name=m",
+        )
+        .unwrap();
+        assert_eq!(u.engine(), Engine::Redis);
+        assert_eq!((u.host(), u.as_url().port()), ("h1", Some(26379)));
+        let alts: Vec<_> = u.alternates().iter().map(|a| a.host_str()).collect();
+        assert_eq!(alts, [Some("h2"), Some("h3")]);
+        assert_eq!(u.query("master_name").as_deref(), Some("m"));
+        assert_eq!(
+            u.masked(),
+            "sentinel://:***@h1:26379/2;sentinel://h2:26380;sentinel://h3?master_name=m"
+        );
+        let e = EngineUrl::parse("sentinel://h1;redis://:pw@h2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be sentinel://"), "{e}");
+        assert!(!e.contains("pw@"), "{e}");
+        assert!(EngineUrl::parse("sentinel://h1;sentinel://h2:notaport").is_err());
+        // Other schemes are not lists: `;` stays part of the URL, as before.
+        let u = EngineUrl::parse("redis://h1;redis://h2").map(|u| u.alternates().len());
+        assert!(matches!(u, Ok(0) | Err(_)), "{u:?}");
+        assert!(EngineUrl::parse("sqlite:///tmp/a;b.db").is_ok());
     }
 
     #[test]

@@ -5,6 +5,15 @@
 //! `socket:///path`. Host defaults to 127.0.0.1, port to 6379, DB to 0; a DB that is not
 //! an integer is refused with kombu's message.
 //!
+//! Sentinel, kombu's form: `sentinel://[USER:PASSWORD@]HOST[:PORT][/DB][;sentinel://HOST2[:PORT2]…]?master_name=NAME`,
+//! one URL per Sentinel (port 26379 by default), the options on any of them. As in kombu
+//! and Celery's `SentinelBackend`, the first URL's credentials and DB are the primary's
+//! (a later URL may repeat them, not contradict them); the Sentinels themselves are asked
+//! without a password unless `sentinel_password` (and `sentinel_username`) say otherwise —
+//! kombu's `sentinel_kwargs={'password': …}`. `master_name` is required. kombu's
+//! `min_other_sentinels` is not supported (refused unless 0), nor is TLS through
+//! Sentinel (the `ssl_*` options are refused).
+//!
 //! kombu's `broker_transport_options` are given as query options: `visibility_timeout`
 //! (s, default 3600), `global_keyprefix`, `polling_interval` (the BRPOP timeout, s, default
 //! 1), `unacked_restore_interval` (s between visibility sweeps, default 60; Celery's
@@ -48,6 +57,37 @@ pub struct RedisConfig {
     pub ssl_ca_certs: Option<std::path::PathBuf>,
     /// `ssl_certfile` / `ssl_keyfile`: a client certificate and key (PEM) for mutual TLS.
     pub ssl_client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `sentinel://`: the Sentinels to ask for the primary, and how (`None` otherwise).
+    pub(crate) sentinel: Option<SentinelSpec>,
+}
+
+/// What a `sentinel://` URL says: whom to ask, for which master, with which credentials.
+#[derive(Clone)]
+pub(crate) struct SentinelSpec {
+    /// Every Sentinel, in the URL's order.
+    pub(crate) sentinels: Vec<(String, u16)>,
+    /// `master_name`: the name the Sentinels monitor the primary under.
+    pub(crate) master_name: String,
+    /// The primary's credentials (the first URL's userinfo, decoded).
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    /// `sentinel_username` / `sentinel_password`: the Sentinels' own credentials.
+    pub(crate) sentinel_username: Option<String>,
+    pub(crate) sentinel_password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |p: &Option<String>| p.as_ref().map(|_| "***");
+        f.debug_struct("SentinelSpec")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &hidden(&self.sentinel_password))
+            .finish()
+    }
 }
 
 fn seconds(url: &EngineUrl, key: &str, default: f64) -> Result<Duration, UrlError> {
@@ -65,6 +105,91 @@ fn seconds(url: &EngineUrl, key: &str, default: f64) -> Result<Duration, UrlErro
                 )
             }),
     }
+}
+
+/// A percent-encoded part of a URL (a user name, a password) as its text.
+fn decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// A URL's credentials as (user name, password); a lone userinfo is the password, as
+/// for `redis://`.
+fn credentials(u: &url::Url) -> (Option<String>, Option<String>) {
+    match (u.username(), u.password()) {
+        ("", None) => (None, None),
+        ("", Some(p)) => (None, Some(decoded(p))),
+        (user, None) => (None, Some(decoded(user))),
+        (user, Some(p)) => (Some(decoded(user)), Some(decoded(p))),
+    }
+}
+
+/// Reads a `sentinel://` URL (list): the Sentinels, `master_name`, the primary's DB and
+/// credentials (the first URL's, as kombu reads them).
+fn sentinel_spec(url: &EngineUrl) -> Result<(SentinelSpec, i64), UrlError> {
+    let first = url.as_url();
+    let db = parse_db(url, first.path().trim_start_matches('/'))?;
+    let (username, password) = credentials(first);
+    let mut sentinels = Vec::new();
+    for (i, u) in std::iter::once(first).chain(url.alternates()).enumerate() {
+        let path = u.path().trim_start_matches('/');
+        if !path.is_empty() && parse_db(url, path)? != db {
+            return Err(url.bad_option(
+                "db",
+                format!("the primary's database is the first URL's ({db}), as kombu reads it; a later URL names {path}"),
+            ));
+        }
+        if i > 0
+            && (!u.username().is_empty() || u.password().is_some())
+            && credentials(u) != (username.clone(), password.clone())
+        {
+            return Err(url.bad_option(
+                "password",
+                "the primary's credentials are the first URL's, as kombu reads them; a later URL names others",
+            ));
+        }
+        let host = match u.host_str() {
+            None | Some("") => "127.0.0.1".to_string(),
+            Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        };
+        sentinels.push((host, u.port().unwrap_or(26379)));
+    }
+    let master_name = url.query("master_name").filter(|m| !m.is_empty()).ok_or_else(|| {
+        url.bad_option(
+            "master_name",
+            "a sentinel:// URL needs the name the Sentinels monitor the primary under, e.g. ?master_name=mymaster",
+        )
+    })?;
+    if url
+        .query("min_other_sentinels")
+        .is_some_and(|v| v.trim() != "0")
+    {
+        return Err(url.bad_option(
+            "min_other_sentinels",
+            "not supported: the first Sentinel that names a primary which confirms its role is believed",
+        ));
+    }
+    if let Some(option) = [
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+    ]
+    .into_iter()
+    .find(|o| url.query(o).is_some())
+    {
+        return Err(url.bad_option(option, "TLS through Sentinel is not supported"));
+    }
+    let spec = SentinelSpec {
+        sentinels,
+        master_name,
+        username,
+        password,
+        sentinel_username: url.query("sentinel_username"),
+        sentinel_password: url.query("sentinel_password"),
+    };
+    Ok((spec, db))
 }
 
 /// A database number as kombu parses it.
@@ -93,6 +218,7 @@ impl RedisConfig {
     pub fn from_url(url: &EngineUrl) -> Result<Self, UrlError> {
         let u = url.as_url();
         let scheme = url.scheme();
+        let mut sentinel = None;
         let (client_url, db) = match scheme {
             "redis" | "rediss" => {
                 let db = parse_db(url, u.path().trim_start_matches('/'))?;
@@ -146,6 +272,12 @@ impl RedisConfig {
                     .unwrap_or_default();
                 (format!("redis+unix://{path}?db={db}{auth}"), db)
             }
+            "sentinel" => {
+                let (spec, db) = sentinel_spec(url)?;
+                sentinel = Some(spec);
+                // No fixed address: the primary is whichever the Sentinels name (`target`).
+                (String::new(), db)
+            }
             other => {
                 return Err(UrlError::WrongRole {
                     url: url.masked(),
@@ -185,7 +317,14 @@ impl RedisConfig {
                     )
                 }
             },
+            sentinel,
         })
+    }
+
+    /// `master_name`, for a `sentinel://` URL: the name the Sentinels monitor the primary
+    /// under.
+    pub fn master_name(&self) -> Option<&str> {
+        self.sentinel.as_ref().map(|s| s.master_name.as_str())
     }
 
     /// Whether the URL asks for TLS.
@@ -193,26 +332,14 @@ impl RedisConfig {
         self.client_url.starts_with("rediss://")
     }
 
-    /// The client and an auto-reconnecting multiplexed connection: what both the broker
-    /// and the backend talk through. A server that cannot be reached is the error
-    /// `unreachable(masked_url, reason)` makes (a broker's or a backend's connection
-    /// error); a URL problem is the URL's error.
-    pub(crate) async fn connect(
-        &self,
-        unreachable: impl FnOnce(String, String) -> crate::Error,
-    ) -> Result<(redis::Client, redis::aio::ConnectionManager), crate::Error> {
-        let client = self.client()?;
-        let conn = redis::aio::ConnectionManager::new_with_config(
-            client.clone(),
-            redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(30)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2)),
-        )
-        .await
-        .map_err(|e| unreachable(self.masked.clone(), e.to_string()))?;
-        Ok((client, conn))
+    /// How the auto-reconnecting connection every non-blocking command goes through is
+    /// made (`target`).
+    pub(crate) fn manager_config(&self) -> redis::aio::ConnectionManagerConfig {
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2))
     }
 
     pub(crate) fn client(&self) -> Result<redis::Client, UrlError> {
@@ -311,6 +438,78 @@ mod tests {
         );
         let e = cfg("redis://h?dead_after=3&heartbeat=5").unwrap_err();
         assert!(e.contains("heartbeat") && e.contains("dead_after"), "{e}");
+    }
+
+    #[test]
+    fn reads_sentinel_lists_as_kombu_does() {
+        let c = cfg("sentinel://:s3cret@s1:26380/2;sentinel://s2;sentinel://[::1]:26381?master_name=mymaster&sentinel_password=sp&visibility_timeout=60")
+            .unwrap();
+        let spec = c.sentinel.as_ref().unwrap();
+        assert_eq!(
+            spec.sentinels,
+            [
+                ("s1".to_string(), 26380),
+                ("s2".to_string(), 26379),
+                ("::1".to_string(), 26381)
+            ]
+        );
+        assert_eq!((c.master_name(), c.db), (Some("mymaster"), 2));
+        assert_eq!(
+            (spec.username.as_deref(), spec.password.as_deref()),
+            (None, Some("s3cret"))
+        );
+        assert_eq!(
+            (
+                spec.sentinel_username.as_deref(),
+                spec.sentinel_password.as_deref()
+            ),
+            (None, Some("sp"))
+        );
+        assert_eq!(c.visibility_timeout, Duration::from_secs(60));
+        assert!(!c.is_tls());
+        assert_eq!(
+            c.masked,
+            "sentinel://:***@s1:26380/2;sentinel://s2;sentinel://[::1]:26381?master_name=mymaster&sentinel_password=***&visibility_timeout=60"
+        );
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("\"sp\""),
+            "{debug}"
+        );
+        // The option on the first URL, credentials percent-decoded, a repeated DB (Celery's
+        // form) accepted.
+        let c = cfg("sentinel://app:p%40ss@h1/3?master_name=m;sentinel://app:p%40ss@h2/3").unwrap();
+        let spec = c.sentinel.as_ref().unwrap();
+        assert_eq!(
+            (spec.username.as_deref(), spec.password.as_deref(), c.db),
+            (Some("app"), Some("p@ss"), 3)
+        );
+        assert_eq!(c.master_name(), Some("m"));
+        assert_eq!(cfg("redis://h").unwrap().master_name(), None);
+    }
+
+    #[test]
+    fn refuses_sentinel_urls_it_cannot_serve_in_one_line() {
+        for (url, words) in [
+            ("sentinel://:pw@h1:26379", "master_name"),
+            ("sentinel://h1?master_name=", "master_name"),
+            ("sentinel://h1;sentinel://h2/4?master_name=m", "first URL"),
+            (
+                "sentinel://:pw@h1;sentinel://:zz9@h2?master_name=m",
+                "credentials",
+            ),
+            (
+                "sentinel://h1?master_name=m&min_other_sentinels=1",
+                "min_other_sentinels",
+            ),
+            ("sentinel://h1?master_name=m&ssl_cert_reqs=none", "TLS"),
+            ("sentinel://h1/x?master_name=m", "Database is int"),
+        ] {
+            let e = cfg(url).unwrap_err();
+            assert!(e.contains(words) && !e.contains('\n'), "{url}: {e}");
+            assert!(!e.contains("pw@") && !e.contains("zz9"), "{url}: {e}");
+        }
+        assert!(cfg("sentinel://h1?master_name=m&min_other_sentinels=0").is_ok());
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub(crate) fn is_connection(e: &redis::RedisError) -> bool {
 /// - `MISCONF`: persistence failed and writes are refused until it works again;
 /// - `OOM`: `maxmemory` reached;
 /// - `NOREPLICAS`: `min-replicas-to-write` is not met.
-const UNAVAILABLE: &[&str] = &[
+pub(crate) const UNAVAILABLE: &[&str] = &[
     "READONLY",
     "UNBLOCKED",
     "MASTERDOWN",
@@ -54,24 +54,34 @@ const UNAVAILABLE: &[&str] = &[
     "NOREPLICAS",
 ];
 
+/// The codes of a server that is not (or no longer) the primary: after a Sentinel
+/// failover the old primary answers these, so a `sentinel://` engine asks the Sentinels
+/// where the primary went (`target`).
+pub(crate) const NOT_PRIMARY: &[&str] = &["READONLY", "UNBLOCKED", "MASTERDOWN"];
+
 /// True when the server answered with one of the [`UNAVAILABLE`] codes: for a command,
 /// for any command of a pipeline or transaction, or passed on by a Lua script (older
 /// servers wrap it: `ERR Error running script ... OOM command not allowed ...`).
 pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
-    let unavailable = |code: &str, detail: Option<&str>| {
-        UNAVAILABLE.contains(&code)
-            || (code == "ERR"
-                && detail.is_some_and(|d| {
-                    d.split(|c: char| !c.is_ascii_alphanumeric())
-                        .any(|word| UNAVAILABLE.contains(&word))
-                }))
-    };
+    has_code(e, UNAVAILABLE)
+}
+
+/// True when the server answered with one of `codes`, as [`is_unavailable`] reads them.
+pub(crate) fn has_code(e: &redis::RedisError, codes: &[&str]) -> bool {
     match e.clone().into_server_errors() {
-        Some(errors) => errors
-            .iter()
-            .any(|(_, server)| unavailable(server.code(), server.details())),
+        Some(errors) => errors.iter().any(|(_, server)| {
+            codes.contains(&server.code())
+                || (server.code() == "ERR" && server.details().is_some_and(|d| names(d, codes)))
+        }),
         None => false,
     }
+}
+
+/// True when `text` (an error a Lua script passed on as data) names one of `codes` as a
+/// word.
+pub(crate) fn names(text: &str, codes: &[&str]) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| codes.contains(&word))
 }
 
 pub(crate) fn broker(url: &str, op: &'static str, e: redis::RedisError) -> BrokerError {
@@ -151,5 +161,32 @@ mod tests {
             let e = broker("redis://x", "consume", server_error(text));
             assert!(matches!(e, BrokerError::Operation { .. }), "{text}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_demoted_or_orphaned_primary_is_not_primary() {
+        for text in [
+            "READONLY You can't write against a read only replica.",
+            "UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "ERR Error running script (call to f_1234): @user_script:12: READONLY You can't write",
+        ] {
+            assert!(has_code(&server_error(text), NOT_PRIMARY), "{text}");
+        }
+        for text in [
+            "LOADING Redis is loading the dataset in memory",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "ERR unknown command 'READONLYX'",
+        ] {
+            assert!(!has_code(&server_error(text), NOT_PRIMARY), "{text}");
+        }
+        assert!(names(
+            "recording 3 message(s): READONLY You can't write",
+            NOT_PRIMARY
+        ));
+        assert!(!names(
+            "recording 3 message(s): OOM command not allowed",
+            NOT_PRIMARY
+        ));
     }
 }

@@ -25,11 +25,18 @@
 //!   one connection shared by every waiter.
 //! - **Outages**: connections reconnect with capped back-off; consumer errors are reported
 //!   once per outage; nothing acknowledged is lost, nothing unacknowledged is forgotten.
+//! - **Sentinel**: with `sentinel://`, the primary is the one the Sentinels name; after an
+//!   error that says it moved (`READONLY`, `UNBLOCKED`, `MASTERDOWN`, a refused
+//!   connection) they are asked again and every connection follows it.
 //!
 //! # URL
 //!
 //! `redis://[USER:PASSWORD@]HOST[:PORT][/DB][?OPTIONS]`, `rediss://…` (TLS, feature
-//! `tls`), `unix:///path.sock[?db=N]`, `redis+socket:///path.sock[?virtual_host=N]`.
+//! `tls`), `unix:///path.sock[?db=N]`, `redis+socket:///path.sock[?virtual_host=N]`, and
+//! kombu's Sentinel list
+//! `sentinel://[USER:PASSWORD@]HOST[:PORT][/DB][;sentinel://HOST2[:PORT2]…]?master_name=NAME`
+//! (Sentinel port 26379 by default; the first URL's credentials and DB are the
+//! primary's, as kombu reads them; options on any of the URLs).
 //!
 //! # Options (query string)
 //!
@@ -42,6 +49,8 @@
 //! | `ssl_cert_reqs` | required | `required`, `optional` or `none` (`rediss://`) |
 //! | `ssl_ca_certs` | system roots | PEM file of the CA that signed the server's certificate |
 //! | `ssl_certfile`, `ssl_keyfile` | none | client certificate and key (PEM) for mutual TLS |
+//! | `master_name` | required for `sentinel://` | the name the Sentinels monitor the primary under |
+//! | `sentinel_password`, `sentinel_username` | none | the Sentinels' own credentials (kombu's `sentinel_kwargs`) |
 //!
 //! # Celery compatibility
 //!
@@ -57,6 +66,7 @@ mod coalesce;
 mod config;
 mod error;
 pub mod keys;
+mod target;
 
 /// Locks a mutex of this crate's. Its sections never unwind half-way, so a poisoned lock
 /// still holds consistent data and is taken as it is.

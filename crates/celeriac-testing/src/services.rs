@@ -149,6 +149,48 @@ pub struct ServerOptions {
     pub key_load_delay_us: u32,
 }
 
+/// Whether `redis-server` can be run; if not, panics (services required) or reports the
+/// skip for `test`.
+fn redis_server_installed(test: &str) -> bool {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        if services_required() {
+            panic!("{test}: redis-server is not installed and CELERIAC_REQUIRE_SERVICES=1");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no redis-server binary (install redis-server)"
+        );
+    }
+    installed
+}
+
+/// A synchronous connection to a test's own server, or a panic naming it.
+fn connect(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for at most `within`; panics with
+/// `what` after that.
+fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -171,18 +213,7 @@ impl RedisServer {
 
     /// Starts one with `options`, or `None` (skipped loudly) without `redis-server`.
     pub fn start_with(test: &str, options: ServerOptions) -> Option<Self> {
-        let installed = std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !installed {
-            if services_required() {
-                panic!("{test}: redis-server is not installed and CELERIAC_REQUIRE_SERVICES=1");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: no redis-server binary (install redis-server)"
-            );
+        if !redis_server_installed(test) {
             return None;
         }
         let dir = std::env::temp_dir().join(unique("celeriac-redis"));
@@ -335,6 +366,179 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Makes this server a replica of `primary` (`REPLICAOF`) and waits (up to 10 s) until
+    /// the link is up and the first sync is done.
+    pub fn replicate(&self, primary: &RedisServer) {
+        let mut c = connect(&self.url());
+        redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(primary.port)
+            .exec(&mut c)
+            .unwrap_or_else(|e| panic!("REPLICAOF on port {}: {e}", self.port));
+        wait_for(
+            &format!("port {} to replicate port {}", self.port, primary.port),
+            Duration::from_secs(10),
+            || {
+                let info: String = redis::cmd("INFO").arg("replication").query(&mut c).ok()?;
+                (info.contains("master_link_status:up")
+                    && info.contains("master_sync_in_progress:0"))
+                .then_some(())
+            },
+        );
+    }
+}
+
+/// A Redis Sentinel of a test's own (`redis-server <conf> --sentinel`) on a free port,
+/// the only Sentinel (quorum 1) of one primary, with short timeouts (down after 1 s,
+/// failover timeout 5 s) so failover tests take seconds. Killed and its files removed on
+/// drop.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    port: u16,
+    name: String,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisSentinel {
+    /// Starts one monitoring the primary on `127.0.0.1:<primary_port>` as `name`, and
+    /// waits until it knows the primary; `None` (skipped loudly) without `redis-server`.
+    pub fn start(test: &str, name: &str, primary_port: u16) -> Option<Self> {
+        if !redis_server_installed(test) {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(unique("celeriac-sentinel"));
+        std::fs::create_dir_all(&dir).expect("temp dir for redis-sentinel");
+        let port = free_port();
+        // Sentinel rewrites its configuration file, so it lives in the temp dir too.
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n",
+                dir.display()
+            ),
+        )
+        .expect("sentinel.conf written");
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let sentinel = Self {
+            port,
+            name: name.to_string(),
+            dir,
+            child: Some(child),
+        };
+        wait_for(
+            &format!("the Sentinel on port {port} to know `{name}`"),
+            Duration::from_secs(10),
+            || sentinel.try_primary_port(),
+        );
+        Some(sentinel)
+    }
+
+    /// `redis://127.0.0.1:<port>`, to send `SENTINEL` commands to.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn try_primary_port(&self) -> Option<u16> {
+        let mut c = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+            .ok()?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.name)
+            .query(&mut c)
+            .ok()?;
+        addr.map(|(_, port)| port)
+    }
+
+    /// The port of the primary it names now (`SENTINEL get-master-addr-by-name`).
+    pub fn primary_port(&self) -> u16 {
+        self.try_primary_port()
+            .unwrap_or_else(|| panic!("the Sentinel on port {} names no primary", self.port))
+    }
+
+    /// Waits (up to 15 s) until it knows `n` replicas it could promote (connected, not
+    /// down).
+    pub fn wait_for_replicas(&self, n: usize) {
+        let mut c = connect(&self.url());
+        wait_for(
+            &format!("the Sentinel to know {n} healthy replica(s)"),
+            Duration::from_secs(15),
+            || {
+                let replicas: Vec<std::collections::HashMap<String, String>> =
+                    redis::cmd("SENTINEL")
+                        .arg("REPLICAS")
+                        .arg(&self.name)
+                        .query(&mut c)
+                        .ok()?;
+                let healthy = replicas
+                    .iter()
+                    .filter(|r| {
+                        r.get("flags").is_some_and(|f| {
+                            f.contains("slave")
+                                && !f.contains("down")
+                                && !f.contains("disconnected")
+                        }) && r.get("master-link-status").is_some_and(|s| s == "ok")
+                    })
+                    .count();
+                (healthy >= n).then_some(())
+            },
+        );
+    }
+
+    /// `SENTINEL FAILOVER`, retried (up to 15 s) while the Sentinel is not ready for it
+    /// (`NOGOODSLAVE`, `INPROG`); then waits (up to 20 s) until it names a primary other
+    /// than `from_port`, and returns that primary's port.
+    pub fn failover(&self, from_port: u16) -> u16 {
+        let mut c = connect(&self.url());
+        wait_for(
+            "the Sentinel to accept SENTINEL FAILOVER",
+            Duration::from_secs(15),
+            || {
+                redis::cmd("SENTINEL")
+                    .arg("FAILOVER")
+                    .arg(&self.name)
+                    .exec(&mut c)
+                    .ok()
+            },
+        );
+        self.wait_for_new_primary(from_port)
+    }
+
+    /// Waits (up to 20 s) until it names a primary other than `from_port`; returns its port.
+    pub fn wait_for_new_primary(&self, from_port: u16) -> u16 {
+        wait_for(
+            &format!("the Sentinel to name a primary other than port {from_port}"),
+            Duration::from_secs(20),
+            || self.try_primary_port().filter(|p| *p != from_port),
+        )
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

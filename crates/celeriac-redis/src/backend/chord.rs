@@ -62,7 +62,7 @@ impl RedisBackend {
             .arg("EX")
             .arg(CHORD_EXPIRES)
             .ignore()
-            .exec_async(&mut self.inner.conn.clone())
+            .exec_async(&mut self.inner.conn())
             .await
             .map_err(|e| self.inner.err("chord start", e))
     }
@@ -94,7 +94,7 @@ impl RedisBackend {
             .arg(CHORD_EXPIRES)
             .arg(CHORD_CLAIM_TTL)
             .arg(&token)
-            .invoke_async(&mut inner.conn.clone())
+            .invoke_async(&mut inner.conn())
             .await
             .map_err(|e| inner.err("chord part", e))?;
         if count == -1 {
@@ -111,7 +111,7 @@ impl RedisBackend {
             .arg(0)
             .arg(-1)
             .arg("WITHSCORES")
-            .query_async(&mut inner.conn.clone())
+            .query_async(&mut inner.conn())
             .await
             .map_err(|e| inner.err("chord join", e))?;
         let mut parts = Vec::with_capacity(raw.len());
@@ -132,7 +132,7 @@ impl RedisBackend {
             .key(k(".s"))
             .arg(&token)
             .arg(CHORD_PUBLISH_TTL)
-            .invoke_async(&mut inner.conn.clone())
+            .invoke_async(&mut inner.conn())
             .await
             .map_err(|e| inner.err("chord claim", e))?;
         if held != 1 {
@@ -166,7 +166,7 @@ impl RedisBackend {
                     .key(k(".d"))
                     .arg(claim)
                     .arg(CHORD_DONE_TTL)
-                    .invoke_async(&mut inner.conn.clone())
+                    .invoke_async(&mut inner.conn())
                     .await
                     .map_err(|e| inner.err("chord cleanup", e))?;
                 if cleaned != 1 {
@@ -178,7 +178,7 @@ impl RedisBackend {
             }
             ChordEnd::Failed => redis::cmd("DEL")
                 .arg(k(".s"))
-                .exec_async(&mut inner.conn.clone())
+                .exec_async(&mut inner.conn())
                 .await
                 .map_err(|e| inner.err("chord finish", e)),
         }

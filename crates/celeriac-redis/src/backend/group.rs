@@ -28,7 +28,7 @@ impl RedisBackend {
             .arg(&key)
             .arg(&record)
             .ignore()
-            .exec_async(&mut self.inner.conn.clone())
+            .exec_async(&mut self.inner.conn())
             .await
             .map_err(|e| self.inner.err("save group", e))
     }
@@ -40,7 +40,7 @@ impl RedisBackend {
     ) -> Result<Option<Vec<String>>, BackendError> {
         let raw: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.inner.keys.group(group_id, ""))
-            .query_async(&mut self.inner.conn.clone())
+            .query_async(&mut self.inner.conn())
             .await
             .map_err(|e| self.inner.err("restore group", e))?;
         raw.map(|r| decode_saved_group(group_id, &r)).transpose()
@@ -50,7 +50,7 @@ impl RedisBackend {
     pub(super) async fn group_forget(&self, group_id: &str) -> Result<(), BackendError> {
         redis::cmd("DEL")
             .arg(self.inner.keys.group(group_id, ""))
-            .exec_async(&mut self.inner.conn.clone())
+            .exec_async(&mut self.inner.conn())
             .await
             .map_err(|e| self.inner.err("forget group", e))
     }

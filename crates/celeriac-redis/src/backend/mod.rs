@@ -48,6 +48,7 @@ use crate::coalesce::Coalesce;
 use crate::config::RedisConfig;
 use crate::error::{self, Error};
 use crate::keys::ResultKeys;
+use crate::target::Target;
 
 use store::PendingStore;
 use wait::Slot;
@@ -61,8 +62,8 @@ pub struct RedisBackend {
 struct Inner {
     me: Weak<Inner>,
     cfg: RedisConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// The server (for `sentinel://`, the current primary) every connection goes to.
+    target: Target,
     keys: ResultKeys,
     store: Script,
     chord_part: Script,
@@ -88,17 +89,17 @@ impl RedisBackend {
     /// Connects to the backend at `url`.
     pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
         let cfg = RedisConfig::from_url(url)?;
-        let (client, conn) = cfg
-            .connect(|url, reason| BackendError::Connection { url, reason }.into())
-            .await?;
+        let target = Target::connect(&cfg, |url, reason| {
+            BackendError::Connection { url, reason }.into()
+        })
+        .await?;
         let (sink, _) = watch::channel(None);
         Ok(Self {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
                 keys: ResultKeys::new(&cfg.keyprefix),
                 cfg,
-                client,
-                conn,
+                target,
                 store: Script::new(store::SCRIPT),
                 chord_part: Script::new(chord::PART_SCRIPT),
                 chord_extend: Script::new(chord::EXTEND_SCRIPT),
@@ -120,7 +121,12 @@ impl RedisBackend {
 
 impl Inner {
     fn err(&self, op: &'static str, e: redis::RedisError) -> BackendError {
+        self.target.check(&e);
         error::backend(&self.cfg.masked, op, e)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.target.conn()
     }
 }
 

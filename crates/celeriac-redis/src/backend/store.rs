@@ -9,6 +9,7 @@ use celeriac_core::error::BackendError;
 use celeriac_core::TaskMeta;
 
 use super::{Inner, RedisBackend};
+use crate::error::{names, UNAVAILABLE};
 
 /// Writes a batch of records, each unless SUCCESS is already stored, and publishes each.
 pub(super) const SCRIPT: &str = include_str!("../lua/store_result.lua");
@@ -46,7 +47,7 @@ impl RedisBackend {
     pub(super) async fn forget_meta(&self, task_id: &str) -> Result<(), BackendError> {
         redis::cmd("DEL")
             .arg(self.inner.keys.task_meta(task_id))
-            .exec_async(&mut self.inner.conn.clone())
+            .exec_async(&mut self.inner.conn())
             .await
             .map_err(|e| self.inner.err("forget", e))
     }
@@ -90,7 +91,7 @@ impl Inner {
                     call.key(&p.key).arg(&p.json).arg(p.ttl);
                 }
                 let result: Result<Vec<String>, BackendError> = call
-                    .invoke_async(&mut self.conn.clone())
+                    .invoke_async(&mut self.conn())
                     .await
                     .map_err(|e| self.err("store", e));
                 match result {
@@ -98,6 +99,16 @@ impl Inner {
                         let mut replies = replies.into_iter();
                         for p in chunk {
                             let outcome = match replies.next() {
+                                // The script passes a write's error on as text: a server
+                                // that cannot take writes for now (a replica after a
+                                // failover, out of memory) is retried like any other.
+                                Some(r) if r.starts_with("ERR ") && names(&r, UNAVAILABLE) => {
+                                    self.target.check_text(&r);
+                                    Err(BackendError::Unavailable {
+                                        url: self.cfg.masked.clone(),
+                                        reason: r[4..].to_string(),
+                                    })
+                                }
                                 Some(r) if r.starts_with("ERR ") => Err(BackendError::Operation {
                                     op: "store",
                                     reason: format!("{} ({})", &r[4..], self.cfg.masked),

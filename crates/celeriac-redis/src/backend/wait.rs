@@ -91,7 +91,7 @@ impl Inner {
     pub(super) async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError> {
         let raw: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.task_meta(task_id))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await
             .map_err(|e| self.err("get", e))?;
         raw.map(|r| {
@@ -160,10 +160,12 @@ async fn subscriber(weak: Weak<Inner>) {
     let mut outage = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let connected = inner.client.get_async_pubsub().await;
+        // From the current client: after a failover, the new primary's.
+        let connected = inner.target.client().get_async_pubsub().await;
         let pubsub = match connected {
             Ok(p) => p,
             Err(e) => {
+                inner.target.check(&e);
                 if !outage {
                     warn!(
                         "result backend {}: pub/sub connection lost ({e}); reconnecting",
@@ -193,7 +195,7 @@ async fn subscriber(weak: Weak<Inner>) {
             // Records written while we were not subscribed.
             let raws: Result<Vec<Option<Vec<u8>>>, _> = redis::cmd("MGET")
                 .arg(&keys)
-                .query_async(&mut inner.conn.clone())
+                .query_async(&mut inner.conn())
                 .await;
             if let Ok(raws) = raws {
                 for (id, raw) in ids.iter().zip(raws) {

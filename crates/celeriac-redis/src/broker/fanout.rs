@@ -102,7 +102,8 @@ async fn subscribe_patterns(
     patterns: &[String],
 ) -> Result<redis::aio::PubSubStream, BrokerError> {
     let mut pubsub = inner
-        .client
+        .target
+        .client()
         .get_async_pubsub()
         .await
         .map_err(|e| inner.err("subscribe", e))?;

@@ -137,8 +137,10 @@ async fn fetch_once(
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(inner.cfg.polling_interval + Duration::from_secs(10)));
+        // From the current client: after a failover, the new primary's.
         let conn = inner
-            .client
+            .target
+            .client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| inner.err("consume", e))?;
@@ -372,6 +374,7 @@ fn note_errors(
 
 /// A fetch-script error text as a broker error of the right class.
 fn script_error(inner: &Inner, text: &str) -> BrokerError {
+    inner.target.check_text(text);
     let code_of = |word: &str| {
         text.split(|c: char| !c.is_ascii_alphanumeric())
             .any(|w| w == word)

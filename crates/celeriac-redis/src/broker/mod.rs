@@ -61,6 +61,7 @@ use crate::coalesce::Coalesce;
 use crate::config::RedisConfig;
 use crate::error::{self, Error};
 use crate::keys::BrokerKeys;
+use crate::target::Target;
 
 use ack::PendingAck;
 pub use inspect::bucket_depths;
@@ -76,8 +77,8 @@ struct Inner {
     /// the restore of an abandoned delivery).
     me: Weak<Inner>,
     cfg: RedisConfig,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// The server (for `sentinel://`, the current primary) every connection goes to.
+    target: Target,
     keys: BrokerKeys,
     fetch: Script,
     restore: Script,
@@ -110,16 +111,16 @@ impl RedisBroker {
     /// Connects to the broker at `url`; fails with one clear line if it cannot.
     pub async fn connect(url: &EngineUrl) -> Result<Self, Error> {
         let cfg = RedisConfig::from_url(url)?;
-        let (client, conn) = cfg
-            .connect(|url, reason| BrokerError::Connection { url, reason }.into())
-            .await?;
+        let target = Target::connect(&cfg, |url, reason| {
+            BrokerError::Connection { url, reason }.into()
+        })
+        .await?;
         Ok(Self {
             inner: Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
                 keys: BrokerKeys::new(cfg.keyprefix.clone()),
                 cfg,
-                client,
-                conn,
+                target,
                 fetch: Script::new(fetch::SCRIPT),
                 restore: Script::new(restore::SCRIPT),
                 release: Script::new(sweep::SCRIPT),
@@ -144,11 +145,12 @@ impl RedisBroker {
 
 impl Inner {
     fn err(&self, op: &'static str, e: redis::RedisError) -> BrokerError {
+        self.target.check(&e);
         error::broker(&self.cfg.masked, op, e)
     }
 
     fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.target.conn()
     }
 }
 
