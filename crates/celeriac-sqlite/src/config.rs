@@ -130,7 +130,13 @@ impl SqliteConfig {
                 }
             }
         }
-        if cfg.dead_after <= cfg.heartbeat * 2 {
+        // `checked_mul`: a heartbeat of 1e19 s is a valid `Duration`, but twice it is not
+        // (found by the `url` fuzz target; see docs/fuzzing.md).
+        if cfg
+            .heartbeat
+            .checked_mul(2)
+            .is_none_or(|twice| cfg.dead_after <= twice)
+        {
             return Err(bad(
                 "dead_after",
                 "must be more than twice heartbeat".into(),
@@ -174,5 +180,15 @@ mod tests {
             let e = SqliteConfig::from_url(url).unwrap_err().to_string();
             assert!(e.contains(want), "{url}: {e}");
         }
+    }
+
+    /// Issue 14, found by the `url` fuzz target: twice this heartbeat overflows
+    /// `Duration`, and the check against `dead_after` panicked.
+    #[test]
+    fn huge_heartbeat_is_an_error_not_a_panic_issue14() {
+        let e = SqliteConfig::from_url("sqlite:///x?heartbeat=1e19")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice heartbeat"), "{e}");
     }
 }

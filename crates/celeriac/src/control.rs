@@ -100,6 +100,14 @@ impl Command {
     }
 }
 
+/// Reads a pidbox message as a worker's remote-control loop does, and says whether a
+/// worker named `celery@fuzz` would act on it. Only for the `control` fuzz target in
+/// `fuzz/` (which cannot reach the crate-private `Command`); not a public API.
+#[doc(hidden)]
+pub fn __fuzz_parse_command(msg: &Message) -> bool {
+    Command::parse(msg).is_some_and(|c| c.is_for("celery@fuzz"))
+}
+
 fn json_message(
     headers: Value,
     exchange: &str,
