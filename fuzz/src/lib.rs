@@ -58,28 +58,11 @@ pub fn decode_and_round_trip(msg: &Message) {
 }
 
 /// Header names the decoder knows, plus `compression` (refused unless null).
-const HEADER_NAMES: [&str; 20] = [
-    "lang",
-    "task",
-    "id",
-    "shadow",
-    "eta",
-    "expires",
-    "group",
-    "group_index",
-    "retries",
-    "timelimit",
-    "root_id",
-    "parent_id",
-    "argsrepr",
-    "kwargsrepr",
-    "origin",
-    "ignore_result",
-    "replaced_task_nesting",
-    "stamped_headers",
-    "stamps",
-    "compression",
-];
+fn header_names() -> impl Iterator<Item = &'static str> {
+    celeriac_core::protocol::KNOWN_HEADERS
+        .into_iter()
+        .chain(["compression"])
+}
 
 /// Option names Celery puts in a signature's `options`.
 const OPTION_NAMES: [&str; 10] = [
@@ -118,7 +101,7 @@ impl fmt::Debug for TypedMessage {
 /// of v2 shape, v1 shape or raw bytes.
 pub fn typed_message(u: &mut Unstructured<'_>) -> Result<Message> {
     let mut headers = Map::new();
-    for name in HEADER_NAMES {
+    for name in header_names() {
         // `task` and `id` are nearly always there, or the decoder stops at them.
         let keep = match name {
             "task" | "id" => !u.ratio(1, 16)?,

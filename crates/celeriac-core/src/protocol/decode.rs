@@ -168,7 +168,7 @@ fn decode_embed(v: Value) -> Result<Embed, DecodeErrorKind> {
 }
 
 /// The header names decoded into typed fields; everything else goes to `extra`.
-pub(super) const KNOWN_HEADERS: [&str; 19] = [
+pub const KNOWN_HEADERS: [&str; 19] = [
     "lang",
     "task",
     "id",

@@ -34,7 +34,7 @@ pub mod json;
 mod types;
 
 pub use build::SendContext;
-pub use decode::CONTENT_TYPE_PICKLE;
+pub use decode::{CONTENT_TYPE_PICKLE, KNOWN_HEADERS};
 pub use error::{DecodeError, DecodeErrorKind, SignatureError};
 pub use types::{Embed, TaskHeaders, TaskMessage};
 
