@@ -20,6 +20,7 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
         .worker()
         .pool(w.pool)
         .handle_signals(true)
+        .print_banner(true)
         .shutdown_timeout(w.shutdown_timeout)
         .stats_interval(w.stats_interval);
     if !w.queues.is_empty() {
@@ -53,7 +54,6 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
         builder = builder.soft_time_limit(t.as_secs_f64());
     }
     let worker = builder.build();
-    println!("{}", worker.banner());
     let report = worker.run().await?;
     let s = report.stats;
     eprintln!(

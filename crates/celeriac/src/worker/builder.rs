@@ -21,6 +21,7 @@ pub struct WorkerBuilder {
     name: Option<String>,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    print_banner: bool,
     limits: Limits,
     prefork: PreforkOptions,
     autoscale: Option<Autoscale>,
@@ -53,6 +54,7 @@ impl WorkerBuilder {
             name: None,
             shutdown_timeout: Duration::from_secs(30),
             handle_signals: false,
+            print_banner: false,
             limits: Limits::default(),
             prefork: PreforkOptions::default(),
             autoscale: None,
@@ -188,6 +190,14 @@ impl WorkerBuilder {
         self
     }
 
+    /// Prints the [banner](Worker::banner) to stdout when [`Worker::run`] starts, once
+    /// its signal handlers are in place — so whoever waits for the banner may signal the
+    /// worker (default off; the CLI turns it on).
+    pub fn print_banner(mut self, on: bool) -> Self {
+        self.print_banner = on;
+        self
+    }
+
     /// Builds the worker.
     pub fn build(self) -> Worker {
         let host = hostname::get()
@@ -227,6 +237,7 @@ impl WorkerBuilder {
             name,
             shutdown_timeout: self.shutdown_timeout,
             handle_signals: self.handle_signals,
+            print_banner: self.print_banner,
             limits: self.limits,
             prefork: self.prefork,
             autoscale: self.autoscale,

@@ -63,6 +63,7 @@ pub struct Worker {
     name: String,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    print_banner: bool,
     limits: Limits,
     prefork: PreforkOptions,
     autoscale: Option<Autoscale>,
@@ -112,6 +113,14 @@ impl Worker {
     /// error. If it stops without a shutdown request all the same (the broker ended
     /// consumption), it shuts down warm and returns [`Error::Stopped`].
     pub async fn run(self) -> Result<WorkerReport, Error> {
+        // First: a SIGTERM that arrives while the worker starts is a shutdown request,
+        // not the default action (death by signal).
+        let signals = self
+            .handle_signals
+            .then(|| spawn_signal_listener(self.shutdown.clone()));
+        if self.print_banner {
+            println!("{}", self.banner());
+        }
         let broker = self.app.broker().clone();
         for q in &self.queues {
             broker.declare_queue(q).await?;
@@ -132,9 +141,6 @@ impl Worker {
             )),
             _ => None,
         };
-        let signals = self
-            .handle_signals
-            .then(|| spawn_signal_listener(self.shutdown.clone()));
         info!("{} ready.", self.name);
         let shared = Arc::new(JobEnv {
             app: self.app.clone(),

@@ -60,17 +60,23 @@ impl ShutdownHandle {
     }
 }
 
-/// Turns SIGINT/SIGTERM into shutdown requests: the first is warm, the second cold.
+/// Turns SIGINT/SIGTERM into shutdown requests: the first is warm, the second cold. The
+/// handlers are installed before this returns, so a signal sent after it is never the
+/// default action (death by signal).
 pub(super) fn spawn_signal_listener(handle: ShutdownHandle) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    let streams = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{signal, SignalKind};
             use tracing::{error, warn};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
+            let (Ok(mut int), Ok(mut term)) = streams else {
                 error!("cannot install signal handlers; stop the worker another way");
                 return;
             };
