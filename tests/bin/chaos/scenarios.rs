@@ -237,25 +237,24 @@ pub(crate) async fn run(ctx: &Ctx, name: &'static str, kind: Kind) -> Row {
             let n = tasks(1_000);
             let f = fleet_or_row!(spec(&url), 2);
             let fault: Fault = Box::new(|cx: &FaultCtx| {
-                let (stopping, t) = {
-                    let mut fleet = lock(&cx.fleet);
-                    let w = fleet.sigterm(0);
-                    let t = Instant::now();
-                    if let Err(e) = fleet.add() {
-                        return FaultReport {
-                            notes: vec![e],
-                            last: None,
-                        };
-                    }
-                    (w, t)
-                };
-                FaultReport {
-                    notes: stopping
-                        .map(|w| wait_stopped(w, t, Duration::from_secs(60)))
-                        .into_iter()
-                        .collect(),
-                    last: None,
+                let mut fleet = lock(&cx.fleet);
+                // Watched for its exit on a thread of its own while the new one starts.
+                let t = Instant::now();
+                let stopping = fleet.sigterm(0).map(|w| {
+                    std::thread::spawn(move || wait_stopped(w, t, Duration::from_secs(60)))
+                });
+                let mut notes = Vec::new();
+                if let Err(e) = fleet.add() {
+                    notes.push(e);
                 }
+                drop(fleet);
+                if let Some(h) = stopping {
+                    notes.push(
+                        h.join()
+                            .unwrap_or_else(|_| "waiting for the stop panicked".into()),
+                    );
+                }
+                FaultReport { notes, last: None }
             });
             let setup = Setup {
                 rate: None,
