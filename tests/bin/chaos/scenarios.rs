@@ -136,8 +136,8 @@ pub(crate) async fn run(ctx: &Ctx, name: &'static str, kind: Kind) -> Row {
             };
             run::run(setup, ctx.limits, f, fault).await
         }
-        // The broker's redis-server stops (SIGTERM: it saves its append-only file) and
-        // starts again on the same port and data.
+        // The broker's redis-server stops (SIGTERM: it saves its append-only file), stays
+        // down for 2 s, and starts again on the same port and data.
         "restart" => {
             let server = Arc::new(Mutex::new(redis(name, true)));
             let url = format!("{}/0", lock(&server).url());
@@ -145,10 +145,13 @@ pub(crate) async fn run(ctx: &Ctx, name: &'static str, kind: Kind) -> Row {
             let f = fleet_or_row!(spec(&url), 1);
             let restarting = server.clone();
             let fault: Fault = Box::new(move |_: &FaultCtx| {
+                let mut server = lock(&restarting);
                 let t = Instant::now();
-                lock(&restarting).restart();
+                server.stop();
+                std::thread::sleep(Duration::from_secs(2));
+                server.restart();
                 FaultReport {
-                    notes: vec![format!("Redis was away {:.1} s", t.elapsed().as_secs_f64())],
+                    notes: vec![format!("Redis was down {:.1} s", t.elapsed().as_secs_f64())],
                     last: Some(("Redis came back", Instant::now())),
                 }
             });
