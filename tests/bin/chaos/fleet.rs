@@ -366,9 +366,9 @@ impl Fleet {
 pub(crate) fn wait_stopped(mut w: Worker, since: Instant, timeout: Duration) -> String {
     match w.wait_exit(timeout) {
         Ok(status) => format!(
-            "{} stopped warm in {:.1} s ({status})",
+            "{} stopped warm in {} ms ({status})",
             w.name,
-            since.elapsed().as_secs_f64()
+            since.elapsed().as_millis()
         ),
         Err(e) => e,
     }
