@@ -3,8 +3,12 @@
 //! `celeriac::cli::run`.
 //!
 //! `tasks.record` appends to the Redis list `<CELERIAC_INTEROP_KEYPREFIX>celeriac-interop:record:<key>`
-//! on `CELERIAC_INTEROP_BROKER`, exactly as the Python task does, so tests count every
-//! execution across Rust and Python workers.
+//! on `CELERIAC_INTEROP_RECORD` (default `CELERIAC_INTEROP_BROKER`), exactly as the Python
+//! task does, so tests count every execution across Rust and Python workers; the chaos
+//! harness points it at a Redis of its own that no fault touches.
+//!
+//! `CELERIAC_INTEROP_ACKS_LATE=1` acknowledges every task late, as `task_acks_late` does
+//! for the Python app (`tasks.py` reads the same variable).
 
 use std::time::Duration;
 
@@ -70,11 +74,20 @@ async fn whoami(ctx: &TaskContext) -> TaskResult<Value> {
     Ok(json!({"lang": "rust", "hostname": ctx.hostname()}))
 }
 
-/// Appends `n` to the shared record list of `key`.
+/// Works for `seconds` (a sleep; none by default), then appends `n` to the shared record
+/// list of `key`.
 #[celeriac::task(name = "tasks.record")]
-async fn record(key: String, n: i64) -> TaskResult<i64> {
-    let url = std::env::var("CELERIAC_INTEROP_BROKER")
-        .map_err(|_| TaskError::runtime_error("CELERIAC_INTEROP_BROKER is not set"))?;
+async fn record(key: String, n: i64, seconds: Option<f64>) -> TaskResult<i64> {
+    if let Some(s) = seconds.filter(|s| *s > 0.0 && s.is_finite()) {
+        tokio::time::sleep(Duration::from_secs_f64(s)).await;
+    }
+    let url = std::env::var("CELERIAC_INTEROP_RECORD")
+        .or_else(|_| std::env::var("CELERIAC_INTEROP_BROKER"))
+        .map_err(|_| {
+            TaskError::runtime_error(
+                "neither CELERIAC_INTEROP_RECORD nor CELERIAC_INTEROP_BROKER is set",
+            )
+        })?;
     let prefix = std::env::var("CELERIAC_INTEROP_KEYPREFIX").unwrap_or_default();
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -213,9 +226,16 @@ fn grind(ctx: &TaskContext, secs: f64) -> TaskResult<u64> {
     Ok(rounds)
 }
 
+/// Whether `CELERIAC_INTEROP_ACKS_LATE` asks for late acknowledgement (`1` or `true`).
+fn acks_late_from_env() -> bool {
+    std::env::var("CELERIAC_INTEROP_ACKS_LATE")
+        .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
 fn main() {
     celeriac::cli::run(
         celeriac::App::builder()
+            .acks_late(acks_late_from_env())
             .task(add)
             .task(mul)
             .task(xsum)

@@ -7,6 +7,9 @@ CELERIAC_INTEROP_BACKEND             result backend URL (default: the broker URL
 CELERIAC_INTEROP_KEYPREFIX           optional global_keyprefix for broker *and*
                                      result backend transport options
 CELERIAC_INTEROP_VISIBILITY_TIMEOUT  optional broker visibility_timeout (seconds)
+CELERIAC_INTEROP_RECORD              Redis URL tasks.record writes to (default: the
+                                     broker URL)
+CELERIAC_INTEROP_ACKS_LATE           "1"/"true": task_acks_late for every task
 
 Tasks are registered under fixed names (``tasks.add`` ...), independent of
 this module's import path, so that Rust tasks of the same names interoperate.
@@ -21,6 +24,8 @@ BROKER_URL = os.environ.get("CELERIAC_INTEROP_BROKER") or "redis://127.0.0.1:637
 BACKEND_URL = os.environ.get("CELERIAC_INTEROP_BACKEND") or BROKER_URL
 KEYPREFIX = os.environ.get("CELERIAC_INTEROP_KEYPREFIX") or ""
 VISIBILITY_TIMEOUT = os.environ.get("CELERIAC_INTEROP_VISIBILITY_TIMEOUT") or ""
+RECORD_URL = os.environ.get("CELERIAC_INTEROP_RECORD") or BROKER_URL
+ACKS_LATE = (os.environ.get("CELERIAC_INTEROP_ACKS_LATE") or "").lower() in ("1", "true")
 
 # Redis list written by tasks.record (before the broker key prefix).
 RECORD_KEY_PREFIX = "celeriac-interop:record:"
@@ -56,6 +61,7 @@ app.conf.update(
     result_backend_transport_options=result_backend_transport_options,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    task_acks_late=ACKS_LATE,
 )
 
 
@@ -117,16 +123,19 @@ def record_key(key):
 
 
 def redis_client():
-    """A redis-py client on the broker URL (shared, lazily created)."""
+    """A redis-py client on the record URL (shared, lazily created)."""
     global _redis
     if _redis is None:
         import redis
 
-        _redis = redis.Redis.from_url(BROKER_URL)
+        _redis = redis.Redis.from_url(RECORD_URL)
     return _redis
 
 
 @app.task(name="tasks.record")
-def record(key, n):
+def record(key, n, seconds=None):
+    """Work for ``seconds`` (a sleep; none by default), then RPUSH ``n``."""
+    if seconds and seconds > 0:
+        time.sleep(seconds)
     redis_client().rpush(record_key(key), n)
     return n
