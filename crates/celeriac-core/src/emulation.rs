@@ -42,7 +42,8 @@ pub fn spawn_consumer(
     let qos = (options.prefetch > 0).then(|| Arc::new(Semaphore::new(options.prefetch)));
     let queues = options.queues;
     let feeder = tokio::spawn(async move {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        // Capped at 2 s: after an outage the worker is back within 2 s of the broker.
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             let mut slots = Vec::new();
             if let Some(qos) = &qos {
