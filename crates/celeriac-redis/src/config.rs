@@ -30,7 +30,7 @@ use std::time::Duration;
 use celeriac_core::url::{EngineUrl, UrlError};
 
 /// Everything a Redis engine needs from its URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
     /// The URL handed to redis-rs (credentials included; never logged).
@@ -74,6 +74,25 @@ pub(crate) struct SentinelSpec {
     /// `sentinel_username` / `sentinel_password`: the Sentinels' own credentials.
     pub(crate) sentinel_username: Option<String>,
     pub(crate) sentinel_password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    /// Every field but the client URL, which holds the password: `masked` stands for it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("masked", &self.masked)
+            .field("db", &self.db)
+            .field("keyprefix", &self.keyprefix)
+            .field("visibility_timeout", &self.visibility_timeout)
+            .field("polling_interval", &self.polling_interval)
+            .field("restore_interval", &self.restore_interval)
+            .field("dead_after", &self.dead_after)
+            .field("heartbeat", &self.heartbeat)
+            .field("ssl_ca_certs", &self.ssl_ca_certs)
+            .field("ssl_client_cert", &self.ssl_client_cert)
+            .field("sentinel", &self.sentinel)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for SentinelSpec {
@@ -431,6 +450,8 @@ mod tests {
         assert_eq!(c.client_url, "redis+unix:///tmp/r.sock?db=0");
         let c = cfg("rediss://:pw@h:6380/0?ssl_cert_reqs=none").unwrap();
         assert!(c.client_url.ends_with("#insecure"));
+        let c = cfg("redis://:s3cret@h:6380/1").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
         let c = cfg("redis://h?dead_after=3").unwrap();
         assert_eq!(
             (c.dead_after, c.heartbeat),
