@@ -375,21 +375,7 @@ fn note_errors(
 /// A fetch-script error text as a broker error of the right class.
 fn script_error(inner: &Inner, text: &str) -> BrokerError {
     inner.target.check_text(text);
-    let code_of = |word: &str| {
-        text.split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|w| w == word)
-    };
-    if [
-        "OOM",
-        "READONLY",
-        "MISCONF",
-        "LOADING",
-        "BUSY",
-        "NOREPLICAS",
-    ]
-    .iter()
-    .any(|c| code_of(c))
-    {
+    if crate::error::names(text, crate::error::UNAVAILABLE) {
         BrokerError::Unavailable {
             url: inner.cfg.masked.clone(),
             reason: text.to_string(),
