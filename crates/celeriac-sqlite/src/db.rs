@@ -22,6 +22,7 @@ use tracing::{debug, error};
 use crate::config::SqliteConfig;
 use crate::error::{DbError, OpenError};
 use crate::schema;
+use crate::wal::WalWindow;
 
 /// Most operations grouped into one transaction.
 const BATCH: usize = 1024;
@@ -107,6 +108,7 @@ impl Db {
         let name = cfg.display();
         let thread_name = name.clone();
         let busy_timeout = cfg.busy_timeout;
+        let path = cfg.path.clone();
         let wake = open_wake_file(&cfg.path)
             .map_err(|e| debug!("{name}: no wake file ({e}); other processes will poll"))
             .ok();
@@ -114,11 +116,13 @@ impl Db {
             .name("celeriac-sqlite".into())
             .spawn(move || {
                 let mut conn = conn;
+                let mut window = WalWindow::new(&conn, &path);
+                window.keep(&conn, true, &thread_name);
                 // The busy handler keeps its state per thread: install it on this one.
                 if let Err(e) = schema::set_busy_handler(&mut conn, busy_timeout) {
                     error!("{thread_name}: cannot install the busy handler: {e}");
                 }
-                run(conn, rx, thread_changed, thread_name, wake)
+                run(conn, window, rx, thread_changed, thread_name, wake)
             })
             .map_err(|e| OpenError {
                 path: cfg.path.clone(),
@@ -207,6 +211,7 @@ impl Drop for Db {
 
 fn run(
     mut conn: Connection,
+    mut window: WalWindow,
     rx: mpsc::Receiver<Box<dyn Job>>,
     changed: Arc<Notify>,
     name: String,
@@ -254,12 +259,18 @@ fn run(
             }
         }
         let committed = match &aborted {
-            Some(e) => Err(e.clone()),
+            Some(e) => {
+                drop(txn); // rolls back
+                Err(e.clone())
+            }
             None => txn.commit().map_err(DbError::from),
         };
         if let Err(e) = &committed {
             error!("{name}: commit failed: {}", e.message);
         }
+        // After a failed commit at once: the disk may be full, and the log must not grow
+        // into what room comes back.
+        window.keep(&conn, committed.is_err(), &name);
         let ok = committed.is_ok();
         for reply in replies {
             reply(committed.clone());

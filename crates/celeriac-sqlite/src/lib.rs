@@ -58,6 +58,7 @@ mod config;
 mod db;
 mod error;
 mod schema;
+mod wal;
 
 pub use backend::SqliteBackend;
 pub use broker::SqliteBroker;

@@ -71,7 +71,7 @@ pub(crate) fn open(cfg: &SqliteConfig) -> Result<Connection, OpenError> {
         "NORMAL"
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=10000;"
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536;"
     ))
     .map_err(|e| fail(describe(&e)))?;
     check_and_migrate(&conn).map_err(&fail)?;
