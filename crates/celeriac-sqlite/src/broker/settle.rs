@@ -2,6 +2,10 @@
 //! row; reject with requeue moves it to the back (a new id); restore (and a dropped
 //! delivery) releases the claim, keeping its place, marked redelivered.
 //!
+//! A settle that fails on a file that cannot be written just now (`Unavailable`: a full
+//! disk, an I/O error) is retried with back-off for up to a minute, as the Redis broker
+//! retries its acks through a failover.
+//!
 //! Every settle matches the claim as well as the tag (`WHERE tag = ? AND claimed_by = <this
 //! consumer>`). A worker that stalled past `dead_after` (a long pause, a suspended VM) had
 //! its claims released by another process's sweep, and its messages may already run
@@ -9,34 +13,54 @@
 //! consumer now holds. Such a settle changes nothing and logs one warning naming the task
 //! (`claim lost: …`); it is not an error, since there is nothing left for the caller to do.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use tracing::warn;
+use tracing::{debug, warn};
 
+use celeriac_core::backoff::Backoff;
 use celeriac_core::broker::Acker;
 use celeriac_core::error::BrokerError;
 use celeriac_core::protocol::envelope;
 
 use super::{err, Inner};
 
+/// How long a settle is retried while the file cannot be written (a full disk, an I/O
+/// error, a lock held too long): an ack given up leaves the message claimed by this
+/// consumer, to run again once it is released (at-least-once), so the worker waits for
+/// room rather than run a task twice.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(60);
+
 impl Inner {
-    /// Settles `tag` as `how`; `op` names the operation in errors and warnings.
+    /// Settles `tag` as `how`, retried for up to [`SETTLE_PATIENCE`]; `op` names the operation in errors and warnings.
     pub(super) async fn settle(
         &self,
         tag: &str,
         how: Settle,
         op: &'static str,
     ) -> Result<(), BrokerError> {
-        let (tag, me) = (tag.to_string(), self.consumer.clone());
-        let lost = {
-            let tag = tag.clone();
-            self.db
-                .call(true, move |c| settle(c, &tag, &me, how))
+        let deadline = tokio::time::Instant::now() + SETTLE_PATIENCE;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let lost = loop {
+            let (owned, me) = (tag.to_string(), self.consumer.clone());
+            let result = self
+                .db
+                .call(true, move |c| settle(c, &owned, &me, how))
                 .await
-                .map_err(err(&self.db, op))?
+                .map_err(err(&self.db, op));
+            match result {
+                // Not `is_retryable`: a closed database (this process shutting it) does
+                // not come back.
+                Err(e @ BrokerError::Unavailable { .. }) if backoff.fits_before(Some(deadline)) => {
+                    debug!("{op} of delivery {tag} failed ({e}); retrying");
+                    backoff.wait().await;
+                }
+                other => break other?,
+            }
         };
         if let Some(lost) = lost {
-            lost.warn(&self.db.name, &tag, op);
+            lost.warn(&self.db.name, tag, op);
         }
         Ok(())
     }
