@@ -66,9 +66,9 @@ struct Args {
     /// broker for this many seconds.
     #[arg(long, default_value_t = 20)]
     stall: u64,
-    /// Size of the tmpfs `diskfull` fills, MiB. Below about 48 the SQLite broker's
-    /// write-ahead log (checkpointed at 10,000 pages, 40 MiB) fills it by itself.
-    #[arg(long, default_value_t = 128)]
+    /// Size of the tmpfs `diskfull` fills, MiB: smaller than the SQLite broker's widest
+    /// write-ahead log window (40 MiB), so the run shows the window narrowing to fit.
+    #[arg(long, default_value_t = 32)]
     disk_mib: u64,
     /// Where the workers' logs go [default: `chaos/` beside the profile directory, e.g.
     /// target/chaos].

@@ -4,6 +4,7 @@ mod canvas;
 mod cli;
 mod conformance;
 mod control;
+mod diskfull;
 mod eager;
 mod failover;
 mod hostile;

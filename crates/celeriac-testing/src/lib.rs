@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod disk;
 pub mod proxy;
 pub mod python;
 pub mod services;

@@ -9,7 +9,6 @@
 //! connection that sets it, not of the file.)
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 
 use celeriac_testing::services::ScratchDir;
@@ -101,21 +100,4 @@ pub(crate) async fn in_child(ctx: &Ctx, record: &str) {
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{ROW}{}", row.to_json());
-}
-
-/// Fills the disk holding `path` with a file there; returns the bytes written.
-pub(crate) fn fill(path: &Path) -> u64 {
-    let Ok(mut f) = std::fs::File::create(path) else {
-        return 0;
-    };
-    let mut written = 0;
-    // Big writes first, then smaller ones for the last pages.
-    for chunk in [1 << 20, 64 << 10, 4 << 10] {
-        let zeros = vec![0u8; chunk];
-        while f.write_all(&zeros).is_ok() {
-            written += chunk as u64;
-        }
-    }
-    let _ = f.sync_all();
-    written
 }

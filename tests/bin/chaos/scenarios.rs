@@ -405,7 +405,7 @@ pub(crate) async fn diskfull_here(ctx: &Ctx, disk: &ScratchDir, record: &str) ->
     let filler = disk.path().join("filler");
     let fault: Fault = Box::new(move |_: &FaultCtx| {
         let mut report = FaultReport::default();
-        let filled = crate::diskfull::fill(&filler);
+        let filled = celeriac_testing::disk::fill(&filler);
         report.notes.push(format!(
             "disk filled for 3 s ({:.1} MiB of filler)",
             filled as f64 / 1048576.0
