@@ -1,5 +1,5 @@
 //! The one place a URL becomes an engine: `memory://` always, and each engine crate behind
-//! its cargo feature (`sqlite`, `redis`). Which engine serves a scheme comes from the one
+//! its cargo feature (`sqlite`, `redis`, `amqp`). Which engine serves a scheme comes from the one
 //! list of schemes (`celeriac_core::url::KNOWN_SCHEMES`). Every unknown, malformed or
 //! not-compiled-in URL fails here with one line naming the URL (credentials masked) and
 //! what was expected.
@@ -60,6 +60,17 @@ impl From<celeriac_redis::Error> for Error {
     }
 }
 
+#[cfg(feature = "amqp")]
+impl From<celeriac_amqp::Error> for Error {
+    fn from(e: celeriac_amqp::Error) -> Self {
+        match e {
+            celeriac_amqp::Error::Url(e) => Error::Url(e),
+            celeriac_amqp::Error::Broker(e) => Error::Broker(e),
+            other => Error::Config(other.to_string()),
+        }
+    }
+}
+
 /// Connects the broker for `url`.
 pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
     let url = EngineUrl::parse(url)?;
@@ -71,6 +82,8 @@ pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
         )),
         #[cfg(feature = "redis")]
         Engine::Redis => Ok(Arc::new(celeriac_redis::RedisBroker::connect(&url).await?)),
+        #[cfg(feature = "amqp")]
+        Engine::Amqp => Ok(Arc::new(celeriac_amqp::AmqpBroker::connect(&url).await?)),
         Engine::Rpc | Engine::Disabled => Err(wrong_role(&url, "broker")),
         _ => Err(not_compiled(&url)),
     }
@@ -91,16 +104,20 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
             celeriac_redis::RedisBackend::connect(&url).await?,
         ))),
         Engine::Amqp => Err(wrong_role(&url, "result backend")),
+        Engine::Rpc => Err(Error::Config(format!(
+            "the rpc:// result backend is not available yet (URL `{}`); store results in redis:// or sqlite://",
+            url.masked()
+        ))),
         _ => Err(not_compiled(&url)),
     }
 }
 
 /// The backend URL to use when only a broker URL is configured: the same engine where it
-/// can store results (so results work out of the box), none otherwise.
+/// can store results (so results work out of the box), none otherwise (RabbitMQ stores no
+/// results: configure a redis:// or sqlite:// backend beside it).
 pub fn default_backend_for(broker_url: &str) -> String {
     match EngineUrl::parse(broker_url).map(|u| u.engine()) {
         Ok(e) if e.stores_results() => broker_url.to_string(),
-        Ok(Engine::Amqp) => "rpc://".to_string(),
         _ => "disabled://".to_string(),
     }
 }
@@ -130,7 +147,7 @@ mod tests {
         assert!(e.contains("priority_order"), "{e}");
         assert!(connect_backend("disabled://").await.unwrap().is_none());
         assert_eq!(default_backend_for("memory://a"), "memory://a");
-        assert_eq!(default_backend_for("amqp://h"), "rpc://");
+        assert_eq!(default_backend_for("amqp://h"), "disabled://");
         assert_eq!(default_backend_for("unix:///r.sock"), "unix:///r.sock");
     }
 }
