@@ -1,5 +1,6 @@
 //! Whole-system tests: one test binary for the workspace (fast to link), one module per area.
 
+mod amqp_engine;
 mod canvas;
 mod cli;
 mod conformance;

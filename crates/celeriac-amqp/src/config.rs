@@ -11,7 +11,9 @@
 //! `confirm_publish` (default true: every publish waits for RabbitMQ's confirm),
 //! `max_priority` (1–255: `x-max-priority` on every queue celeriac declares, Celery's
 //! `task_queue_max_priority`) and `queue_type` (`classic` or `quorum`: `x-queue-type` on
-//! the queues it declares, Celery's `task_default_queue_type`).
+//! the queues it declares, Celery's `task_default_queue_type`), and celeriac's
+//! `connection_name` (what RabbitMQ's management UI and `rabbitmqctl list_connections`
+//! show for the connection; default `celeriac <version> pid <pid>`).
 
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ pub struct AmqpConfig {
     pub max_priority: Option<u8>,
     /// `x-queue-type` for the queues this engine declares (`None`: classic, no argument).
     pub queue_type: Option<String>,
+    /// The name the connection shows in RabbitMQ's management (`None`: the default).
+    pub connection_name: Option<String>,
 }
 
 impl std::fmt::Debug for AmqpConfig {
@@ -60,6 +64,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("confirm_publish", &self.confirm_publish)
             .field("max_priority", &self.max_priority)
             .field("queue_type", &self.queue_type)
+            .field("connection_name", &self.connection_name)
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +76,7 @@ const OPTIONS: &[&str] = &[
     "confirm_publish",
     "max_priority",
     "queue_type",
+    "connection_name",
 ];
 
 fn seconds(url: &EngineUrl, key: &str, default: f64, zero_ok: bool) -> Result<Duration, UrlError> {
@@ -171,6 +177,7 @@ impl AmqpConfig {
             confirm_publish,
             max_priority,
             queue_type,
+            connection_name: url.query("connection_name").filter(|n| !n.is_empty()),
         })
     }
 

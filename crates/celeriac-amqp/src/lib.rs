@@ -18,6 +18,8 @@
 //! - **Recovery**: a lost connection or channel is made again with capped back-off, the
 //!   consumer resumes, and RabbitMQ redelivers what was not acknowledged.
 //! - **Fanout** exchanges for remote control.
+//! - **`rpc://` results** ([`RpcBackend`]): results sent back as messages to the client's
+//!   reply queue, as Celery's rpc backend does.
 //!
 //! Priorities on RabbitMQ are the broker's: higher numbers first, only on queues declared
 //! with `x-max-priority` (the `max_priority` option) — the opposite order of Celery's
@@ -28,11 +30,13 @@
 //! `amqp://[USER[:PASSWORD]@]HOST[:PORT][/VHOST][?OPTIONS]` or `pyamqp://…`; see
 //! [`AmqpConfig`] for the defaults and options.
 
+mod backend;
 mod broker;
 mod config;
 mod error;
 mod table;
 
+pub use backend::RpcBackend;
 pub use broker::AmqpBroker;
 pub use config::AmqpConfig;
 pub use error::Error;

@@ -102,6 +102,14 @@ pub trait ResultBackend: Send + Sync + 'static {
         }
     }
 
+    /// Makes ready to receive the results of tasks about to be sent: called before every
+    /// publish of tasks. The `rpc://` backend declares the client's reply queue here (once),
+    /// as Celery's client does on every send, so a result is never sent to a queue that
+    /// does not exist yet. Others have nothing to do.
+    async fn before_send(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Prepares chord `group_id` for `size` header parts (Celery's `set_chord_size`),
     /// before any part is sent. Re-applying a chord with the same group id starts afresh.
     async fn chord_start(&self, group_id: &str, size: usize) -> Result<(), BackendError> {

@@ -45,4 +45,4 @@ pub use message::Message;
 pub use protocol::{DecodeError, TaskMessage};
 pub use routing::{Route, Router};
 pub use signature::Signature;
-pub use state::{ExceptionInfo, State, TaskMeta};
+pub use state::{ExceptionInfo, ReplyTo, State, TaskMeta};

@@ -265,6 +265,21 @@ pub struct TaskMeta {
     pub queue: Option<String>,
     /// The task id; always last.
     pub task_id: String,
+    /// Where the request asked for its result to be sent (its `reply_to` and
+    /// `correlation_id` properties): used by the `rpc://` backend, which sends results
+    /// as messages; never part of the stored record.
+    #[serde(skip)]
+    pub reply: Option<ReplyTo>,
+}
+
+/// The reply address of a task request (the AMQP `reply_to` and `correlation_id`
+/// properties of its message), for backends that send results back as messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The queue the result goes to: the sending client's oid.
+    pub queue: String,
+    /// What the client matches results on: the task id, unless the request said otherwise.
+    pub correlation_id: String,
 }
 
 impl TaskMeta {
@@ -286,6 +301,7 @@ impl TaskMeta {
             retries: None,
             queue: None,
             task_id: task_id.into(),
+            reply: None,
         }
     }
 

@@ -252,7 +252,8 @@ impl AppBuilder {
         let broker_url = self.resolved_broker_url();
         let backend_url = self.resolved_backend_url();
         let broker = engines::connect_broker(&broker_url).await?;
-        let backend = engines::connect_backend(&backend_url).await?;
+        let reply_to = uuid::Uuid::new_v4().to_string();
+        let backend = engines::connect_backend(&backend_url, &broker_url, &reply_to).await?;
         let mut tasks = HashMap::new();
         for t in self.tasks {
             if tasks.insert(t.name().to_string(), t.clone()).is_some() {
@@ -285,7 +286,7 @@ impl AppBuilder {
                 router,
                 config: self.config,
                 origin: format!("gen{}@{}", std::process::id(), host),
-                reply_to: uuid::Uuid::new_v4().to_string(),
+                reply_to,
             }),
         })
     }

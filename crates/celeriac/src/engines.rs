@@ -89,8 +89,16 @@ pub async fn connect_broker(url: &str) -> Result<Arc<dyn Broker>, Error> {
     }
 }
 
-/// Connects the result backend for `url`; `disabled://` means none.
-pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>, Error> {
+/// Connects the result backend for `url`; `disabled://` means none. `rpc://` sends
+/// results as messages over the broker at `broker_url` (RabbitMQ), to the reply queue
+/// `reply_to` (the app's oid).
+pub async fn connect_backend(
+    url: &str,
+    broker_url: &str,
+    reply_to: &str,
+) -> Result<Option<Arc<dyn ResultBackend>>, Error> {
+    #[cfg(not(feature = "amqp"))]
+    let _ = (broker_url, reply_to);
     let url = EngineUrl::parse(url)?;
     match url.engine() {
         Engine::Memory => Ok(Some(Arc::new(MemoryBackend::from_url(&url)))),
@@ -104,20 +112,30 @@ pub async fn connect_backend(url: &str) -> Result<Option<Arc<dyn ResultBackend>>
             celeriac_redis::RedisBackend::connect(&url).await?,
         ))),
         Engine::Amqp => Err(wrong_role(&url, "result backend")),
-        Engine::Rpc => Err(Error::Config(format!(
-            "the rpc:// result backend is not available yet (URL `{}`); store results in redis:// or sqlite://",
-            url.masked()
-        ))),
+        #[cfg(feature = "amqp")]
+        Engine::Rpc => {
+            let broker = EngineUrl::parse(broker_url)?;
+            if broker.engine() != Engine::Amqp {
+                return Err(Error::Config(format!(
+                    "the rpc:// result backend sends results through RabbitMQ, but the broker is `{}`; use an amqp:// broker, or store results in redis:// or sqlite://",
+                    broker.masked()
+                )));
+            }
+            Ok(Some(Arc::new(
+                celeriac_amqp::RpcBackend::connect(&broker, reply_to).await?,
+            )))
+        }
         _ => Err(not_compiled(&url)),
     }
 }
 
 /// The backend URL to use when only a broker URL is configured: the same engine where it
-/// can store results (so results work out of the box), none otherwise (RabbitMQ stores no
-/// results: configure a redis:// or sqlite:// backend beside it).
+/// can store results (so results work out of the box), `rpc://` on RabbitMQ, none
+/// otherwise.
 pub fn default_backend_for(broker_url: &str) -> String {
     match EngineUrl::parse(broker_url).map(|u| u.engine()) {
         Ok(e) if e.stores_results() => broker_url.to_string(),
+        Ok(Engine::Amqp) => "rpc://".to_string(),
         _ => "disabled://".to_string(),
     }
 }
@@ -145,9 +163,12 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("priority_order"), "{e}");
-        assert!(connect_backend("disabled://").await.unwrap().is_none());
+        assert!(connect_backend("disabled://", "memory://", "oid")
+            .await
+            .unwrap()
+            .is_none());
         assert_eq!(default_backend_for("memory://a"), "memory://a");
-        assert_eq!(default_backend_for("amqp://h"), "disabled://");
+        assert_eq!(default_backend_for("amqp://h"), "rpc://");
         assert_eq!(default_backend_for("unix:///r.sock"), "unix:///r.sock");
     }
 }

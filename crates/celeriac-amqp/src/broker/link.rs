@@ -92,13 +92,14 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Connection, BrokerError> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!(
+        let name = self.cfg.connection_name.clone().unwrap_or_else(|| {
+            format!(
                 "celeriac {} pid {}",
                 env!("CARGO_PKG_VERSION"),
                 std::process::id()
-            )))
-            .with_client_property("product".into(), LongString::from("celeriac"));
+            )
+        });
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let connecting = Connection::connect_uri(self.cfg.uri(), props);
         let conn = tokio::time::timeout(self.cfg.connect_timeout, connecting)
             .await

@@ -94,6 +94,11 @@ impl AmqpBroker {
         &self.inner.cfg
     }
 
+    /// What the broker's parts share (for the rpc:// backend, which uses its connection).
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+
     /// Deletes queue `queue` (with its messages) and the exchange of the same name, if
     /// they exist: for tests and tools that clean up after themselves.
     pub async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {

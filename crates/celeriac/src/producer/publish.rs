@@ -79,9 +79,19 @@ where
     }
 }
 
+/// Lets the result backend make ready for the results of what is about to be sent (the
+/// rpc:// backend declares the reply queue), before anything is published.
+async fn before_send(app: &App) -> Result<(), Error> {
+    match app.backend() {
+        Some(b) => b.before_send().await.map_err(Error::Backend),
+        None => Ok(()),
+    }
+}
+
 /// Publishes one built message, retrying while the broker is unreachable; the error hands
 /// the message back.
 pub(super) async fn one(app: &App, msg: TaskMessage) -> Result<(), Error> {
+    before_send(app).await?;
     let options = prepare::options(app, &msg);
     let broker = app.broker();
     let first = broker.publish_task(msg, options.clone()).await;
@@ -120,6 +130,7 @@ pub(super) async fn batch(app: &App, messages: Vec<TaskMessage>) -> Result<(), E
 /// Publishes one chunk with `publish_tasks` (the broker encodes it, unless it lives in
 /// this process).
 pub(super) async fn chunk(app: &App, messages: Vec<TaskMessage>) -> Result<(), Error> {
+    before_send(app).await?;
     let tasks: Vec<(TaskMessage, PublishOptions)> = messages
         .into_iter()
         .map(|m| {

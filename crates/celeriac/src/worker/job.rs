@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use celeriac_core::backoff::Backoff;
 use celeriac_core::protocol::{DecodeError, TaskMessage};
-use celeriac_core::{Delivery, ExceptionInfo, State, TaskMeta};
+use celeriac_core::{Delivery, ExceptionInfo, ReplyTo, State, TaskMeta};
 
 use super::prefork::{PreforkPool, Ran};
 use super::revoked::Revoked;
@@ -89,6 +89,14 @@ impl JobEnv {
     /// Base record for `msg` in `status`, with Celery's group/parent and extended fields.
     fn meta(&self, msg: &TaskMessage, status: State, result: Value) -> TaskMeta {
         let mut m = TaskMeta::new(msg.headers.id.clone(), status, result);
+        m.reply = msg.properties.reply_to.as_ref().map(|queue| ReplyTo {
+            queue: queue.clone(),
+            correlation_id: msg
+                .properties
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| msg.headers.id.clone()),
+        });
         m.group_id = msg.headers.group.clone();
         m.parent_id = msg.headers.parent_id.clone();
         if self.app.config().result_extended {

@@ -1,0 +1,246 @@
+//! The RabbitMQ engine end to end: the task set with rpc:// results and with Redis
+//! results, a killed worker's late-ack task running again, and workers and clients riding
+//! through connections closed by the server. Each test uses queues of its own and deletes
+//! them at the end; connections are named per test (`connection_name`), so closing them
+//! touches no other test.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use celeriac::State;
+use celeriac_testing::services::{self, RedisScope};
+use serde_json::json;
+
+use crate::proc::WorkerProcess;
+use crate::support::*;
+
+/// The test RabbitMQ's URL with `options`, or `None` (skipped loudly).
+fn amqp(test: &str, options: &str) -> Option<String> {
+    let base = services::require(
+        test,
+        "RabbitMQ",
+        &services::amqp_url(),
+        "start rabbitmq-server or set CELERIAC_TEST_AMQP_URL",
+    )?;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(if options.is_empty() {
+        base
+    } else {
+        format!("{base}{sep}{options}")
+    })
+}
+
+/// Deletes the test's queues (and their exchanges) when dropped.
+struct Queues(String, Vec<String>);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let (url, names) = (self.0.clone(), std::mem::take(&mut self.1));
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(url) = celeriac_core::url::EngineUrl::parse(&url) else {
+                    return;
+                };
+                let Ok(b) = celeriac_amqp::AmqpBroker::connect(&url).await else {
+                    return;
+                };
+                for q in names {
+                    let _ = b.delete_queue(&q).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runs_the_task_set_on_rabbitmq_with_rpc_results() {
+    let Some(url) = amqp("worker_runs_the_task_set_on_rabbitmq_with_rpc_results", "") else {
+        return;
+    };
+    let queue = services::unique("amqp-set");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(app.backend_url(), "rpc://");
+    let w = start(&app, |b| b);
+    assert_eq!(run::<i64>(&app, add::new(2, 3)).await, 5);
+    let failed = fail::new("boom".into()).apply_async(&app).await.unwrap();
+    let exc = exception_of(&failed).await;
+    assert_eq!(
+        (exc.exc_type.as_str(), exc.message()),
+        ("ValueError", "boom".to_string())
+    );
+    let v: serde_json::Value = run(&app, flaky::new(key(), 2)).await;
+    assert_eq!(v["attempt"], json!(3));
+    let t0 = Instant::now();
+    let later = add::new(1, 1)
+        .countdown(0.5)
+        .apply_async(&app)
+        .await
+        .unwrap();
+    assert_eq!(later.get::<i64>(WAIT).await.unwrap(), 2);
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    let r = app
+        .send_task("tasks.nope", json!([]), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(exception_of(&r).await.exc_type, "NotRegistered");
+    let report = w.warm().await;
+    assert_eq!(report.stats.succeeded, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_broker_with_redis_results() {
+    let test = "rabbitmq_broker_with_redis_results";
+    let Some(url) = amqp(test, "") else { return };
+    let Some(scope) = RedisScope::new(test) else {
+        return;
+    };
+    let queue = services::unique("amqp-redis");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .result_backend_url(scope.url(""))
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let _w = start(&app, |b| b);
+    let r = add::new(20, 22).apply_async(&app).await.unwrap();
+    assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 42);
+    // Stored in Redis: another client (no rpc reply queue of its own) reads it.
+    let other = builder_on(&url)
+        .result_backend_url(scope.url(""))
+        .build()
+        .await
+        .unwrap();
+    let again = other.async_result(r.id());
+    assert_eq!(again.state().await.unwrap(), State::Success);
+}
+
+/// A worker killed in the middle of an `acks_late` task: RabbitMQ puts the message back
+/// the moment the connection drops, and a live worker runs it (redelivered, so at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_late_task_runs_again_on_rabbitmq() {
+    let Some(url) = amqp("killed_workers_late_task_runs_again_on_rabbitmq", "") else {
+        return;
+    };
+    let queue = services::unique("amqp-kill");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let mut doomed = WorkerProcess::spawn(&url, &["-n", "doomed@test", "-Q", &queue], &[]);
+    let slow = slow_late::new(60.0).apply_async(&app).await.unwrap();
+    doomed.wait_for_log(
+        &format!("slow_late[{}] received", slow.id()),
+        Duration::from_secs(10),
+    );
+    doomed.kill();
+    let t0 = Instant::now();
+    let _rescuer = start(&app, |b| b.name("rescuer@test"));
+    assert_eq!(
+        slow.get::<f64>(Duration::from_secs(20)).await.unwrap(),
+        60.0
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Closes every connection named `name` from the server side (what an operator or a
+/// RabbitMQ restart does to them); returns how many.
+fn close_connections(name: &str) -> usize {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(name)) {
+        let Some(pid) = line.split_whitespace().next() else {
+            continue;
+        };
+        let ok = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a celeriac test"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        closed += usize::from(ok);
+    }
+    closed
+}
+
+/// RabbitMQ closes the connections of a worker and of its client mid-run: both connect
+/// again by themselves, and every task sent before and after runs and reports back,
+/// counted by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_clients_ride_through_closed_connections() {
+    let test = "workers_and_clients_ride_through_closed_connections";
+    let tag = services::unique("celeriac-close");
+    let Some(url) = amqp(test, &format!("connection_name={tag}")) else {
+        return;
+    };
+    if !Command::new("rabbitmqctl")
+        .arg("status")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        if services::services_required() {
+            panic!("{test}: rabbitmqctl does not work here, and CELERIAC_REQUIRE_SERVICES=1");
+        }
+        eprintln!("SKIPPED {test}: rabbitmqctl does not work here");
+        return;
+    }
+    let queue = services::unique("amqp-close");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let _worker = WorkerProcess::spawn(&url, &["-Q", &queue, "-c", "4"], &[]);
+    let mut sent = Vec::new();
+    for n in 0..50 {
+        sent.push((n, add::new(n, 1000).apply_async(&app).await.unwrap()));
+    }
+    for (n, r) in &sent {
+        assert_eq!(r.get::<i64>(WAIT).await.unwrap(), n + 1000);
+    }
+    let closed = close_connections(&tag);
+    assert!(closed >= 2, "closed {closed} connection(s) named {tag}");
+    for n in 50..100 {
+        // A send right after the close may find the connection gone: the publish retry
+        // and the rpc reply queue's wait for its comeback cover it.
+        let r = add::new(n, 1000)
+            .apply_async(&app)
+            .await
+            .unwrap_or_else(|e| panic!("task {n} not sent: {e}"));
+        sent.push((n, r));
+    }
+    for (n, r) in &sent[50..] {
+        assert_eq!(
+            r.get::<i64>(Duration::from_secs(30)).await.unwrap(),
+            n + 1000,
+            "task {n}"
+        );
+    }
+}
