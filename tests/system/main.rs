@@ -14,6 +14,7 @@ mod pools;
 mod prefork;
 mod proc;
 mod redis_engine;
+mod routing;
 mod sentinel;
 mod shutdown;
 mod sqlite_engine;

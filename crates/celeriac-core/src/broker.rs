@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use crate::error::{BrokerError, PublishError};
 use crate::message::{DeliveryInfo, Message};
 use crate::protocol::{DecodeError, TaskMessage};
+use crate::routing::{ExchangeType, QueueSpec};
 
 /// What an engine can do natively; the rest is emulated or unavailable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +45,9 @@ pub struct Capabilities {
     pub durable: bool,
     /// Other processes can share the queues.
     pub shared: bool,
+    /// Task queues bound to topic exchanges ([`QueueSpec`] with
+    /// [`ExchangeType::Topic`]) route by pattern.
+    pub topic: bool,
 }
 
 /// Options for one publish.
@@ -118,6 +122,25 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<(), BrokerError> {
         let _ = (queue, exchange, routing_key);
         Err(BrokerError::Unsupported("exchange bindings"))
+    }
+
+    /// Declares a queue with its exchange and binding (Celery's `task_queues` entry): the
+    /// queue, the exchange of `spec.exchange_type`, and the binding with
+    /// `spec.routing_key`. The default covers Celery's default shape and other direct
+    /// bindings ([`declare_queue`](Self::declare_queue) +
+    /// [`bind_queue`](Self::bind_queue)); engines with topic or fanout exchanges override
+    /// it.
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.declare_queue(&spec.name).await?;
+        match spec.exchange_type {
+            _ if spec.is_default() => Ok(()),
+            ExchangeType::Direct => {
+                self.bind_queue(&spec.name, &spec.exchange, &spec.routing_key)
+                    .await
+            }
+            ExchangeType::Topic => Err(BrokerError::Unsupported("topic exchanges")),
+            ExchangeType::Fanout => Err(BrokerError::Unsupported("fanout task queues")),
+        }
     }
 
     /// Publishes one message to the queue its `delivery_info` routes to.

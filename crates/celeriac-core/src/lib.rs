@@ -43,6 +43,6 @@ pub use canvas::{Canvas, CanvasError};
 pub use error::{BackendError, BrokerError, PublishError};
 pub use message::Message;
 pub use protocol::{DecodeError, TaskMessage};
-pub use routing::{Route, Router};
+pub use routing::{ExchangeType, QueueSpec, Route, Router};
 pub use signature::Signature;
 pub use state::{ExceptionInfo, ReplyTo, State, TaskMeta};

@@ -561,3 +561,68 @@ pub async fn fanout_reaches_every_subscriber(b: BrokerUnderTest) {
         "a subscriber of another exchange got the broadcast"
     );
 }
+
+/// Queues bound to a topic exchange get what matches their binding key (`*` one word,
+/// `#` zero or more), a message matching two bindings reaches both queues, and one that
+/// matches none is refused and handed back.
+pub async fn topic_exchanges_route_by_pattern(b: BrokerUnderTest) {
+    use celeriac_core::routing::{ExchangeType, QueueSpec};
+    let claimed = b.broker.capabilities().topic;
+    if !claims(&b, "topic_exchanges_route_by_pattern", "topic", claimed) {
+        return;
+    }
+    let exchange = q(&b, "media");
+    let (images, png) = (q(&b, "images"), q(&b, "png"));
+    for (queue, key) in [(&images, "images.*"), (&png, "#.png")] {
+        b.broker
+            .declare(
+                &QueueSpec::new(queue.clone())
+                    .exchange(exchange.clone(), ExchangeType::Topic)
+                    .routing_key(key),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("declare {queue} on topic exchange: {e}"));
+    }
+    let via = |n: u64, key: &str| {
+        let mut m = message("unused", n, None);
+        m.properties.delivery_info = DeliveryInfo {
+            exchange: exchange.clone(),
+            routing_key: key.into(),
+            redelivered: None,
+        };
+        m
+    };
+    for (n, key) in [(1, "images.jpg"), (2, "images.png"), (3, "docs.scan.png")] {
+        b.broker
+            .publish(via(n, key), PublishOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("publish `{key}`: {e}"));
+    }
+    let err = b
+        .broker
+        .publish(via(4, "docs.txt"), PublishOptions::default())
+        .await
+        .expect_err("a key no binding matches must be refused");
+    assert_eq!(n_of_message(&err.message), 4);
+    for (queue, want, why) in [
+        (&images, [1, 2], "`images.*` gets images.jpg and images.png"),
+        (&png, [2, 3], "`#.png` gets images.png and docs.scan.png"),
+    ] {
+        let mut c = consume(&b.broker, &[queue], 0).await;
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let d = next(&mut c).await;
+            got.push(n_of(&d));
+            d.ack().await.unwrap();
+        }
+        assert_eq!(got, want, "{why}");
+        nothing(&mut c).await;
+    }
+}
+
+fn n_of_message(m: &Message) -> u64 {
+    m.headers
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::MAX)
+}

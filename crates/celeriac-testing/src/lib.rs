@@ -48,6 +48,7 @@ macro_rules! broker_conformance {
             closed_consumer_returns_fetched_messages,
             idle_consumer_wakes_for_a_new_message,
             fanout_reaches_every_subscriber,
+            topic_exchanges_route_by_pattern,
         );
     };
     (@tests $factory:path; $($check:ident),* $(,)?) => {

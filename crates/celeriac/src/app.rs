@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::routing::{Route, Router};
+use celeriac_core::routing::{QueueSpec, Route, Router};
 use celeriac_core::url::mask;
 use celeriac_core::{Broker, ResultBackend};
 
@@ -94,6 +94,9 @@ struct Inner {
     config: Config,
     origin: String,
     reply_to: String,
+    /// Set once the configured queues ([`AppBuilder::queue`]) are declared on the broker,
+    /// before the first publish (as Celery's client declares a queue before sending).
+    queues_declared: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for App {
@@ -116,6 +119,7 @@ pub struct AppBuilder {
     backend_url: Option<String>,
     tasks: Vec<Arc<dyn Task>>,
     routes: Vec<(String, Route)>,
+    queues: Vec<QueueSpec>,
     config: Config,
 }
 
@@ -162,6 +166,17 @@ impl AppBuilder {
     /// Routes tasks matching `pattern` (a name, or a glob like `images.*`) to `queue`.
     pub fn route(mut self, pattern: impl Into<String>, queue: impl Into<String>) -> Self {
         self.routes.push((pattern.into(), Route::queue(queue)));
+        self
+    }
+
+    /// Declares a queue with its exchange and binding key — an entry of Celery's
+    /// `task_queues`, e.g. `QueueSpec::new("images").exchange("media",
+    /// ExchangeType::Topic).routing_key("images.#")`. Tasks routed to it go through its
+    /// exchange; workers consuming it (`-Q images`) and clients sending to it declare it
+    /// so. Queues not declared here get Celery's default shape (a direct exchange and a
+    /// binding key of their own name).
+    pub fn queue(mut self, spec: QueueSpec) -> Self {
+        self.queues.push(spec);
         self
     }
 
@@ -270,6 +285,9 @@ impl AppBuilder {
         for (pattern, route) in self.routes {
             router.add(pattern, route);
         }
+        for spec in self.queues {
+            router.add_queue(spec);
+        }
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "localhost".into());
@@ -287,6 +305,7 @@ impl AppBuilder {
                 config: self.config,
                 origin: format!("gen{}@{}", std::process::id(), host),
                 reply_to,
+                queues_declared: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -355,6 +374,21 @@ impl App {
     /// The router.
     pub fn router(&self) -> &Router {
         &self.inner.router
+    }
+
+    /// Declares the configured queues ([`AppBuilder::queue`]) on the broker, once; the
+    /// producer calls this before its first publish.
+    pub(crate) async fn declare_queues(&self) -> Result<(), Error> {
+        self.inner
+            .queues_declared
+            .get_or_try_init(|| async {
+                for spec in self.inner.router.queue_specs() {
+                    self.inner.broker.declare(spec).await?;
+                }
+                Ok::<(), Error>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// A registered task by name.

@@ -98,7 +98,9 @@ pub mod worker;
 
 pub use app::{App, AppBuilder, Config};
 pub use canvas::{chain, chord, group, Group};
-pub use celeriac_core::{self as core, ExceptionInfo, Route, Signature, State, TaskMeta};
+pub use celeriac_core::{
+    self as core, ExceptionInfo, ExchangeType, QueueSpec, Route, Signature, State, TaskMeta,
+};
 pub use celeriac_macros::task;
 pub use context::{RequestDeliveryInfo, TaskContext};
 pub use error::{Error, Failure, RetryRequest, TaskError, TaskResult};

@@ -23,6 +23,7 @@ use lapin::{ErrorKind, ExchangeKind};
 use tracing::warn;
 
 use celeriac_core::error::BrokerError;
+use celeriac_core::routing::{ExchangeType, QueueSpec};
 
 use super::{lock, Inner};
 use crate::error;
@@ -64,6 +65,25 @@ impl Inner {
         self.bind_raw(queue, queue, queue).await?;
         lock(&self.declared).insert(queue.to_string());
         lock(&self.known).insert(queue.to_string());
+        Ok(())
+    }
+
+    /// Declares `spec`: its exchange of its type, the queue, and the binding.
+    pub(crate) async fn declare_spec(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        if spec.is_default() {
+            return self.declare_task_queue(&spec.name).await;
+        }
+        let kind = match spec.exchange_type {
+            ExchangeType::Direct => lapin::ExchangeKind::Direct,
+            ExchangeType::Topic => lapin::ExchangeKind::Topic,
+            ExchangeType::Fanout => lapin::ExchangeKind::Fanout,
+        };
+        self.exchange(&spec.exchange, kind).await?;
+        self.queue(&spec.name, self.queue_arguments()).await?;
+        self.bind_raw(&spec.name, &spec.exchange, &spec.routing_key)
+            .await?;
+        lock(&self.declared).insert(spec.name.clone());
+        lock(&self.known).insert(spec.name.clone());
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use celeriac_core::broker::{
 };
 use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
+use celeriac_core::routing::QueueSpec;
 use celeriac_core::url::EngineUrl;
 
 use crate::config::AmqpConfig;
@@ -105,6 +106,11 @@ impl AmqpBroker {
         self.inner.delete_queue(queue).await
     }
 
+    /// Deletes exchange `name`: for tests and tools that clean up after themselves.
+    pub async fn delete_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        self.inner.delete_exchange(name).await
+    }
+
     /// Deletes every queue this broker declared or consumed and every exchange it
     /// declared on its current connection, with their messages: for tests and tools that
     /// clean up after themselves.
@@ -138,11 +144,16 @@ impl Broker for AmqpBroker {
         c.fanout = true;
         c.durable = true;
         c.shared = true;
+        c.topic = true;
         c
     }
 
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
         self.inner.declare_task_queue(queue).await
+    }
+
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.inner.declare_spec(spec).await
     }
 
     async fn bind_queue(

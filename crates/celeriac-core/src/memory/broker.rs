@@ -22,6 +22,7 @@ use crate::emulation::{spawn_consumer, Fetch};
 use crate::error::{BrokerError, PublishError};
 use crate::message::{DeliveryInfo, Message};
 use crate::protocol::TaskMessage;
+use crate::routing::{ExchangeType, QueueSpec};
 use crate::url::{EngineUrl, UrlError};
 
 /// Which end of the 0–9 priority range is served first.
@@ -53,6 +54,8 @@ struct State {
     queues: HashMap<String, Queue>,
     /// Direct-exchange bindings: (exchange, routing key) → queues.
     bindings: HashMap<(String, String), Vec<String>>,
+    /// Topic and fanout exchanges: their type and (binding key, queue) bindings.
+    patterns: HashMap<String, (ExchangeType, Vec<(String, String)>)>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     unacked: HashMap<u64, Unacked>,
     next_tag: u64,
@@ -244,6 +247,14 @@ impl State {
     fn route(&self, info: &DeliveryInfo) -> Result<Option<Vec<String>>, BrokerError> {
         let bound = if info.exchange.is_empty() {
             None
+        } else if let Some((kind, bound)) = self.patterns.get(&info.exchange) {
+            let mut queues: Vec<String> = bound
+                .iter()
+                .filter(|(key, _)| kind.matches(key, &info.routing_key))
+                .map(|(_, q)| q.clone())
+                .collect();
+            queues.dedup();
+            Some(queues)
         } else {
             Some(
                 self.bindings
@@ -423,6 +434,7 @@ impl Broker for MemoryBroker {
             fanout: true,
             durable: false,
             shared: false,
+            topic: true,
         }
     }
 
@@ -432,6 +444,40 @@ impl Broker for MemoryBroker {
             .queues
             .entry(queue.to_string())
             .or_default();
+        Ok(())
+    }
+
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        if spec.exchange_type == ExchangeType::Direct {
+            self.declare_queue(&spec.name).await?;
+            if spec.is_default() {
+                return Ok(());
+            }
+            return self
+                .bind_queue(&spec.name, &spec.exchange, &spec.routing_key)
+                .await;
+        }
+        let mut st = self.inner.lock();
+        st.queues.entry(spec.name.clone()).or_default();
+        let (kind, bound) = st
+            .patterns
+            .entry(spec.exchange.clone())
+            .or_insert_with(|| (spec.exchange_type, Vec::new()));
+        if *kind != spec.exchange_type {
+            return Err(BrokerError::Operation {
+                op: "declare",
+                reason: format!(
+                    "exchange `{}` is a {} exchange, not {}",
+                    spec.exchange,
+                    kind.as_str(),
+                    spec.exchange_type.as_str()
+                ),
+            });
+        }
+        let binding = (spec.routing_key.clone(), spec.name.clone());
+        if !bound.contains(&binding) {
+            bound.push(binding);
+        }
         Ok(())
     }
 

@@ -55,6 +55,7 @@ use celeriac_core::broker::{
 };
 use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
+use celeriac_core::routing::{ExchangeType, QueueSpec};
 use celeriac_core::url::EngineUrl;
 
 use crate::coalesce::Coalesce;
@@ -85,6 +86,9 @@ struct Inner {
     release: Script,
     /// Queues whose binding this process has declared.
     declared: Mutex<HashSet<String>>,
+    /// The types of the exchanges this process declared (kombu keeps them per process
+    /// too); an exchange not here is direct.
+    exchange_types: Mutex<std::collections::HashMap<String, ExchangeType>>,
     /// Delivery tags this process holds unsettled (removed once the settle is written).
     outstanding: Mutex<HashSet<String>>,
     /// This process's consumer id (see `liveness`).
@@ -125,6 +129,7 @@ impl RedisBroker {
                 restore: Script::new(restore::SCRIPT),
                 release: Script::new(sweep::SCRIPT),
                 declared: Mutex::new(HashSet::new()),
+                exchange_types: Mutex::new(std::collections::HashMap::new()),
                 outstanding: Mutex::new(HashSet::new()),
                 consumer: uuid::Uuid::new_v4().simple().to_string(),
                 started: now_secs(),
@@ -170,11 +175,28 @@ impl Broker for RedisBroker {
         c.durable = true;
         c.shared = true;
         c.fanout = true;
+        c.topic = true;
         c
     }
 
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
         self.declare_binding(queue).await
+    }
+
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.declare_spec(spec).await
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        let spec = QueueSpec::new(queue)
+            .exchange(exchange, ExchangeType::Direct)
+            .routing_key(routing_key);
+        self.declare_spec(&spec).await
     }
 
     async fn publish(&self, message: Message, options: PublishOptions) -> Result<(), PublishError> {

@@ -79,9 +79,11 @@ where
     }
 }
 
-/// Lets the result backend make ready for the results of what is about to be sent (the
-/// rpc:// backend declares the reply queue), before anything is published.
+/// Declares the configured queues (once) and lets the result backend make ready for the
+/// results of what is about to be sent (the rpc:// backend declares the reply queue),
+/// before anything is published.
 async fn before_send(app: &App) -> Result<(), Error> {
+    app.declare_queues().await?;
     match app.backend() {
         Some(b) => b.before_send().await.map_err(Error::Backend),
         None => Ok(()),

@@ -123,7 +123,7 @@ impl Worker {
         }
         let broker = self.app.broker().clone();
         for q in &self.queues {
-            broker.declare_queue(q).await?;
+            broker.declare(&self.app.router().queue_spec(q)).await?;
         }
         let consumer = broker
             .consume(ConsumeOptions::new(self.queues.clone(), self.prefetch))
