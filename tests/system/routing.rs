@@ -94,3 +94,12 @@ async fn topic_routing_on_rabbitmq() {
     b.delete_exchange(&exchange).await.unwrap();
     assert_eq!(ran, WANT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_routing_on_sqlite() {
+    let dir = celeriac_testing::services::ScratchDir::new("celeriac-routing");
+    assert_eq!(
+        topic_routing_on(&dir.sqlite_url("q.sqlite", "")).await.0,
+        WANT
+    );
+}

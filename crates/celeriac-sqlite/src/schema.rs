@@ -24,14 +24,15 @@ use crate::error::OpenError;
 pub const APPLICATION_ID: i32 = 0x6365_6C72;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Schema migrations, version `i + 1` at index `i`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../migrations/001_initial.sql"),
     include_str!("../migrations/002_broadcasts.sql"),
     include_str!("../migrations/003_chords.sql"),
     include_str!("../migrations/004_visible_index.sql"),
+    include_str!("../migrations/005_exchanges.sql"),
 ];
 
 /// Opens (creating if needed) and checks the database at `cfg.path`.

@@ -54,8 +54,15 @@ async fn capabilities_are_the_documented_ones() {
         .unwrap()
         .capabilities();
     assert_eq!(
-        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared, c.topic),
-        (true, true, true, true, true, false),
+        (
+            c.priorities,
+            c.native_delay,
+            c.fanout,
+            c.durable,
+            c.shared,
+            c.topic
+        ),
+        (true, true, true, true, true, true),
         "(priorities, native_delay, fanout, durable, shared, topic) changed: {c:?}"
     );
 }

@@ -1,9 +1,10 @@
 //! Looking at and managing queues: purge (the unclaimed messages), depth (ready ones),
 //! the list of queues, and declaring and binding queues (`queues` and `bindings` rows).
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use celeriac_core::error::BrokerError;
+use celeriac_core::routing::{ExchangeType, QueueSpec};
 
 use super::{err, SqliteBroker};
 use crate::schema::now;
@@ -59,6 +60,66 @@ impl SqliteBroker {
             })
             .await
             .map_err(err(&self.inner.db, "bind"))
+    }
+
+    /// `Broker::declare`: the queue, its exchange's type (a direct exchange needs no
+    /// row) and its binding. An exchange already declared with another type is refused.
+    pub(super) async fn declare_spec(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.declare(&spec.name).await?;
+        if spec.is_default() {
+            return Ok(());
+        }
+        let (q, ex, key, kind) = (
+            spec.name.clone(),
+            spec.exchange.clone(),
+            spec.routing_key.clone(),
+            spec.exchange_type,
+        );
+        let clash = self
+            .inner
+            .db
+            .call(true, move |c| {
+                let known: Option<String> = c
+                    .query_row(
+                        "SELECT type FROM exchanges WHERE name = ?1",
+                        params![ex],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let known = known.unwrap_or_else(|| "direct".into());
+                let has_bindings: bool = c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM bindings WHERE exchange = ?1 AND queue != ?1)",
+                    params![ex],
+                    |r| r.get(0),
+                )?;
+                if known != kind.as_str() && (has_bindings || known != "direct") {
+                    return Ok(Some(known));
+                }
+                if kind != ExchangeType::Direct {
+                    c.execute(
+                        "INSERT OR IGNORE INTO exchanges (name, type) VALUES (?1, ?2)",
+                        params![ex, kind.as_str()],
+                    )?;
+                }
+                c.execute(
+                    "INSERT OR IGNORE INTO bindings (exchange, routing_key, queue) VALUES (?1, ?2, ?3)",
+                    params![ex, key, q],
+                )?;
+                Ok(None)
+            })
+            .await
+            .map_err(err(&self.inner.db, "declare"))?;
+        match clash {
+            None => Ok(()),
+            Some(known) => Err(BrokerError::Operation {
+                op: "declare",
+                reason: format!(
+                    "exchange `{}` is a {known} exchange, not {}",
+                    spec.exchange,
+                    spec.exchange_type.as_str()
+                ),
+            }),
+        }
     }
 
     /// `Broker::purge`: deletes the messages of `queue` no consumer holds.

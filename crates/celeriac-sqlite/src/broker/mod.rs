@@ -44,6 +44,7 @@ use celeriac_core::broker::{
 };
 use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
+use celeriac_core::routing::QueueSpec;
 
 use crate::db::Db;
 use crate::error::{DbError, Error};
@@ -111,12 +112,17 @@ impl Broker for SqliteBroker {
         c.native_delay = true;
         c.durable = true;
         c.shared = true;
+        c.topic = true;
         c.fanout = true;
         c
     }
 
     async fn declare_queue(&self, queue: &str) -> Result<(), BrokerError> {
         self.declare(queue).await
+    }
+
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.declare_spec(spec).await
     }
 
     async fn bind_queue(

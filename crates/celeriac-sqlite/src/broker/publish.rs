@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use celeriac_core::broker::{PublishManyError, PublishOptions};
 use celeriac_core::error::{BrokerError, PublishError};
 use celeriac_core::message::Message;
 use celeriac_core::protocol::envelope;
+use celeriac_core::routing::ExchangeType;
 
 use super::SqliteBroker;
 
@@ -18,16 +19,41 @@ use super::SqliteBroker;
 const PUBLISH_CHUNK: usize = 5_000;
 
 /// Where a message goes: its routing key for the default exchange, else the queues bound
-/// to the exchange with that key.
+/// to the exchange with a binding key that matches it (equal for a direct exchange, by
+/// pattern for a topic one, any for fanout).
 fn targets(conn: &Connection, message: &Message) -> rusqlite::Result<Vec<String>> {
     let info = &message.properties.delivery_info;
     if info.exchange.is_empty() {
         return Ok(vec![info.routing_key.clone()]);
     }
-    let mut stmt =
-        conn.prepare_cached("SELECT queue FROM bindings WHERE exchange = ?1 AND routing_key = ?2")?;
-    let rows = stmt.query_map(params![info.exchange, info.routing_key], |r| r.get(0))?;
-    rows.collect()
+    let kind: Option<String> = conn
+        .prepare_cached("SELECT type FROM exchanges WHERE name = ?1")?
+        .query_row(params![info.exchange], |r| r.get(0))
+        .optional()?;
+    match kind.as_deref().and_then(ExchangeType::parse) {
+        Some(kind @ (ExchangeType::Topic | ExchangeType::Fanout)) => {
+            let mut stmt =
+                conn.prepare_cached("SELECT routing_key, queue FROM bindings WHERE exchange = ?1")?;
+            let rows = stmt.query_map(params![info.exchange], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut queues = Vec::new();
+            for row in rows {
+                let (key, queue) = row?;
+                if kind.matches(&key, &info.routing_key) && !queues.contains(&queue) {
+                    queues.push(queue);
+                }
+            }
+            Ok(queues)
+        }
+        _ => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT queue FROM bindings WHERE exchange = ?1 AND routing_key = ?2",
+            )?;
+            let rows = stmt.query_map(params![info.exchange, info.routing_key], |r| r.get(0))?;
+            rows.collect()
+        }
+    }
 }
 
 fn insert(
