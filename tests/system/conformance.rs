@@ -41,7 +41,14 @@ fn memory_capabilities_are_the_documented_ones() {
     use celeriac::core::Broker;
     let c = MemoryBroker::new(PriorityOrder::LowFirst).capabilities();
     assert_eq!(
-        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared, c.topic),
+        (
+            c.priorities,
+            c.native_delay,
+            c.fanout,
+            c.durable,
+            c.shared,
+            c.topic
+        ),
         (true, true, true, false, false, true),
         "(priorities, native_delay, fanout, durable, shared, topic) changed: {c:?}"
     );

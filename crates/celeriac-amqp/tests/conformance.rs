@@ -74,7 +74,14 @@ async fn capabilities_are_the_documented_ones() {
     };
     let c = b.capabilities();
     assert_eq!(
-        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared, c.topic),
+        (
+            c.priorities,
+            c.native_delay,
+            c.fanout,
+            c.durable,
+            c.shared,
+            c.topic
+        ),
         (false, false, true, true, true, true)
     );
 }

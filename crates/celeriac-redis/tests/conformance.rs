@@ -56,7 +56,14 @@ async fn capabilities_are_the_documented_ones() {
     let url = EngineUrl::parse(&scope.url("")).unwrap();
     let c = RedisBroker::connect(&url).await.unwrap().capabilities();
     assert_eq!(
-        (c.priorities, c.native_delay, c.fanout, c.durable, c.shared, c.topic),
+        (
+            c.priorities,
+            c.native_delay,
+            c.fanout,
+            c.durable,
+            c.shared,
+            c.topic
+        ),
         (true, false, true, true, true, true),
         "(priorities, native_delay, fanout, durable, shared, topic) changed: {c:?}"
     );
