@@ -12,6 +12,7 @@ Configuration: the CELERIAC_INTEROP_* environment variables read by
 the request and response formats.
 """
 
+import base64
 import datetime
 import json
 import math
@@ -323,6 +324,120 @@ def op_ping(req):
     return {"replies": safe(app.control.ping(**kwargs))}
 
 
+# --------------------------------------------------------------------------
+# Raw AMQP (RabbitMQ brokers only): py-amqp below kombu, on a connection of its own
+
+
+def amqp_channel(conn):
+    """The py-amqp channel of a kombu connection to an amqp:// broker."""
+    if conn.transport.driver_type != "amqp":
+        raise ValueError(f"needs an amqp:// broker, not {conn.transport.driver_type}")
+    return conn.default_channel
+
+
+def op_amqp_publish(req):
+    """Publish one message exactly as given (no serializer, no Celery headers)."""
+    import amqp
+    from kombu import Exchange, Queue
+
+    queue = req.get("queue")
+    if not isinstance(queue, str) or not queue:
+        raise ValueError("amqp_publish needs a queue")
+    if req.get("body_b64") is not None:
+        body = base64.b64decode(req["body_b64"])
+    else:
+        body = str(req.get("body") or "").encode("utf-8")
+    props = {}
+    for key in ("content_type", "content_encoding", "correlation_id", "reply_to",
+                "delivery_mode", "priority", "expiration"):
+        if req.get(key) is not None:
+            props[key] = req[key]
+    if req.get("headers") is not None:
+        props["application_headers"] = req["headers"]
+    with app.connection_for_write() as conn:
+        channel = amqp_channel(conn)
+        # Declared as Celery declares a task queue (idempotent with the same flags).
+        Queue(queue, Exchange(queue, "direct"), routing_key=queue)(channel).declare()
+        # Confirmed (py-amqp selects confirm mode and waits for the ack): once this
+        # returns the message is in the queue, ahead of anything published after it.
+        channel.basic_publish_confirm(
+            amqp.Message(body, **props),
+            exchange=req.get("exchange") or "",
+            routing_key=req.get("routing_key") or queue,
+        )
+    return {"ok": True}
+
+
+def op_amqp_depth(req):
+    """Ready messages and consumers of a queue (a passive declare); with ``idle_within``,
+    first wait up to that many seconds for the queue to have no consumer (a consumer's
+    unacknowledged messages are back in the queue once it has gone)."""
+    import amqp
+
+    queue = req.get("queue")
+    if not isinstance(queue, str) or not queue:
+        raise ValueError("amqp_depth needs a queue")
+    deadline = time.monotonic() + float(req.get("idle_within") or 0)
+    while True:
+        with app.connection_for_write() as conn:
+            channel = amqp_channel(conn)
+            try:
+                _, messages, consumers = channel.queue_declare(queue, passive=True)
+            except amqp.exceptions.NotFound:
+                return {"exists": False, "messages": 0, "consumers": 0}
+        if consumers == 0 or time.monotonic() >= deadline:
+            return {"exists": True, "messages": messages, "consumers": consumers}
+        time.sleep(0.05)
+
+
+def op_amqp_get(req):
+    """Take up to ``count`` messages off a queue (``basic.get``, acknowledged) and
+    describe them as py-amqp decoded them: properties, the Python type of every header,
+    and the body (text if UTF-8, else base64)."""
+    queue = req.get("queue")
+    if not isinstance(queue, str) or not queue:
+        raise ValueError("amqp_get needs a queue")
+    count = int(req.get("count") or 1)
+    messages = []
+    with app.connection_for_write() as conn:
+        channel = amqp_channel(conn)
+        for _ in range(count):
+            msg = channel.basic_get(queue, no_ack=True)
+            if msg is None:
+                break
+            props = dict(msg.properties)
+            headers = props.pop("application_headers", None)
+            raw = msg.body  # py-amqp decodes it already when content_encoding is set
+            try:
+                body = {"body": raw if isinstance(raw, str) else raw.decode("utf-8")}
+            except UnicodeDecodeError:
+                body = {"body_b64": base64.b64encode(raw).decode("ascii")}
+            messages.append({
+                "delivery_info": safe({k: v for k, v in msg.delivery_info.items()
+                                       if k in ("exchange", "routing_key", "redelivered")}),
+                "properties": safe(props),
+                "headers": safe(headers),
+                "header_types": None if headers is None else {
+                    k: type(v).__name__ for k, v in headers.items()},
+                **body,
+            })
+    return {"messages": messages}
+
+
+def op_amqp_delete(req):
+    """Delete queues and the exchanges of the same names (those a task queue has)."""
+    queues = req.get("queues")
+    if not isinstance(queues, list):
+        raise ValueError("amqp_delete needs a list of queues")
+    deleted = {}
+    with app.connection_for_write() as conn:
+        channel = amqp_channel(conn)
+        for name in queues:
+            deleted[name] = channel.queue_delete(name) or 0
+            channel.exchange_delete(name)
+    return {"deleted": deleted}
+
+
 OPS = {
     "send": op_send,
     "get": op_get,
@@ -333,6 +448,10 @@ OPS = {
     "ping": op_ping,
     "canvas": op_canvas,
     "group": op_group,
+    "amqp_publish": op_amqp_publish,
+    "amqp_depth": op_amqp_depth,
+    "amqp_delete": op_amqp_delete,
+    "amqp_get": op_amqp_get,
 }
 
 

@@ -10,6 +10,7 @@ mod eager;
 mod failover;
 mod hostile;
 mod interop;
+mod interop_amqp;
 mod pools;
 mod prefork;
 mod proc;

@@ -10,6 +10,8 @@ CELERIAC_INTEROP_VISIBILITY_TIMEOUT  optional broker visibility_timeout (seconds
 CELERIAC_INTEROP_RECORD              Redis URL tasks.record writes to (default: the
                                      broker URL)
 CELERIAC_INTEROP_ACKS_LATE           "1"/"true": task_acks_late for every task
+CELERIAC_INTEROP_QUEUE               optional task_default_queue (default Celery's,
+                                     "celery"); its exchange and routing key follow
 
 Tasks are registered under fixed names (``tasks.add`` ...), independent of
 this module's import path, so that Rust tasks of the same names interoperate.
@@ -26,6 +28,7 @@ KEYPREFIX = os.environ.get("CELERIAC_INTEROP_KEYPREFIX") or ""
 VISIBILITY_TIMEOUT = os.environ.get("CELERIAC_INTEROP_VISIBILITY_TIMEOUT") or ""
 RECORD_URL = os.environ.get("CELERIAC_INTEROP_RECORD") or BROKER_URL
 ACKS_LATE = (os.environ.get("CELERIAC_INTEROP_ACKS_LATE") or "").lower() in ("1", "true")
+DEFAULT_QUEUE = os.environ.get("CELERIAC_INTEROP_QUEUE") or ""
 
 # Redis list written by tasks.record (before the broker key prefix).
 RECORD_KEY_PREFIX = "celeriac-interop:record:"
@@ -63,6 +66,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
     task_acks_late=ACKS_LATE,
 )
+if DEFAULT_QUEUE:
+    # On RabbitMQ a test must not declare the shared `celery` queue: every send without
+    # a queue goes (and declares) here instead.
+    app.conf.task_default_queue = DEFAULT_QUEUE
 
 
 @app.task(name="tasks.add")
