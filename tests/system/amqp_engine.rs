@@ -244,3 +244,44 @@ async fn workers_and_clients_ride_through_closed_connections() {
         );
     }
 }
+
+/// A quorum queue (Celery's `task_default_queue_type="quorum"`) with a delivery limit:
+/// declared so (`rabbitmqctl` lists its type and arguments), consumed with per-consumer
+/// QoS (quorum queues have no global QoS), tasks run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_on_a_quorum_queue() {
+    let Some(url) = amqp(
+        "tasks_run_on_a_quorum_queue",
+        "queue_type=quorum&delivery_limit=3",
+    ) else {
+        return;
+    };
+    let queue = services::unique("amqp-quorum");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let w = start(&app, |b| b);
+    assert_eq!(run::<i64>(&app, add::new(40, 2)).await, 42);
+    let listing = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "type",
+            "arguments",
+            "--quiet",
+            "--no-table-headers",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    if let Some(line) = listing.lines().find(|l| l.starts_with(&queue)) {
+        assert!(line.contains("quorum"), "{line}");
+        assert!(line.contains("x-delivery-limit"), "{line}");
+    } else if services::services_required() {
+        panic!("{queue} not listed by rabbitmqctl:\n{listing}");
+    }
+    w.warm().await;
+}

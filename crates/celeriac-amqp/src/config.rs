@@ -11,7 +11,9 @@
 //! `confirm_publish` (default true: every publish waits for RabbitMQ's confirm),
 //! `max_priority` (1–255: `x-max-priority` on every queue celeriac declares, Celery's
 //! `task_queue_max_priority`) and `queue_type` (`classic` or `quorum`: `x-queue-type` on
-//! the queues it declares, Celery's `task_default_queue_type`), and celeriac's
+//! the queues it declares, Celery's `task_default_queue_type`; with it `delivery_limit`,
+//! `x-delivery-limit`: how often a quorum queue redelivers a message before dropping or
+//! dead-lettering it), and celeriac's
 //! `connection_name` (what RabbitMQ's management UI and `rabbitmqctl list_connections`
 //! show for the connection; default `celeriac <version> pid <pid>`).
 
@@ -46,6 +48,8 @@ pub struct AmqpConfig {
     pub max_priority: Option<u8>,
     /// `x-queue-type` for the queues this engine declares (`None`: classic, no argument).
     pub queue_type: Option<String>,
+    /// `x-delivery-limit` for the quorum queues this engine declares.
+    pub delivery_limit: Option<u32>,
     /// The name the connection shows in RabbitMQ's management (`None`: the default).
     pub connection_name: Option<String>,
 }
@@ -64,6 +68,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("confirm_publish", &self.confirm_publish)
             .field("max_priority", &self.max_priority)
             .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
             .field("connection_name", &self.connection_name)
             .finish_non_exhaustive()
     }
@@ -77,6 +82,7 @@ const OPTIONS: &[&str] = &[
     "max_priority",
     "queue_type",
     "connection_name",
+    "delivery_limit",
 ];
 
 fn seconds(url: &EngineUrl, key: &str, default: f64, zero_ok: bool) -> Result<Duration, UrlError> {
@@ -159,6 +165,23 @@ impl AmqpConfig {
                 )
             }
         };
+        let delivery_limit = match url.query("delivery_limit") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1 && *n <= i32::MAX as u32)
+                    .ok_or_else(|| {
+                        url.bad_option("delivery_limit", format!("`{v}` is not a positive whole number"))
+                    })?,
+            ),
+        };
+        if delivery_limit.is_some() && queue_type.is_none() {
+            return Err(url.bad_option(
+                "delivery_limit",
+                "x-delivery-limit is a quorum queue argument; add queue_type=quorum",
+            ));
+        }
         if queue_type.is_some() && max_priority.is_some() {
             return Err(url.bad_option(
                 "max_priority",
@@ -177,6 +200,7 @@ impl AmqpConfig {
             confirm_publish,
             max_priority,
             queue_type,
+            delivery_limit,
             connection_name: url.query("connection_name").filter(|n| !n.is_empty()),
         })
     }
@@ -264,6 +288,8 @@ mod tests {
             "amqp://h?queue_type=stream",
             "amqp://h?confirm=1",
             "amqp://h?queue_type=quorum&max_priority=5",
+            "amqp://h?delivery_limit=3",
+            "amqp://h?queue_type=quorum&delivery_limit=0",
             "amqps://h",
         ] {
             let e = cfg(bad).expect_err(bad);

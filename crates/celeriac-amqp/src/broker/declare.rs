@@ -51,6 +51,12 @@ impl Inner {
                 AMQPValue::LongString(LongString::from(t.as_str())),
             );
         }
+        if let Some(n) = self.cfg.delivery_limit {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(i32::try_from(n).unwrap_or(i32::MAX)),
+            );
+        }
         args
     }
 
