@@ -172,7 +172,10 @@ impl AmqpConfig {
                     .ok()
                     .filter(|n| *n >= 1 && *n <= i32::MAX as u32)
                     .ok_or_else(|| {
-                        url.bad_option("delivery_limit", format!("`{v}` is not a positive whole number"))
+                        url.bad_option(
+                            "delivery_limit",
+                            format!("`{v}` is not a positive whole number"),
+                        )
                     })?,
             ),
         };
