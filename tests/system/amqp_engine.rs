@@ -285,3 +285,59 @@ async fn tasks_run_on_a_quorum_queue() {
     }
     w.warm().await;
 }
+
+/// `amqps://`: the server's certificate is verified (against `ssl_ca_certs`, else the
+/// system's roots, which do not know this self-signed one), and a client certificate is
+/// presented when the server asks for one. RabbitMQ here has no TLS listener, so a
+/// `socat` TLS front stands before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_verifies_the_server_and_presents_a_client_certificate() {
+    let test = "amqps_verifies_the_server_and_presents_a_client_certificate";
+    let Some(plain) = amqp(test, "") else { return };
+    let upstream = {
+        let u = celeriac::core::url::EngineUrl::parse(&plain).unwrap();
+        let host = if u.host().is_empty() {
+            "127.0.0.1"
+        } else {
+            u.host()
+        };
+        format!("{host}:{}", u.as_url().port().unwrap_or(5672))
+    };
+    let Some(front) = services::TlsFront::start(test, &upstream, true) else {
+        return;
+    };
+    let base = format!("amqps://guest:guest@127.0.0.1:{}//", front.port());
+    let (ca, cert, key) = (
+        front.cert().display().to_string(),
+        front.cert().display().to_string(),
+        front.key().display().to_string(),
+    );
+    let queue = services::unique("amqp-tls");
+    let url = format!("{base}?ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={key}");
+    let _cleanup = Queues(plain.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let w = start(&app, |b| b);
+    assert_eq!(run::<i64>(&app, add::new(3, 4)).await, 7);
+    w.warm().await;
+
+    // Not trusted: the system's roots do not know the server's certificate.
+    let e = builder_on(&format!("{base}?ssl_certfile={cert}&ssl_keyfile={key}"))
+        .build()
+        .await
+        .expect_err("an unverified server must be refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot reach broker") && text.contains("certificate verify failed"),
+        "{text}"
+    );
+    // Trusted, but no client certificate where the server asks for one.
+    let e = builder_on(&format!("{base}?ssl_ca_certs={ca}"))
+        .build()
+        .await
+        .expect_err("a server asking for a client certificate must refuse us");
+    assert!(e.to_string().contains("certificate required"), "{e}");
+}

@@ -1,7 +1,7 @@
 //! AMQP URLs as kombu reads them, and the options celeriac honours.
 //!
-//! `amqp://[USER[:PASSWORD]@]HOST[:PORT][/VHOST][?OPTIONS]`, and Celery's `pyamqp://`
-//! spelling of the same. Defaults as kombu's: user and password `guest`, host
+//! `amqp://[USER[:PASSWORD]@]HOST[:PORT][/VHOST][?OPTIONS]`, Celery's `pyamqp://`
+//! spelling of the same, and `amqps://` (TLS, cargo feature `tls`; port 5671 by default). Defaults as kombu's: user and password `guest`, host
 //! `localhost`, port 5672, virtual host `/`. The virtual host is the path after the first
 //! `/`, percent-decoded, so `amqp://h//` and `amqp://h/%2f` both name `/`, and an empty one
 //! (`amqp://h` or `amqp://h/`) means `/` too.
@@ -16,6 +16,12 @@
 //! dead-lettering it), and celeriac's
 //! `connection_name` (what RabbitMQ's management UI and `rabbitmqctl list_connections`
 //! show for the connection; default `celeriac <version> pid <pid>`).
+//!
+//! TLS options (`amqps://`), named as for `rediss://` and as in Celery's
+//! `broker_use_ssl`: `ssl_ca_certs` (a PEM file of the CA to verify the server with,
+//! instead of the system's roots), `ssl_certfile` + `ssl_keyfile` (a client certificate
+//! and its PKCS#8 key, PEM, for mutual TLS), `ssl_cert_reqs` (only `required`, the
+//! default: the server's certificate is always verified).
 
 use std::time::Duration;
 
@@ -52,6 +58,29 @@ pub struct AmqpConfig {
     pub delivery_limit: Option<u32>,
     /// The name the connection shows in RabbitMQ's management (`None`: the default).
     pub connection_name: Option<String>,
+    /// `amqps://`: what to trust and what to present (`None`: plain TCP).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The TLS material of an `amqps://` URL, read when the URL is.
+#[derive(Clone, Default)]
+pub struct TlsFiles {
+    /// PEM of the CA(s) to verify the server with (`None`: the system's roots).
+    pub ca: Option<String>,
+    /// A client certificate and its key, PEM.
+    pub(crate) client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca.as_ref().map(|_| "PEM"))
+            .field(
+                "client",
+                &self.client.as_ref().map(|_| "certificate and key"),
+            )
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for AmqpConfig {
@@ -70,6 +99,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
             .field("connection_name", &self.connection_name)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +113,10 @@ const OPTIONS: &[&str] = &[
     "queue_type",
     "connection_name",
     "delivery_limit",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
 ];
 
 fn seconds(url: &EngineUrl, key: &str, default: f64, zero_ok: bool) -> Result<Duration, UrlError> {
@@ -103,18 +137,74 @@ fn seconds(url: &EngineUrl, key: &str, default: f64, zero_ok: bool) -> Result<Du
     }
 }
 
+/// Reads the TLS options of an `amqps://` URL, and the files they name.
+fn tls_files(url: &EngineUrl) -> Result<TlsFiles, UrlError> {
+    match url.query("ssl_cert_reqs").as_deref() {
+        None | Some("required" | "CERT_REQUIRED") => {}
+        Some(v) => return Err(url.bad_option(
+            "ssl_cert_reqs",
+            format!(
+                "`{v}`: only `required` is supported (the server's certificate is always verified)"
+            ),
+        )),
+    }
+    let read = |key: &str| -> Result<Option<Vec<u8>>, UrlError> {
+        match url.query(key) {
+            None => Ok(None),
+            Some(path) => std::fs::read(&path)
+                .map(Some)
+                .map_err(|e| url.bad_option(key, format!("cannot read `{path}`: {e}"))),
+        }
+    };
+    let ca = match read("ssl_ca_certs")? {
+        None => None,
+        Some(pem) => Some(
+            String::from_utf8(pem)
+                .map_err(|_| url.bad_option("ssl_ca_certs", "the file is not PEM text"))?,
+        ),
+    };
+    let client = match (read("ssl_certfile")?, read("ssl_keyfile")?) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(url.bad_option(
+                "ssl_certfile",
+                "a client certificate needs both ssl_certfile and ssl_keyfile",
+            ))
+        }
+    };
+    Ok(TlsFiles { ca, client })
+}
+
 impl AmqpConfig {
     /// Reads an `amqp://` or `pyamqp://` URL.
     pub fn from_url(url: &EngineUrl) -> Result<Self, UrlError> {
         if url.engine() != Engine::Amqp {
             return Err(url.bad_option("scheme", "not an AMQP URL"));
         }
-        if url.scheme() == "amqps" {
-            return Err(url.bad_option(
-                "scheme",
-                "amqps:// (TLS) is not supported yet; use amqp:// on a trusted network or a TLS tunnel",
-            ));
+        let tls = url.scheme() == "amqps";
+        if tls && !cfg!(feature = "tls") {
+            return Err(UrlError::NotCompiled {
+                url: url.masked(),
+                scheme: "amqps".into(),
+                feature: "amqp-tls".into(),
+            });
         }
+        let tls = if tls {
+            Some(tls_files(url)?)
+        } else {
+            for key in [
+                "ssl_ca_certs",
+                "ssl_certfile",
+                "ssl_keyfile",
+                "ssl_cert_reqs",
+            ] {
+                if url.query(key).is_some() {
+                    return Err(url.bad_option(key, "TLS options need an amqps:// URL"));
+                }
+            }
+            None
+        };
         for (key, _) in url.query_pairs() {
             if !OPTIONS.contains(&key.as_str()) {
                 return Err(url.bad_option(
@@ -134,7 +224,7 @@ impl AmqpConfig {
             None | Some("") => "localhost".to_string(),
             Some(h) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
         };
-        let port = u.port().unwrap_or(5672);
+        let port = u.port().unwrap_or(if tls.is_some() { 5671 } else { 5672 });
         let path = u.path();
         let vhost = match path.strip_prefix('/').unwrap_or(path) {
             "" => "/".to_string(),
@@ -205,13 +295,18 @@ impl AmqpConfig {
             queue_type,
             delivery_limit,
             connection_name: url.query("connection_name").filter(|n| !n.is_empty()),
+            tls,
         })
     }
 
     /// The URI lapin connects with.
     pub(crate) fn uri(&self) -> AMQPUri {
         AMQPUri {
-            scheme: AMQPScheme::AMQP,
+            scheme: if self.tls.is_some() {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
             authority: AMQPAuthority {
                 userinfo: AMQPUserInfo {
                     username: self.username.clone(),
@@ -293,7 +388,6 @@ mod tests {
             "amqp://h?queue_type=quorum&max_priority=5",
             "amqp://h?delivery_limit=3",
             "amqp://h?queue_type=quorum&delivery_limit=0",
-            "amqps://h",
         ] {
             let e = cfg(bad).expect_err(bad);
             assert_eq!(e.lines().count(), 1, "{e}");

@@ -38,5 +38,5 @@ mod table;
 
 pub use backend::RpcBackend;
 pub use broker::AmqpBroker;
-pub use config::AmqpConfig;
+pub use config::{AmqpConfig, TlsFiles};
 pub use error::Error;

@@ -218,32 +218,8 @@ impl RedisServer {
         }
         let dir = std::env::temp_dir().join(unique("celeriac-redis"));
         std::fs::create_dir_all(&dir).expect("temp dir for redis-server");
-        if options.tls {
-            let made = std::process::Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(dir.join("key.pem"))
-                .arg("-out")
-                .arg(dir.join("cert.pem"))
-                .output();
-            if !made.is_ok_and(|o| o.status.success()) {
-                if services_required() {
-                    panic!("{test}: cannot make a TLS certificate with openssl and CELERIAC_REQUIRE_SERVICES=1");
-                }
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {test}: no openssl to make a TLS certificate"
-                );
-                return None;
-            }
+        if options.tls && !self_signed_cert(test, &dir) {
+            return None;
         }
         let mut server = Self {
             port: free_port(),
@@ -538,6 +514,120 @@ impl Drop for RedisSentinel {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes `cert.pem` and `key.pem` (PKCS#8) in `dir`: a self-signed certificate for
+/// 127.0.0.1, made with `openssl`. Without openssl: false, skipped loudly (or a panic
+/// under `CELERIAC_REQUIRE_SERVICES=1`).
+fn self_signed_cert(test: &str, dir: &std::path::Path) -> bool {
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output();
+    if made.is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    if services_required() {
+        panic!(
+            "{test}: cannot make a TLS certificate with openssl and CELERIAC_REQUIRE_SERVICES=1"
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no openssl to make a TLS certificate"
+    );
+    false
+}
+
+/// A TLS front for a plain TCP service (RabbitMQ has no TLS listener here): `socat`
+/// terminating TLS with a self-signed certificate for 127.0.0.1 on a free port, and
+/// asking clients for a certificate signed by it when `client_certs`. Killed on drop.
+#[derive(Debug)]
+pub struct TlsFront {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl TlsFront {
+    /// Starts one in front of `upstream` (`host:port`), or returns `None` (skipped
+    /// loudly) without openssl or socat.
+    pub fn start(test: &str, upstream: &str, client_certs: bool) -> Option<Self> {
+        let dir = std::env::temp_dir().join(unique("celeriac-tls"));
+        std::fs::create_dir_all(&dir).expect("temp dir for the TLS front");
+        if !self_signed_cert(test, &dir) {
+            return None;
+        }
+        let port = free_port();
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify={}",
+            cert.display(),
+            key.display(),
+            cert.display(),
+            u8::from(client_certs)
+        );
+        let child = std::process::Command::new("socat")
+            .arg(listen)
+            .arg(format!("TCP:{upstream}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                if services_required() {
+                    panic!("{test}: cannot run socat ({e}) and CELERIAC_REQUIRE_SERVICES=1");
+                }
+                let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no socat ({e})");
+                return None;
+            }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{test}: socat did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { port, dir, child })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its certificate (PEM): the CA to trust, and a client certificate it accepts.
+    pub fn cert(&self) -> std::path::PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    /// The key of [`TlsFront::cert`] (PKCS#8 PEM).
+    pub fn key(&self) -> std::path::PathBuf {
+        self.dir.join("key.pem")
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -100,7 +100,25 @@ impl Inner {
             )
         });
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-        let connecting = Connection::connect_uri(self.cfg.uri(), props);
+        let connecting = async {
+            match &self.cfg.tls {
+                None => Connection::connect_uri(self.cfg.uri(), props).await,
+                Some(tls) => {
+                    let config = lapin::tcp::OwnedTLSConfig {
+                        identity: tls.client.as_ref().map(|(cert, key)| {
+                            lapin::tcp::OwnedIdentity::PKCS8 {
+                                pem: cert.clone(),
+                                key: key.clone(),
+                            }
+                        }),
+                        cert_chain: tls.ca.clone(),
+                    };
+                    let runtime = lapin::runtime::default_runtime()?;
+                    Connection::connect_uri_with_config(self.cfg.uri(), props, config, runtime)
+                        .await
+                }
+            }
+        };
         let conn = tokio::time::timeout(self.cfg.connect_timeout, connecting)
             .await
             .map_err(|_| BrokerError::Connection {
