@@ -30,6 +30,11 @@ fn amqp(test: &str, options: &str) -> Option<String> {
     })
 }
 
+/// An app with every test task on the broker at `url`, its default queue `queue`.
+async fn app_on(url: &str, queue: &str) -> celeriac::App {
+    builder_on(url).default_queue(queue).build().await.unwrap()
+}
+
 /// Deletes the test's queues (and their exchanges) when dropped.
 struct Queues(String, Vec<String>);
 
@@ -66,11 +71,7 @@ async fn worker_runs_the_task_set_on_rabbitmq_with_rpc_results() {
     };
     let queue = services::unique("amqp-set");
     let _cleanup = Queues(url.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_on(&url, &queue).await;
     assert_eq!(app.backend_url(), "rpc://");
     let w = start(&app, |b| b);
     assert_eq!(run::<i64>(&app, add::new(2, 3)).await, 5);
@@ -136,11 +137,7 @@ async fn killed_workers_late_task_runs_again_on_rabbitmq() {
     };
     let queue = services::unique("amqp-kill");
     let _cleanup = Queues(url.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_on(&url, &queue).await;
     let mut doomed = WorkerProcess::spawn(&url, &["-n", "doomed@test", "-Q", &queue], &[]);
     let slow = slow_late::new(60.0).apply_async(&app).await.unwrap();
     doomed.wait_for_log(
@@ -212,11 +209,7 @@ async fn workers_and_clients_ride_through_closed_connections() {
     }
     let queue = services::unique("amqp-close");
     let _cleanup = Queues(url.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_on(&url, &queue).await;
     let _worker = WorkerProcess::spawn(&url, &["-Q", &queue, "-c", "4"], &[]);
     let mut sent = Vec::new();
     for n in 0..50 {
@@ -258,11 +251,7 @@ async fn tasks_run_on_a_quorum_queue() {
     };
     let queue = services::unique("amqp-quorum");
     let _cleanup = Queues(url.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_on(&url, &queue).await;
     let w = start(&app, |b| b);
     assert_eq!(run::<i64>(&app, add::new(40, 2)).await, 42);
     let listing = Command::new("rabbitmqctl")
@@ -315,11 +304,7 @@ async fn amqps_verifies_the_server_and_presents_a_client_certificate() {
     let queue = services::unique("amqp-tls");
     let url = format!("{base}?ssl_ca_certs={ca}&ssl_certfile={cert}&ssl_keyfile={key}");
     let _cleanup = Queues(plain.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_on(&url, &queue).await;
     let w = start(&app, |b| b);
     assert_eq!(run::<i64>(&app, add::new(3, 4)).await, 7);
     w.warm().await;
