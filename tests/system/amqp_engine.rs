@@ -326,3 +326,34 @@ async fn amqps_verifies_the_server_and_presents_a_client_certificate() {
         .expect_err("a server asking for a client certificate must refuse us");
     assert!(e.to_string().contains("certificate required"), "{e}");
 }
+
+/// Held ETA tasks do not block the queue: with a prefetch of 1, five tasks due in a
+/// minute are held (RabbitMQ's `basic.qos` raised by one for each), and a task sent after
+/// them runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_eta_tasks_do_not_block_later_ones_on_rabbitmq() {
+    let Some(url) = amqp("held_eta_tasks_do_not_block_later_ones_on_rabbitmq", "") else {
+        return;
+    };
+    let queue = services::unique("amqp-eta");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = app_on(&url, &queue).await;
+    let w = start(&app, |b| b.concurrency(1).prefetch(1));
+    for n in 0..5 {
+        add::new(n, 0)
+            .countdown(60.0)
+            .apply_async(&app)
+            .await
+            .unwrap();
+    }
+    let t0 = Instant::now();
+    assert_eq!(run::<i64>(&app, add::new(20, 1)).await, 21);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the marker waited {:?} behind held ETA tasks",
+        t0.elapsed()
+    );
+    // Cold: the held tasks go back to the queue, none was run early.
+    let report = w.cold().await;
+    assert_eq!(report.stats.succeeded, 1);
+}
