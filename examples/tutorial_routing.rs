@@ -105,7 +105,7 @@ async fn main() -> Result<(), celeriac::Error> {
         (&c, "worker.", "celery"),
     ];
     for (line, worker, queue) in checks {
-        let expected = format!("worker {worker}");
+        let expected = format!("worker celery@{worker}");
         if !line.contains(&expected) || !line.contains(&format!("queue `{queue}`")) {
             eprintln!("error: `{line}` did not run on {worker}* from `{queue}`");
             std::process::exit(1);

@@ -74,6 +74,30 @@ async fn whoami(ctx: &TaskContext) -> TaskResult<Value> {
     Ok(json!({"lang": "rust", "hostname": ctx.hostname()}))
 }
 
+/// The routing tutorial's task A: `x + y`, with the worker and the routing key that
+/// brought it.
+#[celeriac::task(name = "tasks.taskA")]
+async fn task_a(ctx: &TaskContext, x: i64, y: i64) -> TaskResult<Value> {
+    Ok(routed(ctx, x + y))
+}
+
+/// The routing tutorial's task B: `x + y + z`, with the worker and the routing key that
+/// brought it.
+#[celeriac::task(name = "tasks.taskB")]
+async fn task_b(ctx: &TaskContext, x: i64, y: i64, z: i64) -> TaskResult<Value> {
+    Ok(routed(ctx, x + y + z))
+}
+
+/// `{"result", "hostname", "queue"}`: where a routed task ran (`queue` is the routing key
+/// of its delivery).
+fn routed(ctx: &TaskContext, result: i64) -> Value {
+    json!({
+        "result": result,
+        "hostname": ctx.hostname(),
+        "queue": ctx.delivery_info().routing_key,
+    })
+}
+
 /// Works for `seconds` (a sleep; none by default), then appends `n` to the shared record
 /// list of `key`.
 #[celeriac::task(name = "tasks.record")]
@@ -245,6 +269,8 @@ fn main() {
             .task(noop)
             .task(retry_once)
             .task(whoami)
+            .task(task_a)
+            .task(task_b)
             .task(record)
             .task(slow_late)
             .task(mark)

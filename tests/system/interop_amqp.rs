@@ -1,7 +1,10 @@
 //! Interop with stock Python Celery 5.7 on RabbitMQ: a Python client calls a celeriac
 //! worker, a celeriac client calls a Python worker, a mixed fleet shares one queue,
 //! routing picks the right worker, garbage on a queue is rejected once, both publish the
-//! same task message, and `rpc://` results cross both ways.
+//! same task message, `rpc://` results cross both ways, and remote control (`ping`,
+//! `revoke`) crosses both ways. Celery's routing tutorial (`task_queues` with an exchange
+//! per queue, `task_routes`, a worker per queue) runs here on both engines, RabbitMQ and
+//! Redis.
 //!
 //! The broker is RabbitMQ (`CELERIAC_TEST_AMQP_URL`); results go to Redis under a key
 //! prefix of the test's own, or (one test) travel back over `rpc://`. Every test works on
@@ -166,26 +169,7 @@ impl AmqpInterop {
     /// Runs Python client requests (one JSON object each) and returns its responses;
     /// panics unless every request got an answer without `error`.
     async fn python_client(&self, requests: Vec<Value>) -> Vec<Value> {
-        let (python, client, env) = (self.venv.python(), self.venv.client(), self.env());
-        tokio::task::spawn_blocking(move || {
-            let (responses, stderr) = run_client(&python, &client, &env, &requests);
-            assert_eq!(
-                responses.len(),
-                requests.len(),
-                "python client answered {} of {} requests; stderr:\n{stderr}",
-                responses.len(),
-                requests.len(),
-            );
-            for (req, resp) in requests.iter().zip(&responses) {
-                assert!(
-                    resp.get("error").is_none(),
-                    "python client failed on {req}: {resp}\nstderr:\n{stderr}"
-                );
-            }
-            responses
-        })
-        .await
-        .expect("client thread")
+        python_batch(&self.venv, self.env(), requests).await
     }
 
     /// Messages ready in `queue` once no consumer is left on it (so whatever a stopped
@@ -267,6 +251,35 @@ fn run_client(
         })
         .collect();
     (responses, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs Python client requests with `env` and returns its responses; panics unless every
+/// request got an answer without `error`.
+async fn python_batch(
+    venv: &CeleryVenv,
+    env: Vec<(&'static str, String)>,
+    requests: Vec<Value>,
+) -> Vec<Value> {
+    let (python, client) = (venv.python(), venv.client());
+    tokio::task::spawn_blocking(move || {
+        let (responses, stderr) = run_client(&python, &client, &env, &requests);
+        assert_eq!(
+            responses.len(),
+            requests.len(),
+            "python client answered {} of {} requests; stderr:\n{stderr}",
+            responses.len(),
+            requests.len(),
+        );
+        for (req, resp) in requests.iter().zip(&responses) {
+            assert!(
+                resp.get("error").is_none(),
+                "python client failed on {req}: {resp}\nstderr:\n{stderr}"
+            );
+        }
+        responses
+    })
+    .await
+    .expect("client thread")
 }
 
 fn send(name: &str, args: Value) -> Value {
@@ -913,4 +926,348 @@ async fn rpc_results_cross_between_python_and_celeriac_on_rabbitmq() {
     );
     let who: Value = run(&app, on_py("tasks.whoami", vec![])).await;
     assert_eq!(who, json!({"lang": "python", "hostname": py_node}));
+}
+
+/// `{"<node>": {"ok": "pong"}}`: a worker's reply to `ping`.
+fn pong(node: &str) -> Value {
+    let mut reply = serde_json::Map::new();
+    reply.insert(node.to_string(), json!({"ok": "pong"}));
+    Value::Object(reply)
+}
+
+/// Waits until `worker` has logged receiving task `name[id]`, then checks that the queue
+/// has no message ready and one consumer: the worker holds the task, unacknowledged (for
+/// its countdown).
+async fn held(it: &AmqpInterop, queue: &str, worker: &WorkerProcess, name: &str, id: &str) {
+    worker.wait_for_log(&format!("{name}[{id}] received"), Duration::from_secs(10));
+    let r = it
+        .python_client(vec![json!({"op": "amqp_depth", "queue": queue})])
+        .await;
+    assert_eq!(
+        (&r[0]["messages"], &r[0]["consumers"]),
+        (&json!(0), &json!(1)),
+        "{queue}: {}",
+        r[0]
+    );
+}
+
+/// Remote control over RabbitMQ's pidbox exchanges: a Python client's `ping` gets a
+/// celeriac worker's reply, and its `revoke` stops a task the celeriac worker holds for
+/// its countdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_pings_and_revokes_on_a_celeriac_worker_on_rabbitmq() {
+    let Some(it) = AmqpInterop::new(
+        "python_client_pings_and_revokes_on_a_celeriac_worker_on_rabbitmq",
+        1,
+    ) else {
+        return;
+    };
+    let q = it.queue(0).to_string();
+    let node = it.node("rust");
+    let mut rust = it.rust_worker(&["-Q", &q, "-n", &node]);
+    // Every worker on the broker hears a broadcast (other tests' too): the first ping asks
+    // this one only (and returns at its reply), the second asks everyone.
+    let r = it
+        .python_client(vec![
+            json!({"op": "ping", "timeout": 5, "destination": [node]}),
+            json!({"op": "ping", "timeout": 1}),
+        ])
+        .await;
+    assert_eq!(
+        r[0]["replies"],
+        json!([pong(&node)]),
+        "ping {node}:\n{}",
+        rust.log()
+    );
+    assert!(
+        r[1]["replies"].as_array().unwrap().contains(&pong(&node)),
+        "ping everyone: {}\n{}",
+        r[1],
+        rust.log()
+    );
+
+    let k = key();
+    let sent = it
+        .python_client(vec![
+            json!({"op": "send", "name": "tasks.record", "args": [k, 1], "countdown": 3}),
+        ])
+        .await;
+    let id = sent[0]["id"].as_str().unwrap().to_string();
+    held(&it, &q, &rust, "tasks.record", &id).await;
+    // The marker: the same task on the same queue, recording 2 instead of 1, due after the
+    // revoked one. Once it has run, the revoked one came due; had it run, 1 would be
+    // recorded (before 2).
+    let r = it
+        .python_client(vec![
+            json!({"op": "revoke", "id": id}),
+            json!({"op": "get", "id": id, "wait": 10}),
+            json!({"op": "send", "name": "tasks.record", "args": [k, 2], "countdown": 3, "wait": 20}),
+            json!({"op": "records", "key": k}),
+        ])
+        .await;
+    assert_eq!(
+        (r[1]["state"].clone(), r[1]["exc_type"].clone()),
+        (json!("REVOKED"), json!("TaskRevokedError")),
+        "{}\n{}",
+        r[1],
+        rust.log()
+    );
+    assert_eq!(r[2]["result"], json!(2), "marker: {}", r[2]);
+    assert_eq!(r[3]["values"], json!([2]), "the revoked task ran");
+    assert!(
+        rust.terminate().success(),
+        "celeriac worker exit:\n{}",
+        rust.log()
+    );
+    // The revoked message was acknowledged, not left for the next worker.
+    assert_eq!(it.depth_when_idle(&q).await, 0, "{}", rust.log());
+}
+
+/// Remote control the other way: a celeriac client's `ping` (to every worker, and to one
+/// by name) gets a stock Python worker's reply on RabbitMQ, and its `revoke` stops a task
+/// the Python worker holds for its countdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celeriac_client_pings_a_python_worker_on_rabbitmq() {
+    let Some(it) = AmqpInterop::new("celeriac_client_pings_a_python_worker_on_rabbitmq", 1) else {
+        return;
+    };
+    let q = it.queue(0).to_string();
+    let node = it.node("py");
+    let mut py = it.python_worker(&node, &q, 2);
+    let app = it.app().await;
+    // celeriac's reply queue `<oid>.reply.celery.pidbox` goes when its consumer does, and
+    // no exchange of that name is made (it once was, and stayed: checked below).
+    let reply_exchange = format!("{}.reply.celery.pidbox", app.reply_to());
+    // Every worker on the broker answers (other tests' too); this one among them, once.
+    let replies = app.control().ping(Duration::from_secs(2)).await.unwrap();
+    let ours: Vec<&Value> = replies
+        .iter()
+        .filter(|(n, _)| *n == node)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(ours, [&json!({"ok": "pong"})], "{replies:?}\n{}", py.log());
+    let replies = app
+        .control()
+        .broadcast(
+            "ping",
+            json!({}),
+            Some(std::slice::from_ref(&node)),
+            Some(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(replies, [(node.clone(), json!({"ok": "pong"}))]);
+    let k = key();
+    let record = |n: i64| Signature::new("tasks.record").args(vec![json!(k), json!(n)]);
+    let r = record(1).countdown(3.0).apply_async(&app).await.unwrap();
+    held(&it, &q, &py, "tasks.record", r.id()).await;
+    app.control().revoke(&[r.id()], false).await.unwrap();
+    let err = r.get::<i64>(Duration::from_secs(10)).await.unwrap_err();
+    assert!(
+        matches!(err, celeriac::Error::TaskRevoked { .. }),
+        "{err}\n{}",
+        py.log()
+    );
+    let exchanges = Command::new("rabbitmqctl")
+        .args(["list_exchanges", "name", "--quiet", "--no-table-headers"])
+        .output();
+    if let Some(out) = exchanges.ok().filter(|o| o.status.success()) {
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !listing.lines().any(|l| l.trim() == reply_exchange),
+            "a reply exchange `{reply_exchange}` was left on the server"
+        );
+    }
+    // The marker, due after the revoked task (see above).
+    let marker = record(2).countdown(3.0).apply_async(&app).await.unwrap();
+    assert_eq!(marker.get::<i64>(Duration::from_secs(20)).await.unwrap(), 2);
+    let values = it
+        .python_client(vec![json!({"op": "records", "key": k})])
+        .await;
+    assert_eq!(values[0]["values"], json!([2]), "the revoked task ran");
+    py.terminate();
+    assert_eq!(it.depth_when_idle(&q).await, 0, "{}", py.log());
+}
+
+/// The routing tutorial's queues for one test: `default-<tag>`, `for_task_A-<tag>` and
+/// `for_task_B-<tag>`.
+fn tutorial_queues(tag: &str) -> [String; 3] {
+    ["default", "for_task_A", "for_task_B"].map(|q| format!("{q}-{tag}"))
+}
+
+/// The Python client's settings in the tutorial, with this test's queue names:
+///
+/// ```python
+/// task_default_queue = 'default'
+/// task_queues = (
+///     Queue('default', Exchange('default'), routing_key='default'),
+///     Queue('for_task_A', Exchange('for_task_A'), routing_key='for_task_A'),
+///     Queue('for_task_B', Exchange('for_task_B'), routing_key='for_task_B'),
+/// )
+/// task_routes = {
+///     'tasks.taskA': {'queue': 'for_task_A', 'routing_key': 'for_task_A'},
+///     'tasks.taskB': {'queue': 'for_task_B', 'routing_key': 'for_task_B'},
+/// }
+/// ```
+fn tutorial_env(queues: &[String; 3]) -> Vec<(&'static str, String)> {
+    let [default, a, b] = queues;
+    let task_queues = json!([[default, default, default], [a, a, a], [b, b, b]]);
+    let task_routes = json!({
+        "tasks.taskA": {"queue": a, "routing_key": a},
+        "tasks.taskB": {"queue": b, "routing_key": b},
+    });
+    vec![
+        ("CELERIAC_INTEROP_QUEUE", default.clone()),
+        ("CELERIAC_INTEROP_TASK_QUEUES", task_queues.to_string()),
+        ("CELERIAC_INTEROP_TASK_ROUTES", task_routes.to_string()),
+    ]
+}
+
+/// The node name a worker announced (`<node> ready.`).
+fn node_name(w: &WorkerProcess) -> String {
+    let log = w.log();
+    let line = log
+        .lines()
+        .map(str::trim_end)
+        .find(|l| l.ends_with(" ready."))
+        .unwrap_or_else(|| panic!("no `ready.` line:\n{log}"));
+    let line = line.trim_end_matches(" ready.");
+    line.rsplit(' ').next().unwrap_or(line).to_string()
+}
+
+/// The routing tutorial (a Python client configured as in [`tutorial_env`]) against three
+/// celeriac workers, `-n workerA.%h -Q for_task_A`, `-n workerB.%h -Q for_task_B` and
+/// `-n worker.%h -Q default`: `tasks.taskA` runs only on workerA, `tasks.taskB` only on
+/// workerB, and the unrouted `tasks.add` (and `tasks.whoami`) only on the default queue's
+/// worker. The workers are stopped (warm) at the end.
+async fn routing_tutorial(
+    venv: &CeleryVenv,
+    env: Vec<(&'static str, String)>,
+    queues: &[String; 3],
+    worker: impl Fn(&[&str]) -> WorkerProcess,
+) {
+    let [default, a, b] = queues;
+    let mut workers = [
+        worker(&["-n", "workerA.%h", "-Q", a, "-c", "2"]),
+        worker(&["-n", "workerB.%h", "-Q", b, "-c", "2"]),
+        worker(&["-n", "worker.%h", "-Q", default, "-c", "2"]),
+    ];
+    let [node_a, node_b, node_d] = [0, 1, 2].map(|i| node_name(&workers[i]));
+    for (node, prefix) in [
+        (&node_a, "workerA."),
+        (&node_b, "workerB."),
+        (&node_d, "worker."),
+    ] {
+        assert!(node.contains(prefix), "{node}");
+    }
+    let logs = |w: &[WorkerProcess; 3]| {
+        format!(
+            "workerA:\n{}\nworkerB:\n{}\nworker:\n{}",
+            w[0].log(),
+            w[1].log(),
+            w[2].log()
+        )
+    };
+    let mut requests = Vec::new();
+    for i in 0..3 {
+        requests.push(send("tasks.taskA", json!([i, 10])));
+        requests.push(send("tasks.taskB", json!([i, 10, 100])));
+        requests.push(send("tasks.add", json!([i, 1000])));
+    }
+    requests.push(send("tasks.whoami", json!([])));
+    let r = python_batch(venv, env, requests).await;
+    for i in 0..3 {
+        let (ra, rb, radd) = (&r[3 * i], &r[3 * i + 1], &r[3 * i + 2]);
+        assert_eq!(
+            ra["result"],
+            json!({"result": i + 10, "hostname": node_a, "queue": a}),
+            "taskA: {ra}\n{}",
+            logs(&workers)
+        );
+        assert_eq!(
+            rb["result"],
+            json!({"result": i + 110, "hostname": node_b, "queue": b}),
+            "taskB: {rb}\n{}",
+            logs(&workers)
+        );
+        assert_eq!(radd["result"], json!(i + 1000), "add: {radd}");
+        // `tasks.add` says nothing of its worker: the default queue's worker logged it.
+        let id = radd["id"].as_str().unwrap();
+        workers[2].wait_for_log(
+            &format!("tasks.add[{id}] received"),
+            Duration::from_secs(10),
+        );
+    }
+    assert_eq!(
+        r[9]["result"],
+        json!({"lang": "rust", "hostname": node_d}),
+        "whoami: {}",
+        r[9]
+    );
+    for w in &mut workers {
+        assert!(w.terminate().success(), "worker exit:\n{}", w.log());
+    }
+    // Each worker received only the tasks of its queue.
+    let only = [
+        ("workerA", "tasks.taskA[", 3),
+        ("workerB", "tasks.taskB[", 3),
+        ("worker", "tasks.", 4),
+    ];
+    for (w, (name, mine, n)) in workers.iter().zip(only) {
+        let log = w.log();
+        let received: Vec<&str> = log.lines().filter(|l| l.contains("] received")).collect();
+        assert_eq!(received.len(), n, "{name}:\n{log}");
+        assert!(received.iter().all(|l| l.contains(mine)), "{name}:\n{log}");
+    }
+}
+
+/// The routing tutorial on Redis: the queues and their exchanges are kombu's emulation,
+/// under this test's key prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_routing_python_client_on_redis() {
+    let test = "tutorial_routing_python_client_on_redis";
+    let Some(scope) = RedisScope::new(test) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
+    let Some(venv) = celery_venv(test, root) else {
+        return;
+    };
+    let id = services::unique("tutorial");
+    let queues = tutorial_queues(&id[id.len() - 10..]);
+    let mut env = vec![
+        ("CELERIAC_INTEROP_BROKER", format!("{}/0", scope.base)),
+        ("CELERIAC_INTEROP_KEYPREFIX", scope.prefix.clone()),
+        ("PYTHONPATH", venv.harness.display().to_string()),
+    ];
+    env.extend(tutorial_env(&queues));
+    let url = scope.url("");
+    let worker_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    routing_tutorial(&venv, env.clone(), &queues, |args| {
+        WorkerProcess::spawn(&url, args, &worker_env)
+    })
+    .await;
+}
+
+/// The routing tutorial on RabbitMQ: Celery publishes `tasks.taskA` and `tasks.taskB` to
+/// the queues' own direct exchanges (the routes name a routing key), `tasks.add` through
+/// the default exchange; nothing is left in the queues, which are deleted at the end with
+/// their exchanges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_routing_python_client_on_rabbitmq() {
+    let Some(mut it) = AmqpInterop::new("tutorial_routing_python_client_on_rabbitmq", 1) else {
+        return;
+    };
+    let queues = tutorial_queues(&it.tag);
+    // Deleted (with the exchanges of the same names) when `it` goes.
+    it.queues = queues.to_vec();
+    let mut env = it.env();
+    env.retain(|(k, _)| *k != "CELERIAC_INTEROP_QUEUE");
+    env.extend(tutorial_env(&queues));
+    routing_tutorial(&it.venv, env, &queues, |args| it.rust_worker(args)).await;
+    for q in &queues {
+        assert_eq!(it.depth_when_idle(q).await, 0, "{q}");
+    }
 }

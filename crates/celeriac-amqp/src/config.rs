@@ -141,12 +141,14 @@ fn seconds(url: &EngineUrl, key: &str, default: f64, zero_ok: bool) -> Result<Du
 fn tls_files(url: &EngineUrl) -> Result<TlsFiles, UrlError> {
     match url.query("ssl_cert_reqs").as_deref() {
         None | Some("required" | "CERT_REQUIRED") => {}
-        Some(v) => return Err(url.bad_option(
-            "ssl_cert_reqs",
-            format!(
+        Some(v) => {
+            return Err(url.bad_option(
+                "ssl_cert_reqs",
+                format!(
                 "`{v}`: only `required` is supported (the server's certificate is always verified)"
             ),
-        )),
+            ))
+        }
     }
     let read = |key: &str| -> Result<Option<Vec<u8>>, UrlError> {
         match url.query(key) {

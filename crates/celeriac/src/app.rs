@@ -329,6 +329,7 @@ impl App {
                 config: i.config.clone(),
                 origin: i.origin.clone(),
                 reply_to: i.reply_to.clone(),
+                queues_declared: tokio::sync::OnceCell::new(),
             }),
         }
     }

@@ -12,15 +12,22 @@ CELERIAC_INTEROP_RECORD              Redis URL tasks.record writes to (default: 
 CELERIAC_INTEROP_ACKS_LATE           "1"/"true": task_acks_late for every task
 CELERIAC_INTEROP_QUEUE               optional task_default_queue (default Celery's,
                                      "celery"); its exchange and routing key follow
+CELERIAC_INTEROP_TASK_QUEUES         optional JSON list of [queue, exchange,
+                                     routing_key]: task_queues of
+                                     Queue(queue, Exchange(exchange),
+                                     routing_key=routing_key) (direct exchanges)
+CELERIAC_INTEROP_TASK_ROUTES         optional JSON object: task_routes, as is
 
 Tasks are registered under fixed names (``tasks.add`` ...), independent of
 this module's import path, so that Rust tasks of the same names interoperate.
 """
 
+import json
 import os
 import time
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 BROKER_URL = os.environ.get("CELERIAC_INTEROP_BROKER") or "redis://127.0.0.1:6379/0"
 BACKEND_URL = os.environ.get("CELERIAC_INTEROP_BACKEND") or BROKER_URL
@@ -29,6 +36,8 @@ VISIBILITY_TIMEOUT = os.environ.get("CELERIAC_INTEROP_VISIBILITY_TIMEOUT") or ""
 RECORD_URL = os.environ.get("CELERIAC_INTEROP_RECORD") or BROKER_URL
 ACKS_LATE = (os.environ.get("CELERIAC_INTEROP_ACKS_LATE") or "").lower() in ("1", "true")
 DEFAULT_QUEUE = os.environ.get("CELERIAC_INTEROP_QUEUE") or ""
+TASK_QUEUES = json.loads(os.environ.get("CELERIAC_INTEROP_TASK_QUEUES") or "null")
+TASK_ROUTES = json.loads(os.environ.get("CELERIAC_INTEROP_TASK_ROUTES") or "null")
 
 # Redis list written by tasks.record (before the broker key prefix).
 RECORD_KEY_PREFIX = "celeriac-interop:record:"
@@ -70,6 +79,14 @@ if DEFAULT_QUEUE:
     # On RabbitMQ a test must not declare the shared `celery` queue: every send without
     # a queue goes (and declares) here instead.
     app.conf.task_default_queue = DEFAULT_QUEUE
+if TASK_QUEUES:
+    # The routing tutorial's shape: a queue, its own direct exchange, a binding key.
+    app.conf.task_queues = tuple(
+        Queue(name, Exchange(exchange), routing_key=routing_key)
+        for name, exchange, routing_key in TASK_QUEUES
+    )
+if TASK_ROUTES:
+    app.conf.task_routes = TASK_ROUTES
 
 
 @app.task(name="tasks.add")
@@ -119,6 +136,27 @@ def retry_once(self, key=None):
 @app.task(name="tasks.whoami", bind=True)
 def whoami(self):
     return {"lang": "python", "hostname": self.request.hostname}
+
+
+def _routed(request, result):
+    """Where a routed task ran: its worker, and the routing key of its delivery."""
+    return {
+        "result": result,
+        "hostname": request.hostname,
+        "queue": (request.delivery_info or {}).get("routing_key"),
+    }
+
+
+@app.task(name="tasks.taskA", bind=True)
+def task_a(self, x, y):
+    """The routing tutorial's task A."""
+    return _routed(self.request, x + y)
+
+
+@app.task(name="tasks.taskB", bind=True)
+def task_b(self, x, y, z):
+    """The routing tutorial's task B."""
+    return _routed(self.request, x + y + z)
 
 
 _redis = None

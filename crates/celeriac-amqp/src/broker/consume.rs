@@ -161,7 +161,7 @@ struct Subscription {
 impl Subscription {
     async fn open(inner: &Arc<Inner>, options: &ConsumeOptions) -> Result<Self, BrokerError> {
         for q in &options.queues {
-            inner.declare_task_queue(q).await?;
+            inner.declare_for_consuming(q).await?;
         }
         let link = inner.link().await?;
         let channel = inner.channel(&link.conn).await?;

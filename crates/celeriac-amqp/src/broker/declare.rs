@@ -109,7 +109,25 @@ impl Inner {
         self.queue(queue, args).await?;
         self.bind_raw(queue, exchange, routing_key).await?;
         lock(&self.known).insert(queue.to_string());
+        lock(&self.declared).insert(queue.to_string());
+        lock(&self.bound).insert(
+            queue.to_string(),
+            (exchange.to_string(), routing_key.to_string()),
+        );
         Ok(())
+    }
+
+    /// Makes sure a queue about to be consumed exists: declared (once per connection) as
+    /// it was bound, or else as a task queue.
+    pub(crate) async fn declare_for_consuming(&self, queue: &str) -> Result<(), BrokerError> {
+        if lock(&self.declared).contains(queue) {
+            return Ok(());
+        }
+        let bound = lock(&self.bound).get(queue).cloned();
+        match bound {
+            Some((exchange, key)) => self.bind(queue, &exchange, &key).await,
+            None => self.declare_task_queue(queue).await,
+        }
     }
 
     async fn bind_raw(&self, queue: &str, exchange: &str, key: &str) -> Result<(), BrokerError> {

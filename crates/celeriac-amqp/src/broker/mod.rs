@@ -62,6 +62,9 @@ pub(crate) struct Inner {
     exchanges: Mutex<std::collections::HashSet<String>>,
     /// Every queue this broker declared or consumed, for `queues()`.
     known: Mutex<BTreeSet<String>>,
+    /// Queues bound with `bind_queue` (queue → exchange, routing key): consuming one binds
+    /// it again after a reconnection instead of declaring it as a task queue.
+    bound: Mutex<std::collections::HashMap<String, (String, String)>>,
     /// Settles sent from `Drop` (abandoned deliveries) and not yet answered.
     pending: consume::Pending,
 }
@@ -85,6 +88,7 @@ impl AmqpBroker {
                 declared: Mutex::new(Default::default()),
                 exchanges: Mutex::new(Default::default()),
                 known: Mutex::new(BTreeSet::new()),
+                bound: Mutex::new(Default::default()),
                 pending: consume::Pending::default(),
             }),
         }

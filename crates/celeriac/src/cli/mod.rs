@@ -102,7 +102,7 @@ struct WorkerArgs {
     /// Log level: trace, debug, info, warning, error.
     #[arg(short = 'l', long, default_value = "info")]
     loglevel: String,
-    /// Node name (`%h` = host name) [default: celery@<host>].
+    /// Node name (`%h` = host name; `celery@` is added to a name without `@`) [default: celery@<host>].
     #[arg(short = 'n', long)]
     hostname: Option<String>,
     /// Most unacknowledged messages held [default: concurrency × 4]; at least 1.

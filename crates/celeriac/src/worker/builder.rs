@@ -171,7 +171,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Node name (default `celery@<hostname>`; `%h` is replaced by the host name).
+    /// Node name (default `celery@<hostname>`; `%h` is replaced by the host name, and a
+    /// name without `@` gets Celery's `celery@` in front: `workerA.%h` is
+    /// `celery@workerA.<host>`, as Celery's `default_nodename` makes it).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -206,6 +208,13 @@ impl WorkerBuilder {
         let name = self
             .name
             .map(|n| n.replace("%h", &host))
+            .map(|n| {
+                if n.contains('@') {
+                    n
+                } else {
+                    format!("celery@{n}")
+                }
+            })
             .unwrap_or_else(|| format!("celery@{host}"));
         let default_prefetch = self.concurrency * self.app.config().prefetch_multiplier.max(1);
         let prefetch = match self.prefetch {
