@@ -110,3 +110,42 @@ async fn a_queue_declared_with_other_arguments_is_used_as_it_is() {
     assert_eq!(plain.queue_depth(&queue).await.unwrap(), 1);
     let _cleanup = Cleanup(prio);
 }
+
+/// With `max_priority`, queues get `x-max-priority` and RabbitMQ serves **higher**
+/// numbers first — the opposite of Celery's Redis transport (documented in
+/// docs/engines.md); FIFO within a priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_priority_higher_numbers_come_first() {
+    let Some(_probe) = connect("with_max_priority_higher_numbers_come_first").await else {
+        return;
+    };
+    let url = format!("{}?max_priority=10", services::amqp_url());
+    let b = AmqpBroker::connect(&EngineUrl::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let _cleanup = Cleanup(b.clone());
+    let queue = services::unique("celeriac-test-prio");
+    b.declare_queue(&queue).await.unwrap();
+    for (n, p) in [(1, 1), (2, 9), (3, 5), (4, 9)] {
+        b.publish(
+            celeriac_testing::broker::message(&queue, n, Some(p)),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut c = b
+        .consume(celeriac_core::broker::ConsumeOptions::new(
+            vec![queue.clone()],
+            1,
+        ))
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let d = celeriac_testing::broker::next(&mut c).await;
+        order.push(d.message().headers["n"].as_u64().unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(order, [2, 4, 3, 1]);
+}
