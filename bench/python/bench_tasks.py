@@ -2,9 +2,11 @@
 
 Configured from the environment only:
 
-    BENCH_BROKER   Redis URL, broker and result backend (default redis://127.0.0.1:6379/0)
-    BENCH_PREFIX   global_keyprefix for the broker and the result backend (required, so
-                   nothing lands outside it on a shared Redis)
+    BENCH_BROKER   broker URL: Redis (default redis://127.0.0.1:6379/0) or RabbitMQ (amqp://)
+    BENCH_BACKEND  Redis URL of the result backend (default: BENCH_BROKER)
+    BENCH_PREFIX   global_keyprefix for the result backend and a Redis broker (required,
+                   so nothing lands outside it on a shared Redis)
+    BENCH_QUEUE    task_default_queue (default: Celery's `celery`)
 
 Run a worker with `PYTHONPATH=bench/python celery -A bench_tasks worker ...`.
 """
@@ -15,6 +17,8 @@ import time
 from celery import Celery
 
 BROKER = os.environ.get("BENCH_BROKER", "redis://127.0.0.1:6379/0")
+BACKEND = os.environ.get("BENCH_BACKEND") or BROKER
+QUEUE = os.environ.get("BENCH_QUEUE")
 PREFIX = os.environ.get("BENCH_PREFIX", "")
 if not PREFIX:
     raise RuntimeError("bench_tasks: set BENCH_PREFIX (the key prefix of this run)")
@@ -22,16 +26,19 @@ if not PREFIX:
 app = Celery("bench_tasks")
 app.conf.update(
     broker_url=BROKER,
-    result_backend=BROKER,
+    result_backend=BACKEND,
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
     result_accept_content=["json"],
-    broker_transport_options={"global_keyprefix": PREFIX},
     result_backend_transport_options={"global_keyprefix": PREFIX},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
+if BROKER.startswith(("redis://", "rediss://")):
+    app.conf.broker_transport_options = {"global_keyprefix": PREFIX}
+if QUEUE:
+    app.conf.task_default_queue = QUEUE
 
 
 @app.task(name="bench.noop")

@@ -3,7 +3,7 @@
 Redis and prints ONE JSON object on stdout (everything else goes to stderr). Exit 0, or 1
 with {"error": "..."}.
 
-    celery_bench.py throughput --n N [--ignore-result] --pool P -c C
+    celery_bench.py throughput --n N [--ignore-result] --pool P -c C [--amqp URL]
     celery_bench.py enqueue    --n N
     celery_bench.py latency    --rate R --n N --pool P -c C
     celery_bench.py startup    --pool P -c C
@@ -12,6 +12,10 @@ with {"error": "..."}.
 
 Common: --redis URL, --venv PATH (its bin/celery runs the worker; default: this
 interpreter's venv), --timeout SECONDS (bounds the measuring, default 120).
+
+With --amqp URL (throughput only), RabbitMQ is the broker and the results stay in Redis
+under the run's prefix; the queue (task_default_queue, -Q) is the run's own and is deleted
+at the end with the direct exchange of the same name.
 
 Every run uses a key prefix and a queue of its own; the worker (started here as a
 subprocess of `celery worker`) is always stopped and every key of the run deleted, also on
@@ -65,6 +69,7 @@ def parse_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", choices=WORKLOADS)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL (broker and results)")
+    p.add_argument("--amqp", default=None, help="RabbitMQ URL as the broker (throughput only; results in Redis)")
     p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "gevent", "solo"])
     p.add_argument("-c", "--concurrency", type=int, default=2)
     p.add_argument("--venv", default=sys.prefix, help="virtualenv whose bin/celery runs the worker")
@@ -82,6 +87,8 @@ def parse_args(argv=None):
         a.seconds = 20.0 if a.workload == "idle" else 1.0
     if a.n < 1 and a.workload not in ("idle",):
         p.error("--n must be at least 1")
+    if a.amqp and a.workload != "throughput":
+        p.error("--amqp is for throughput only")
     if a.concurrency < 1 or a.rate <= 0 or a.seconds < 0 or a.timeout <= 0:
         p.error("bad -c, --rate, --seconds or --timeout")
     return a
@@ -91,8 +98,12 @@ ARGS = parse_args()
 RUN = uuid.uuid4().hex[:16]
 PREFIX = f"celery-bench-{RUN}:"  # global_keyprefix of broker and results
 QUEUE = f"bench-{RUN}"  # the only queue the worker consumes
-os.environ["BENCH_BROKER"] = ARGS.redis
+BROKER = ARGS.amqp or ARGS.redis
+os.environ["BENCH_BROKER"] = BROKER
+os.environ["BENCH_BACKEND"] = ARGS.redis
 os.environ["BENCH_PREFIX"] = PREFIX
+if ARGS.amqp:
+    os.environ["BENCH_QUEUE"] = QUEUE
 sys.path.insert(0, HERE)
 
 try:
@@ -104,6 +115,15 @@ except Exception as exc:  # noqa: BLE001 - reported as JSON
     fail_early(f"cannot import celery, redis or bench_tasks with {sys.executable}: {type(exc).__name__}: {exc}")
 
 R = redis.Redis.from_url(ARGS.redis)
+AMQP = None  # kombu Connection to RabbitMQ (--amqp): queue depth and clean-up
+if ARGS.amqp:
+    try:
+        from kombu import Connection
+
+        AMQP = Connection(ARGS.amqp, connect_timeout=4)
+        AMQP.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001 - reported as JSON
+        fail_early(f"RabbitMQ not reachable at {ARGS.amqp}: {type(exc).__name__}: {exc}")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -122,7 +142,7 @@ class Worker:
         if not os.access(celery_bin, os.X_OK):
             raise Failure(f"{celery_bin} not found (run bench/setup.sh, or pass --venv)")
         env = dict(os.environ, PYTHONPATH=HERE, PYTHONDONTWRITEBYTECODE="1",
-                   BENCH_BROKER=ARGS.redis, BENCH_PREFIX=PREFIX)
+                   BENCH_BROKER=BROKER, BENCH_BACKEND=ARGS.redis, BENCH_PREFIX=PREFIX)
         self.cmd = [
             celery_bin, "-A", "bench_tasks", "worker",
             "--pool", ARGS.pool, "-c", str(ARGS.concurrency), "-Q", QUEUE,
@@ -261,7 +281,11 @@ def parse_date(text):
 
 def queue_state():
     """(messages waiting in the queue, messages in kombu's `unacked` hash), one round trip.
-    No priorities are used, but kombu's priority buckets are counted too."""
+    No priorities are used, but kombu's priority buckets are counted too. On RabbitMQ:
+    (the ready count of a passive queue.declare, 0): AMQP does not tell the unacked."""
+    if AMQP is not None:
+        _, depth, _ = AMQP.default_channel.queue_declare(queue=QUEUE, passive=True)
+        return depth, 0
     pipe = R.pipeline(transaction=False)
     for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169"):
         pipe.llen(PREFIX + QUEUE + suffix)
@@ -357,14 +381,41 @@ def percentiles(samples):
 # -- workloads ---------------------------------------------------------------------------
 
 
+def rabbitmq_server():
+    """The local RabbitMQ server's pid: the beam.smp whose command line boots `rabbit` (not
+    a rabbitmqctl, which runs a beam.smp of its own), or None."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    comm = f.read().strip()
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                continue
+            if comm == "beam.smp" and " rabbit boot" in cmdline:
+                return int(d)
+    return None
+
+
 def throughput(box):
     n = ARGS.n
     name = "bench.noop_ignored" if ARGS.ignore_result else "bench.noop"
     Backend.quiet()
+    t_send = time.monotonic()
     ids = send(name, n)
+    send_s = time.monotonic() - t_send
     depth, _ = queue_state()
+    # py-amqp publishes without confirms (Celery's default): RabbitMQ may still be routing
+    # the last messages when send() returns, so wait (up to 10 s) for all n to be queued.
+    settle = time.monotonic() + (10.0 if AMQP is not None else 0.0)
+    while depth != n and time.monotonic() < settle:
+        time.sleep(POLL)
+        depth, _ = queue_state()
     if depth != n:
         raise Failure(f"queued {depth} messages, expected {n}")
+    beam = rabbitmq_server() if AMQP is not None else None
+    beam_cpu0 = cpu_seconds(beam) if beam else None
     worker = Worker()
     box.append(worker)
     t_spawn = worker.spawned_at
@@ -383,6 +434,13 @@ def throughput(box):
             break
         worker.check()
         time.sleep(POLL)
+    drain = ("LLEN of the queue + HLEN of unacked" if AMQP is None else
+             "ready count of a passive queue.declare (up to the prefetch may still be unacked at t1)")
+    if AMQP is not None:
+        out["sent_s"] = send_s
+        out["worker_cpu_us_per_task"] = cpu_seconds(worker.pid) * 1e6 / n
+        if beam:
+            out["broker_cpu_us_per_task"] = (cpu_seconds(beam) - beam_cpu0) * 1e6 / n
 
     if ARGS.ignore_result:
         if t1 is None:
@@ -393,8 +451,9 @@ def throughput(box):
         out.update(
             completed=n, tasks_per_s=n / max(t1 - t0, 1e-9), wall_s=t1 - t_spawn,
             drain_s=t1 - t0,
-            method="n / (t1 - t0): LLEN of the queue + HLEN of unacked polled every 5 ms; t0 = queue "
-                   "first below n, t1 = queue and unacked empty; wall_s = worker spawn -> t1",
+            method=f"n / (t1 - t0): {drain} polled every 5 ms; t0 = queue "
+                   f"first below n, t1 = {'queue and unacked' if AMQP is None else 'queue'} empty; "
+                   "wall_s = worker spawn -> t1",
         )
         return out
 
@@ -601,6 +660,15 @@ def cleanup():
     return deleted, left
 
 
+def amqp_cleanup():
+    """Deletes the run's queue and the direct exchange of its name on RabbitMQ (--amqp)."""
+    if AMQP is None:
+        return
+    with AMQP.channel() as ch:
+        ch.queue_delete(QUEUE)
+        ch.exchange_delete(QUEUE)
+
+
 def version():
     if os.path.realpath(ARGS.venv) == os.path.realpath(sys.prefix):
         return celery.__version__
@@ -643,6 +711,10 @@ def main():
                     result.setdefault("error", f"{left} keys of run {RUN} are still in Redis")
             except Exception as exc:  # noqa: BLE001
                 result.setdefault("error", f"cleanup failed: {type(exc).__name__}: {exc}")
+            try:
+                amqp_cleanup()
+            except Exception as exc:  # noqa: BLE001
+                result.setdefault("error", f"RabbitMQ cleanup failed: {type(exc).__name__}: {exc}")
     except Terminated as exc:  # a signal during the cleanup: once more, deaf to signals
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -650,6 +722,7 @@ def main():
             w.stop()
         try:
             cleanup()
+            amqp_cleanup()
         except Exception:  # noqa: BLE001
             pass
         result = {"error": str(exc)}

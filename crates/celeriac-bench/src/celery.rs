@@ -97,6 +97,19 @@ impl Celery {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        // RabbitMQ runs: where the CPU went, per task, as celeriac's rows print it.
+        m.worker_cpu_us_per_task = f("worker_cpu_us_per_task");
+        if let Some(w) = m.worker_cpu_us_per_task {
+            let broker = f("broker_cpu_us_per_task")
+                .map_or_else(|| "?".to_string(), |b| format!("{b:.1} µs"));
+            m.note = format!(
+                "{}; CPU per task: worker {w:.1} µs, RabbitMQ {broker}",
+                m.note
+            );
+            if let Some(sent) = f("sent_s") {
+                m.note = format!("{}; sent in {sent:.2} s", m.note);
+            }
+        }
         if let Some(done) = v.get("completed").and_then(Value::as_u64) {
             if done < m.n {
                 m.note = format!("{} (only {done} of {} completed)", m.note, m.n);

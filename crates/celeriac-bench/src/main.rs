@@ -52,15 +52,23 @@ struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     redis: String,
+    /// RabbitMQ for the `amqp_*` workloads (a queue of its own per run, deleted afterwards;
+    /// results in Redis under the run's key prefix).
+    #[arg(
+        long,
+        env = "BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672//"
+    )]
+    amqp: String,
     /// The virtualenv with celery[redis]==5.7.0 and gevent (bench/setup.sh makes it).
     #[arg(long, default_value = "target/bench-venv")]
     venv: PathBuf,
     /// Skip Python Celery (celeriac's figures only).
     #[arg(long)]
     no_celery: bool,
-    /// Run only these workloads (comma-separated: noop_results, noop_ignored, enqueue,
-    /// latency, startup, memory, sqlite, sleepers, idle; `memory_results` or
-    /// `memory_ignored` runs one half of `memory`).
+    /// Run only these workloads (comma-separated: noop_results, noop_ignored, amqp_results,
+    /// amqp_ignored, enqueue, latency, startup, memory, sqlite, sleepers, idle;
+    /// `memory_results` or `memory_ignored` runs one half of `memory`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where the report and plots go.
@@ -187,6 +195,47 @@ async fn run(args: Args) -> Result<(), String> {
         drop(scope);
         for (pool, c) in [("prefork", "2"), ("threads", "8"), ("gevent", "100")] {
             let mut a = vec!["--n", &cn, "--pool", pool, "-c", c];
+            if ignore {
+                a.push("--ignore-result");
+            }
+            if let Some(mut m) = py("throughput", &a, 180) {
+                m.workload = w.into();
+                ms.push(m);
+            }
+        }
+    }
+    // The same no-op runs with RabbitMQ as the broker (a queue of the run's own; results
+    // in Redis under a key prefix of the run's own).
+    let mut rabbit: Option<Result<(), String>> = None;
+    for (w, ignore) in [("amqp_results", false), ("amqp_ignored", true)] {
+        if !want(w) {
+            continue;
+        }
+        let reachable = match &rabbit {
+            Some(r) => r.clone(),
+            None => {
+                let r = workloads::AmqpScope::new(&args.amqp).await.map(|_| ());
+                rabbit = Some(r.clone());
+                r
+            }
+        };
+        if let Err(e) = reachable {
+            eprintln!("{w}: skipped — {e}");
+            let mut m = Measurement::new(w, "celeriac", "—");
+            m.note = format!("skipped: {e}");
+            ms.push(m);
+            continue;
+        }
+        eprintln!("{w}: celeriac on RabbitMQ, {} tasks", sizes.noop);
+        let scope = RedisScope::new(&ctx.redis);
+        ms.push(
+            workloads::amqp_throughput(&args.amqp, &scope, ignore, sizes.noop, 64)
+                .await
+                .unwrap_or_else(|e| note(w, e)),
+        );
+        drop(scope);
+        for (pool, c) in [("prefork", "2"), ("threads", "8"), ("gevent", "100")] {
+            let mut a = vec!["--n", &cn, "--pool", pool, "-c", c, "--amqp", &args.amqp];
             if ignore {
                 a.push("--ignore-result");
             }
@@ -565,5 +614,37 @@ fn verdicts(ms: &[Measurement], limit: Option<&RedisLimit>) -> Vec<Verdict> {
         ratio,
         o.and_then(|o| Some(o.cpu_percent? <= 0.1 && o.rss_mb? <= 20.0)),
     );
+    // RabbitMQ: figures and the ratio, no target; after the Redis no-op rows.
+    let at = out
+        .iter()
+        .position(|v| v.workload == "no-op, ignore_result, Redis")
+        .map_or(0, |i| i + 1);
+    let rabbit: Vec<Verdict> = [
+        ("amqp_results", "no-op, results, RabbitMQ"),
+        ("amqp_ignored", "no-op, ignore_result, RabbitMQ"),
+    ]
+    .into_iter()
+    .map(|(w, label)| {
+        let (o, t) = (
+            best(ms, w, "celeriac", tps, true),
+            best(ms, w, "celery", tps, true),
+        );
+        Verdict {
+            workload: label.into(),
+            target: "— (no target)".into(),
+            celeriac: fig(o),
+            celery: fig(t),
+            ratio: o
+                .zip(t)
+                .and_then(|(o, t)| Some(o.tasks_per_s? / t.tasks_per_s?)),
+            status: if o.is_some() {
+                Status::Measured
+            } else {
+                Status::Skipped
+            },
+        }
+    })
+    .collect();
+    out.splice(at..at, rabbit);
     out
 }

@@ -68,6 +68,8 @@ fn throughput(report: &Report, path: &Path) -> Res<()> {
     let workloads = [
         "noop_results",
         "noop_ignored",
+        "amqp_results",
+        "amqp_ignored",
         "enqueue",
         "memory",
         "sqlite",

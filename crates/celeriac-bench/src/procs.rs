@@ -184,3 +184,18 @@ impl RssSampler {
             .unwrap_or(0.0)
     }
 }
+
+/// The local RabbitMQ server: the `beam.smp` process whose command line boots `rabbit`
+/// (not a `rabbitmqctl`, which runs a `beam.smp` of its own), to read its CPU time.
+pub fn rabbitmq_server() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            comm.trim() == "beam.smp" && cmdline.contains(" rabbit boot")
+        })
+}

@@ -160,6 +160,8 @@ pub enum Status {
     Missed,
     /// Not measured in this run.
     Skipped,
+    /// Measured, with no target to judge it against (the RabbitMQ rows).
+    Measured,
 }
 
 impl Status {
@@ -168,6 +170,7 @@ impl Status {
             Status::Met => "met",
             Status::Missed => "MISSED",
             Status::Skipped => "not run",
+            Status::Measured => "—",
         }
     }
 }
@@ -336,12 +339,12 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!(
-            "{:<28} {:<34} {:<44} {:<34} {:>8}  status",
+            "{:<30} {:<34} {:<44} {:<34} {:>8}  status",
             "workload", "target", "celeriac", "Celery (best)", "ratio"
         );
         for v in &self.verdicts {
             println!(
-                "{:<28} {:<34} {:<44} {:<34} {:>8}  {}",
+                "{:<30} {:<34} {:<44} {:<34} {:>8}  {}",
                 v.workload,
                 v.target,
                 v.celeriac,

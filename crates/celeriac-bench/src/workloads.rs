@@ -524,3 +524,165 @@ pub async fn sqlite(ctx: &Ctx, n: u64, concurrency: usize) -> Result<Measurement
     m.workload = "sqlite".into();
     Ok(m)
 }
+
+/// A RabbitMQ queue of the run's own (and the direct exchange of the same name, as Celery
+/// declares a task queue), deleted by [`AmqpScope::delete`].
+pub struct AmqpScope {
+    /// The broker URL.
+    pub url: String,
+    /// The queue (and exchange) name.
+    pub queue: String,
+    broker: celeriac_amqp::AmqpBroker,
+}
+
+impl AmqpScope {
+    /// Connects to `url` (the check that RabbitMQ is reachable) and names a fresh queue.
+    pub async fn new(url: &str) -> Result<Self, String> {
+        let parsed = celeriac::core::url::EngineUrl::parse(url).map_err(|e| e.to_string())?;
+        let broker = celeriac_amqp::AmqpBroker::connect(&parsed)
+            .await
+            .map_err(|e| format!("RabbitMQ not reachable at {}: {e}", parsed.masked()))?;
+        Ok(Self {
+            url: url.to_string(),
+            queue: format!("celeriac-bench-{}", uuid::Uuid::new_v4().simple()),
+            broker,
+        })
+    }
+
+    /// Deletes the queue (with any message left) and its exchange.
+    pub async fn delete(&self) -> Result<(), String> {
+        self.broker
+            .delete_queue(&self.queue)
+            .await
+            .map_err(|e| format!("cannot delete queue {}: {e}", self.queue))
+    }
+}
+
+/// `noop_throughput` with RabbitMQ as the broker: `n` no-op tasks sent to the scope's
+/// queue, then one worker process consuming it. With results (stored in Redis under
+/// `redis`'s prefix), the figure comes from the spread of their `date_done`; without, from
+/// the queue draining. The queue is deleted afterwards, also on errors.
+pub async fn amqp_throughput(
+    amqp_url: &str,
+    redis: &RedisScope,
+    ignore_result: bool,
+    n: u64,
+    concurrency: usize,
+) -> Result<Measurement, String> {
+    let scope = AmqpScope::new(amqp_url).await?;
+    let out = amqp_run(&scope, redis, ignore_result, n, concurrency).await;
+    let cleaned = scope.delete().await;
+    let m = out?;
+    cleaned?;
+    Ok(m)
+}
+
+async fn amqp_run(
+    scope: &AmqpScope,
+    redis: &RedisScope,
+    ignore_result: bool,
+    n: u64,
+    concurrency: usize,
+) -> Result<Measurement, String> {
+    let (workload, name) = if ignore_result {
+        ("amqp_ignored", "bench.noop_ignored")
+    } else {
+        ("amqp_results", "bench.noop")
+    };
+    let app = tasks::app()
+        .broker_url(&scope.url)
+        .result_backend_url(&redis.url)
+        .default_queue(&scope.queue)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let sent = Instant::now();
+    let ids: Vec<String> = app
+        .send_many((0..n).map(|_| Signature::new(name)).collect())
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| r.id().to_string())
+        .collect();
+    let send_secs = sent.elapsed().as_secs_f64();
+    let depth = app
+        .broker()
+        .queue_depth(&scope.queue)
+        .await
+        .map_err(|e| e.to_string())?;
+    if depth != n {
+        return Err(format!("queued {depth} messages, expected {n}"));
+    }
+    let mut conn = redis.conn().await?;
+    // RabbitMQ's and Redis's CPU time from the worker's start to the queue being drained.
+    let rabbit = procs::rabbitmq_server();
+    let rabbit_cpu0 = rabbit.map(procs::tree_cpu_seconds);
+    let redis_cpu0 = redis_cpu_seconds(&mut conn).await?;
+    let c = concurrency.to_string();
+    let node = format!("bench-{}@%h", uuid::Uuid::new_v4().simple());
+    let spawned = Instant::now();
+    let mut worker = WorkerProc::spawn(
+        &scope.url,
+        &[
+            "--backend",
+            &redis.url,
+            "-Q",
+            &scope.queue,
+            "-c",
+            &c,
+            "-n",
+            &node,
+        ],
+    )?;
+    let mut m = Measurement::new(workload, "celeriac", format!("async -c {concurrency}"));
+    m.n = n;
+    let timeout = Duration::from_secs(300);
+    if ignore_result {
+        let poll = Duration::from_millis(2);
+        let secs = drained(&app, &scope.queue, None, n, timeout, poll).await?;
+        m.tasks_per_s = Some(n as f64 / secs.max(1e-6));
+        m.note = "queue drain (ready count of a passive queue.declare polled every 2 ms; \
+                  up to the prefetch may still be unacked then)"
+            .into();
+    } else {
+        drained(
+            &app,
+            &scope.queue,
+            None,
+            n,
+            timeout,
+            Duration::from_millis(20),
+        )
+        .await?;
+    }
+    let rabbit_cpu = rabbit
+        .zip(rabbit_cpu0)
+        .map(|(p, t0)| procs::tree_cpu_seconds(p) - t0);
+    let redis_cpu = redis_cpu_seconds(&mut conn).await? - redis_cpu0;
+    if !ignore_result {
+        let recs = records(&app, &ids, timeout).await?;
+        m.seconds = Some(spawned.elapsed().as_secs_f64());
+        let (secs, _) = spread(&recs).ok_or("no date_done in the records")?;
+        m.tasks_per_s = Some((n - 1) as f64 / secs.max(1e-6));
+        m.note =
+            "(n-1) ÷ spread of date_done (records in Redis); seconds = spawn → last result read"
+                .into();
+    }
+    m.worker_cpu_us_per_task = Some(procs::tree_cpu_seconds(worker.pid()) * 1e6 / n as f64);
+    if !ignore_result {
+        m.redis_cpu_us_per_task = Some(redis_cpu * 1e6 / n as f64);
+    }
+    let per = |s: f64| s * 1e6 / n as f64;
+    m.note.push_str(&format!(
+        "; CPU per task: worker {:.1} µs, RabbitMQ {}{}; sent in {send_secs:.2} s",
+        m.worker_cpu_us_per_task.unwrap_or(0.0),
+        rabbit_cpu.map_or_else(|| "?".into(), |s| format!("{:.1} µs", per(s))),
+        if ignore_result {
+            String::new()
+        } else {
+            format!(", Redis {:.1} µs", per(redis_cpu))
+        },
+    ));
+    worker.stop();
+    Ok(m)
+}
