@@ -149,3 +149,59 @@ async fn with_max_priority_higher_numbers_come_first() {
     }
     assert_eq!(order, [2, 4, 3, 1]);
 }
+
+/// A queue bound to a headers exchange gets the messages whose headers match the
+/// binding's arguments (`x-match: all`), whatever their routing key; one that matches no
+/// binding is returned and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_exchanges_route_by_message_headers() {
+    use celeriac_core::message::DeliveryInfo;
+    use celeriac_core::routing::{ExchangeType, QueueSpec};
+    let Some(b) = connect("headers_exchanges_route_by_message_headers").await else {
+        return;
+    };
+    let _cleanup = Cleanup(b.clone());
+    let exchange = services::unique("celeriac-test-hdr");
+    let queue = services::unique("celeriac-test-images");
+    let args = serde_json::json!({"x-match": "all", "kind": "image", "size": 2});
+    let serde_json::Value::Object(args) = args else {
+        unreachable!()
+    };
+    b.declare(
+        &QueueSpec::new(queue.clone())
+            .exchange(exchange.clone(), ExchangeType::Headers)
+            .binding_arguments(args),
+    )
+    .await
+    .unwrap();
+    let via = |n: u64, kind: &str| {
+        let mut m = celeriac_testing::broker::message("unused", n, None);
+        m.headers.insert("kind".into(), serde_json::json!(kind));
+        m.headers.insert("size".into(), serde_json::json!(2));
+        m.properties.delivery_info = DeliveryInfo {
+            exchange: exchange.clone(),
+            routing_key: "ignored".into(),
+            redelivered: None,
+        };
+        m
+    };
+    b.publish(via(1, "image"), Default::default())
+        .await
+        .unwrap();
+    let e = b
+        .publish(via(2, "doc"), Default::default())
+        .await
+        .expect_err("headers that match no binding are refused");
+    assert!(e.source.to_string().contains(&exchange), "{}", e.source);
+    assert_eq!(b.queue_depth(&queue).await.unwrap(), 1);
+    let mut c = b
+        .consume(celeriac_core::broker::ConsumeOptions::new(
+            vec![queue.clone()],
+            1,
+        ))
+        .await
+        .unwrap();
+    let d = celeriac_testing::broker::next(&mut c).await;
+    assert_eq!(d.message().headers["n"], serde_json::json!(1));
+    d.ack().await.unwrap();
+}

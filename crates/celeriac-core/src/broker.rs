@@ -140,6 +140,7 @@ pub trait Broker: Send + Sync + 'static {
             }
             ExchangeType::Topic => Err(BrokerError::Unsupported("topic exchanges")),
             ExchangeType::Fanout => Err(BrokerError::Unsupported("fanout task queues")),
+            ExchangeType::Headers => Err(BrokerError::Unsupported("headers exchanges")),
         }
     }
 

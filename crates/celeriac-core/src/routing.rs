@@ -48,6 +48,10 @@ pub enum ExchangeType {
     Topic,
     /// Every bound queue gets a copy, whatever the routing key.
     Fanout,
+    /// Matched on the message's headers against the binding's arguments (`x-match`: `all`
+    /// or `any`), the routing key ignored. RabbitMQ only: kombu's virtual transports
+    /// (Redis) have no headers exchanges, nor do the embedded engines.
+    Headers,
 }
 
 impl ExchangeType {
@@ -57,6 +61,7 @@ impl ExchangeType {
             ExchangeType::Direct => "direct",
             ExchangeType::Topic => "topic",
             ExchangeType::Fanout => "fanout",
+            ExchangeType::Headers => "headers",
         }
     }
 
@@ -66,12 +71,14 @@ impl ExchangeType {
             "direct" => Some(ExchangeType::Direct),
             "topic" => Some(ExchangeType::Topic),
             "fanout" => Some(ExchangeType::Fanout),
+            "headers" => Some(ExchangeType::Headers),
             _ => None,
         }
     }
 
     /// Whether a message published with `routing_key` goes to a queue bound with
-    /// `binding_key`, by this exchange type's rule.
+    /// `binding_key`, by this exchange type's rule (never, for a headers exchange, which
+    /// does not look at routing keys).
     ///
     /// ```
     /// use celeriac_core::routing::ExchangeType::*;
@@ -86,6 +93,7 @@ impl ExchangeType {
         match self {
             ExchangeType::Direct => binding_key == routing_key,
             ExchangeType::Fanout => true,
+            ExchangeType::Headers => false,
             ExchangeType::Topic => {
                 let pattern: Vec<&str> = binding_key.split('.').collect();
                 let words: Vec<&str> = if routing_key.is_empty() {
@@ -114,7 +122,7 @@ fn topic_match(pattern: &[&str], words: &[&str]) -> bool {
 /// A queue as Celery's `task_queues` declares it — kombu's
 /// `Queue(name, Exchange(exchange, type=…), routing_key=…)`: the queue, the exchange it is
 /// bound to, and the binding key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueSpec {
     /// The queue name (what workers consume with `-Q`).
     pub name: String,
@@ -124,6 +132,9 @@ pub struct QueueSpec {
     pub exchange_type: ExchangeType,
     /// The binding key (for a topic exchange, a pattern such as `images.#`).
     pub routing_key: String,
+    /// The binding's arguments: for a headers exchange, `x-match` (`all` or `any`) and
+    /// the header values to match.
+    pub binding_arguments: serde_json::Map<String, Value>,
 }
 
 impl QueueSpec {
@@ -135,8 +146,16 @@ impl QueueSpec {
             exchange: name.clone(),
             routing_key: name.clone(),
             exchange_type: ExchangeType::Direct,
+            binding_arguments: serde_json::Map::new(),
             name,
         }
+    }
+
+    /// With binding arguments `args` (for a headers exchange: `{"x-match": "all",
+    /// "kind": "image"}`).
+    pub fn binding_arguments(mut self, args: serde_json::Map<String, Value>) -> Self {
+        self.binding_arguments = args;
+        self
     }
 
     /// Bound to exchange `name` of type `kind` instead.

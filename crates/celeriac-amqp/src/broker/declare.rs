@@ -83,11 +83,21 @@ impl Inner {
             ExchangeType::Direct => lapin::ExchangeKind::Direct,
             ExchangeType::Topic => lapin::ExchangeKind::Topic,
             ExchangeType::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeType::Headers => lapin::ExchangeKind::Headers,
         };
         self.exchange(&spec.exchange, kind).await?;
         self.queue(&spec.name, self.queue_arguments()).await?;
-        self.bind_raw(&spec.name, &spec.exchange, &spec.routing_key)
-            .await?;
+        let link = self.link().await?;
+        link.admin
+            .queue_bind(
+                spec.name.as_str().into(),
+                spec.exchange.as_str().into(),
+                spec.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                crate::table::to_table(&spec.binding_arguments),
+            )
+            .await
+            .map_err(|e| error::broker(&self.cfg.masked, "queue.bind", &e))?;
         lock(&self.declared).insert(spec.name.clone());
         lock(&self.known).insert(spec.name.clone());
         Ok(())

@@ -457,6 +457,11 @@ impl Broker for MemoryBroker {
                 .bind_queue(&spec.name, &spec.exchange, &spec.routing_key)
                 .await;
         }
+        if spec.exchange_type == ExchangeType::Headers {
+            return Err(BrokerError::Unsupported(
+                "headers exchanges (RabbitMQ only, as with kombu's virtual transports)",
+            ));
+        }
         let mut st = self.inner.lock();
         st.queues.entry(spec.name.clone()).or_default();
         let (kind, bound) = st

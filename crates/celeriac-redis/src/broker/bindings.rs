@@ -101,6 +101,11 @@ impl RedisBroker {
                 ExchangeType::Fanout => return Err(BrokerError::Unsupported(
                     "fanout task queues on Redis (kombu broadcasts fanout exchanges over pub/sub)",
                 )),
+                ExchangeType::Headers => {
+                    return Err(BrokerError::Unsupported(
+                        "headers exchanges on Redis (kombu's Redis transport has none)",
+                    ))
+                }
             };
         let member = format!(
             "{}{SEP}{pattern}{SEP}{}",

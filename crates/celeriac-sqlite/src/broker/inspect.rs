@@ -65,6 +65,11 @@ impl SqliteBroker {
     /// `Broker::declare`: the queue, its exchange's type (a direct exchange needs no
     /// row) and its binding. An exchange already declared with another type is refused.
     pub(super) async fn declare_spec(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        if spec.exchange_type == ExchangeType::Headers {
+            return Err(BrokerError::Unsupported(
+                "headers exchanges (RabbitMQ only, as with kombu's virtual transports)",
+            ));
+        }
         self.declare(&spec.name).await?;
         if spec.is_default() {
             return Ok(());
