@@ -540,21 +540,45 @@ fn py_canvas(spec: Value) -> Value {
     json!({"op": "canvas", "canvas": spec, "wait": 30})
 }
 
-/// Issue 6: a stock Python client's chain, group, chord, callbacks, map/starmap/chunks
-/// and saved group run on celeriac workers, with Celery's results and errors.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_canvas_runs_on_celeriac_workers() {
-    let Some(it) = Interop::new("python_canvas_runs_on_celeriac_workers") else {
+/// Puts `options.queue = queue` on every signature of a `canvas` spec (its links, chain
+/// steps, group members and chord bodies too; not on `map`/`starmap`/`chunks`, which run
+/// inline). Celery's workers — and celeriac's — send what follows a task (the next chain
+/// step, a chord body, a callback) to their app's default queue unless the signature
+/// names one; a celeriac worker's is `celery`, so on a shared RabbitMQ every signature
+/// names the test's own queue.
+fn routed(spec: &mut Value, queue: &str) {
+    let Some(obj) = spec.as_object_mut() else {
         return;
     };
-    let _rust = it.rust_worker(&["-c", "4", "-n", "rust@test"]);
+    for key in ["chain", "group", "chord", "link", "link_error"] {
+        if let Some(items) = obj.get_mut(key).and_then(Value::as_array_mut) {
+            items.iter_mut().for_each(|s| routed(s, queue));
+        }
+    }
+    if let Some(body) = obj.get_mut("body") {
+        routed(body, queue);
+    }
+    let inline = ["map", "starmap", "chunks"]
+        .iter()
+        .any(|k| obj.contains_key(*k));
+    if obj.contains_key("task") && !inline {
+        let options = obj.entry("options").or_insert_with(|| json!({}));
+        options["queue"] = json!(queue);
+    }
+}
+
+/// Issue 6's Python side: the Python client's requests — a chain, group, chord (one
+/// failing), a failing chain, link and link_error, map/starmap/chunks, a chain through a
+/// group, a saved group, and the callbacks' results. With `queue`, every signature is
+/// routed there (see [`routed`]). Check the responses with [`check_python_canvas`].
+pub(crate) fn python_canvas_requests(queue: Option<&str>) -> Vec<Value> {
     let (linked, errback) = (uuid(), uuid());
     let adds = |n: i64| {
         (0..n)
             .map(|i| py_task("tasks.add", json!([i, i])))
             .collect::<Vec<_>>()
     };
-    let requests = vec![
+    let mut requests = vec![
         // 0: ((1+1)+3)*10
         py_canvas(json!({"chain": [
             py_task("tasks.add", json!([1, 1])),
@@ -601,9 +625,31 @@ async fn python_canvas_runs_on_celeriac_workers() {
         json!({"op": "get", "id": linked, "wait": 20}),
         json!({"op": "get", "id": errback, "wait": 20}),
     ];
-    let r = it.python_client(requests).await;
+    if let Some(queue) = queue {
+        for r in &mut requests {
+            if let Some(spec) = r.get_mut("canvas") {
+                routed(spec, queue);
+            }
+        }
+    }
+    requests
+}
+
+/// Checks the Python client's responses `r` to [`python_canvas_requests`]: Celery's
+/// results and errors, the failed chord's `ChordError` and the saved group, both read by a
+/// celeriac client `app` (on the same result backend). `logs` goes into failure messages.
+pub(crate) async fn check_python_canvas(
+    r: &[Value],
+    app: &celeriac::App,
+    logs: impl Fn() -> String,
+) {
     let ok = |i: usize| {
-        assert!(r[i]["exc_type"].is_null(), "request {i}: {}", r[i]);
+        assert!(
+            r[i]["exc_type"].is_null(),
+            "request {i}: {}\n{}",
+            r[i],
+            logs()
+        );
         r[i]["result"].clone()
     };
     assert_eq!(ok(0), json!(50));
@@ -611,22 +657,22 @@ async fn python_canvas_runs_on_celeriac_workers() {
     assert_eq!(ok(2), json!(90));
     // Python's `get` raises the failed header task's own error first (it checks the
     // parents); the body's record carries the ChordError, read below.
-    assert_eq!(r[3]["exc_type"], "ValueError", "{}", r[3]);
+    assert_eq!(r[3]["exc_type"], "ValueError", "{}\n{}", r[3], logs());
     assert_eq!(
         (&r[4]["exc_type"], &r[4]["exc_message"], &r[4]["state"]),
         (&json!("ValueError"), &json!("mid"), &json!("FAILURE")),
-        "{}",
-        r[4]
+        "{}\n{}",
+        r[4],
+        logs()
     );
     assert_eq!(ok(5), json!(4));
-    assert_eq!(r[6]["exc_type"], "ValueError");
+    assert_eq!(r[6]["exc_type"], "ValueError", "{}\n{}", r[6], logs());
     assert_eq!(ok(7), json!([1, "two", [3]]));
     assert_eq!(ok(8), json!([3, 7]));
     assert_eq!(ok(9), json!([[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]));
     assert_eq!(ok(10), json!(7));
     assert_eq!(ok(12), json!("linked"));
     assert_eq!(ok(13), json!("errback"));
-    let app = builder_on(&it.scope.url("")).build().await.unwrap();
     let tree = &r[3]["tree"];
     let body = app.async_result(tree["id"].as_str().unwrap());
     let err = body.get::<Value>(WAIT).await.unwrap_err();
@@ -641,37 +687,46 @@ async fn python_canvas_runs_on_celeriac_workers() {
     );
     // The group Python saved is restored by a celeriac client.
     let saved = r[11]["id"].as_str().unwrap();
-    let back = GroupResult::restore(&app, saved)
+    let back = GroupResult::restore(app, saved)
         .await
         .unwrap()
         .expect("the group Python saved");
     assert_eq!(back.get::<i64>(WAIT).await.unwrap(), vec![0, 2, 4]);
 }
 
-/// Issue 6: a celeriac client's canvas runs on a stock Python Celery worker — Celery
-/// continues its chains, joins its chords in the Redis backend and restores its groups.
+/// Issue 6: a stock Python client's chain, group, chord, callbacks, map/starmap/chunks
+/// and saved group run on celeriac workers, with Celery's results and errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn celeriac_canvas_runs_on_a_python_worker() {
-    let Some(it) = Interop::new("celeriac_canvas_runs_on_a_python_worker") else {
+async fn python_canvas_runs_on_celeriac_workers() {
+    let Some(it) = Interop::new("python_canvas_runs_on_celeriac_workers") else {
         return;
     };
-    let _py = it.python_worker("py@test", "celery", 4);
+    let rust = it.rust_worker(&["-c", "4", "-n", "rust@test"]);
+    let r = it.python_client(python_canvas_requests(None)).await;
     let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    check_python_canvas(&r, &app, || rust.log()).await;
+}
+
+/// Issue 6's celeriac side: a celeriac client's chain, group, chord (one failing), failing
+/// chain, link and link_error, map/starmap/chunks and chain through a group, run by
+/// whatever worker consumes `app`'s default queue, with Celery's results; then a group,
+/// saved, returned for a Python client to restore ([`check_restored_group`]).
+pub(crate) async fn celeriac_canvas(app: &celeriac::App) -> GroupResult {
     let r = chain![add::new(1, 1), add::s(3), mul::s(10)]
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 50);
 
     let g = group((0..10).map(|i| add::new(i, i)))
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     let sums: Vec<i64> = g.get(WAIT).await.unwrap();
     assert_eq!(sums, (0..10).map(|i| i * 2).collect::<Vec<_>>());
 
     let r = chord(group((0..10).map(|i| add::new(i, i))), xsum::s())
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 90);
@@ -681,7 +736,7 @@ async fn celeriac_canvas_runs_on_a_python_worker() {
         group([add::new(1, 1), fail::new("bad".into()).task_id(&fail_id)]),
         xsum::s(),
     )
-    .apply_async(&app)
+    .apply_async(app)
     .await
     .unwrap();
     let err = r.get::<i64>(WAIT).await.unwrap_err();
@@ -695,7 +750,7 @@ async fn celeriac_canvas_runs_on_a_python_worker() {
     );
 
     let r = chain![add::new(1, 1), fail::si("mid".into()), add::s(1)]
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     let err = r.get::<i64>(WAIT).await.unwrap_err();
@@ -705,13 +760,13 @@ async fn celeriac_canvas_runs_on_a_python_worker() {
     let (linked, errback) = (uuid(), uuid());
     let r = add::new(2, 2)
         .link(echo::si(json!("linked")).task_id(&linked))
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 4);
     let f = fail::new("x".into())
         .link_error(echo::si(json!("errback")).task_id(&errback))
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert!(f.get::<Value>(WAIT).await.is_err());
@@ -721,17 +776,17 @@ async fn celeriac_canvas_runs_on_a_python_worker() {
     }
 
     let r = echo::map([json!(1), json!("two")])
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert_eq!(r.get::<Value>(WAIT).await.unwrap(), json!([1, "two"]));
     let r = add::starmap([(1, 2), (3, 4)])
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert_eq!(r.get::<Vec<i64>>(WAIT).await.unwrap(), vec![3, 7]);
     let parts: Vec<Vec<i64>> = add::chunks((0..10).map(|i| (i, i)), 3)
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap()
         .get(WAIT)
@@ -742,24 +797,46 @@ async fn celeriac_canvas_runs_on_a_python_worker() {
         vec![vec![0, 2, 4], vec![6, 8, 10], vec![12, 14, 16], vec![18]]
     );
     let r = chain![add::new(1, 1), group([add::s(1), add::s(2)]), xsum::s()]
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 7);
 
-    // A group celeriac saved is restored by Python's GroupResult.restore.
     let g = group((0..3).map(|i| add::new(i, i)))
-        .apply_async(&app)
+        .apply_async(app)
         .await
         .unwrap();
     g.save().await.unwrap();
-    let py = it
-        .python_client(vec![json!({"op": "group", "id": g.id(), "wait": 20})])
-        .await;
-    assert_eq!(py[0]["found"], json!(true), "{}", py[0]);
-    assert_eq!(py[0]["result"], json!([0, 2, 4]));
+    g
+}
+
+/// The request for a Python client to restore the group [`celeriac_canvas`] saved.
+pub(crate) fn restore_group_request(g: &GroupResult) -> Value {
+    json!({"op": "group", "id": g.id(), "wait": 20})
+}
+
+/// Checks Python's `GroupResult.restore` of `g` (the response to
+/// [`restore_group_request`]): found, the same children, their results.
+pub(crate) fn check_restored_group(py: &Value, g: &GroupResult) {
+    assert_eq!(py["found"], json!(true), "{py}");
+    assert_eq!(py["result"], json!([0, 2, 4]), "{py}");
     let ids: Vec<&str> = g.results().iter().map(|r| r.id()).collect();
-    assert_eq!(py[0]["children"], json!(ids));
+    assert_eq!(py["children"], json!(ids));
+}
+
+/// Issue 6: a celeriac client's canvas runs on a stock Python Celery worker — Celery
+/// continues its chains, joins its chords in the Redis backend and restores its groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celeriac_canvas_runs_on_a_python_worker() {
+    let Some(it) = Interop::new("celeriac_canvas_runs_on_a_python_worker") else {
+        return;
+    };
+    let _py = it.python_worker("py@test", "celery", 4);
+    let app = builder_on(&it.scope.url("")).build().await.unwrap();
+    // A group celeriac saved is restored by Python's GroupResult.restore.
+    let g = celeriac_canvas(&app).await;
+    let py = it.python_client(vec![restore_group_request(&g)]).await;
+    check_restored_group(&py[0], &g);
 }
 
 fn uuid() -> String {

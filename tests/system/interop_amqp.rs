@@ -1,10 +1,10 @@
 //! Interop with stock Python Celery 5.7 on RabbitMQ: a Python client calls a celeriac
 //! worker, a celeriac client calls a Python worker, a mixed fleet shares one queue,
 //! routing picks the right worker, garbage on a queue is rejected once, both publish the
-//! same task message, `rpc://` results cross both ways, and remote control (`ping`,
-//! `revoke`) crosses both ways. Celery's routing tutorial (`task_queues` with an exchange
-//! per queue, `task_routes`, a worker per queue) runs here on both engines, RabbitMQ and
-//! Redis.
+//! same task message, `rpc://` results cross both ways, remote control (`ping`,
+//! `revoke`) crosses both ways, and so do canvases (chains, groups, chords: results in
+//! Redis). Celery's routing tutorial (`task_queues` with an exchange per queue,
+//! `task_routes`, a worker per queue) runs here on both engines, RabbitMQ and Redis.
 //!
 //! The broker is RabbitMQ (`CELERIAC_TEST_AMQP_URL`); results go to Redis under a key
 //! prefix of the test's own, or (one test) travel back over `rpc://`. Every test works on
@@ -27,6 +27,7 @@ use celeriac_testing::python::{celery_venv, CeleryVenv};
 use celeriac_testing::services::{self, RedisScope};
 use serde_json::{json, Value};
 
+use crate::interop;
 use crate::proc::WorkerProcess;
 use crate::support::*;
 
@@ -1270,4 +1271,60 @@ async fn tutorial_routing_python_client_on_rabbitmq() {
     for q in &queues {
         assert_eq!(it.depth_when_idle(q).await, 0, "{q}");
     }
+}
+
+/// Issue 6 on RabbitMQ: a stock Python client's chain, group, chord, callbacks,
+/// map/starmap/chunks and saved group run on two celeriac workers sharing this test's
+/// queue (results, chord joins and the saved group in Redis), with Celery's results and
+/// errors; nothing is left in the queue.
+///
+/// Every signature names the queue (see `interop::routed`): a celeriac worker, like
+/// Celery's, sends chain steps, chord bodies and callbacks to its app's default queue,
+/// and the test app's is the shared `celery`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_canvas_runs_on_celeriac_workers_on_rabbitmq() {
+    let Some(it) = AmqpInterop::new("python_canvas_runs_on_celeriac_workers_on_rabbitmq", 1) else {
+        return;
+    };
+    let q = it.queue(0).to_string();
+    let mut workers = [
+        it.rust_worker(&["-Q", &q, "-c", "2", "-n", &it.node("rust1")]),
+        it.rust_worker(&["-Q", &q, "-c", "2", "-n", &it.node("rust2")]),
+    ];
+    let logs = |w: &[WorkerProcess; 2]| format!("rust1:\n{}\nrust2:\n{}", w[0].log(), w[1].log());
+    let r = it
+        .python_client(interop::python_canvas_requests(Some(&q)))
+        .await;
+    let app = it.app().await;
+    interop::check_python_canvas(&r, &app, || logs(&workers)).await;
+    for w in &mut workers {
+        assert!(
+            w.terminate().success(),
+            "celeriac worker exit:\n{}",
+            w.log()
+        );
+    }
+    assert_eq!(it.depth_when_idle(&q).await, 0, "{}", logs(&workers));
+}
+
+/// Issue 6 on RabbitMQ, the other way: a celeriac client's canvas runs on a stock Python
+/// Celery worker — Celery continues its chains (on its default queue, this test's),
+/// joins its chords in the Redis backend and restores its saved group; nothing is left
+/// in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celeriac_canvas_runs_on_a_python_worker_on_rabbitmq() {
+    let Some(it) = AmqpInterop::new("celeriac_canvas_runs_on_a_python_worker_on_rabbitmq", 1)
+    else {
+        return;
+    };
+    let q = it.queue(0).to_string();
+    let mut py = it.python_worker(&it.node("py"), &q, 4);
+    let app = it.app().await;
+    let g = interop::celeriac_canvas(&app).await;
+    let restored = it
+        .python_client(vec![interop::restore_group_request(&g)])
+        .await;
+    interop::check_restored_group(&restored[0], &g);
+    py.terminate();
+    assert_eq!(it.depth_when_idle(&q).await, 0, "{}", py.log());
 }
