@@ -48,6 +48,11 @@ pub struct Capabilities {
     /// Task queues bound to topic exchanges ([`QueueSpec`] with
     /// [`ExchangeType::Topic`]) route by pattern.
     pub topic: bool,
+    /// A restored delivery is always the next one handed out. RabbitMQ puts a requeued
+    /// message back in its place, but may hand out the one behind it first when the
+    /// consumer's prefetch slot frees at the same moment (its channel and queue are
+    /// separate processes), so it does not claim this.
+    pub ordered_restore: bool,
 }
 
 /// Options for one publish.

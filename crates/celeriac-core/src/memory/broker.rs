@@ -435,6 +435,7 @@ impl Broker for MemoryBroker {
             durable: false,
             shared: false,
             topic: true,
+            ordered_restore: true,
         }
     }
 

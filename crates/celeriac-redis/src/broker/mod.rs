@@ -176,6 +176,7 @@ impl Broker for RedisBroker {
         c.shared = true;
         c.fanout = true;
         c.topic = true;
+        c.ordered_restore = true;
         c
     }
 

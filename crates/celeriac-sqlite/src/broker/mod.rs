@@ -113,6 +113,7 @@ impl Broker for SqliteBroker {
         c.durable = true;
         c.shared = true;
         c.topic = true;
+        c.ordered_restore = true;
         c.fanout = true;
         c
     }
