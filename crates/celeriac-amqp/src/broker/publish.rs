@@ -19,6 +19,7 @@ use celeriac_core::broker::{PublishManyError, PublishOptions};
 use celeriac_core::error::BrokerError;
 use celeriac_core::message::Message;
 
+use super::link::Link;
 use super::Inner;
 use crate::error;
 use crate::table;
@@ -75,9 +76,9 @@ impl Inner {
         }
     }
 
-    /// Sends `m` on the publishing channel; the confirm is awaited by the caller.
-    async fn send(&self, m: &Message) -> Result<lapin::PublisherConfirm, BrokerError> {
-        let link = self.link().await?;
+    /// Sends `m` on the publishing channel of `link`; the confirm is awaited by the
+    /// caller.
+    async fn send(&self, link: &Link, m: &Message) -> Result<lapin::PublisherConfirm, BrokerError> {
         let info = &m.properties.delivery_info;
         let sent = link
             .publish
@@ -131,7 +132,8 @@ impl Inner {
     /// Publishes one message and waits for its confirm.
     pub(crate) async fn publish_one(&self, m: &Message) -> Result<(), BrokerError> {
         self.prepare(m).await?;
-        let c = self.send(m).await?;
+        let link = self.link().await?;
+        let c = self.send(&link, m).await?;
         self.confirmed(m, c).await
     }
 
@@ -164,9 +166,17 @@ impl Inner {
             let chunk = &messages[chunk_start..end];
             let mut confirms = Vec::with_capacity(chunk.len());
             let mut failure = None;
+            // One link for the chunk: sends after a failure are not tried.
+            let mut link = None;
             for (i, (m, _)) in chunk.iter().enumerate() {
                 let sent = match self.prepare(m).await {
-                    Ok(()) => self.send(m).await,
+                    Ok(()) => match &link {
+                        Some(l) => self.send(l, m).await,
+                        None => match self.link().await {
+                            Ok(l) => self.send(link.insert(l), m).await,
+                            Err(e) => Err(e),
+                        },
+                    },
                     Err(e) => Err(e),
                 };
                 match sent {
