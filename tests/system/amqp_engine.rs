@@ -324,7 +324,15 @@ async fn amqps_verifies_the_server_and_presents_a_client_certificate() {
         .build()
         .await
         .expect_err("a server asking for a client certificate must refuse us");
-    assert!(e.to_string().contains("certificate required"), "{e}");
+    // TLS 1.3 sends the server's "certificate required" alert after the client thinks
+    // the handshake is done: the client reads either the alert or, when socat has
+    // already closed, a reset. Either way the connection is refused.
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot reach broker")
+            && (text.contains("certificate required") || text.contains("reset by peer")),
+        "{text}"
+    );
 }
 
 /// Held ETA tasks do not block the queue: with a prefetch of 1, five tasks due in a
