@@ -2,7 +2,7 @@
 # bootstrap.sh VENV_DIR
 #
 # Idempotently create a Python virtualenv at VENV_DIR holding the packages in
-# requirements.txt (stock Celery 5.7.0 with the redis extra) for the interop
+# requirements.txt (stock Celery 5.7.0 with the redis extra, Flower 2.2.0) for the interop
 # tests. Prints nothing and exits 0 on success; on failure prints one line to
 # stderr and exits non-zero. Safe to run concurrently (flock on VENV_DIR.lock).
 # Set CELERIAC_PYTHON to choose the interpreter used to create the venv
@@ -44,7 +44,8 @@ ready() {
     "$VENV/bin/python" - <<'PYEOF' >/dev/null 2>&1
 import sys
 import celery, kombu, redis  # noqa: F401  (redis = the [redis] extra)
-sys.exit(0 if celery.__version__ == "5.7.0" else 1)
+import flower  # noqa: F401  (Flower, for the events/remote-control tests)
+sys.exit(0 if celery.__version__ == "5.7.0" and flower.__version__ == "2.2.0" else 1)
 PYEOF
 }
 
@@ -72,5 +73,5 @@ LOG="$VENV.bootstrap.log"
 
 rm -f "$STAMP"
 printf '%s\n' "$REQ_HASH" > "$STAMP" || die "cannot write $STAMP"
-ready || die "celery 5.7.0 still not importable from $VENV/bin/python after install; see $LOG"
+ready || die "celery 5.7.0 / flower 2.2.0 still not importable from $VENV/bin/python after install; see $LOG"
 exit 0

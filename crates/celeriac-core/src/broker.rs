@@ -235,6 +235,21 @@ pub trait Broker: Send + Sync + 'static {
         let _ = exchange;
         Err(BrokerError::Unsupported("fanout exchanges"))
     }
+
+    /// Publishes an event (Celery's `celeryev` exchange) under the message's routing key
+    /// (`worker.heartbeat`, `task.multi`, …). On AMQP the exchange is a durable topic
+    /// exchange, as Celery declares it; elsewhere it is a fanout exchange (on Redis kombu
+    /// publishes on the channel `<exchange>/<routing key>`), which is the default here.
+    async fn publish_event(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        self.publish_fanout(exchange, message).await
+    }
+
+    /// Subscribes to every event published on `exchange` (binding key `#`): on AMQP a
+    /// queue of Celery's monitor shape (`celeryev.<uuid>`, exclusive, messages kept 5 s);
+    /// elsewhere a fanout subscription, the default here.
+    async fn subscribe_events(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        self.subscribe_fanout(exchange).await
+    }
 }
 
 /// Messages broadcast on a fanout exchange while subscribed. Dropping it unsubscribes.

@@ -41,6 +41,13 @@ pub struct Config {
     /// `task_publish_retry`), with back-off; `None` fails at once. Default 15 s, long
     /// enough to ride out a broker restart.
     pub publish_retry: Option<Duration>,
+    /// Workers send task events (`worker_send_task_events`, `-E`); also turned on by
+    /// `CELERY_WORKER_SEND_TASK_EVENTS=true` (or `CELERIAC_…`). Worker events
+    /// (online, heartbeat, offline) are sent regardless.
+    pub task_events: bool,
+    /// Clients send a `task-sent` event for every task (`task_send_sent_event`); also
+    /// turned on by `CELERY_TASK_SEND_SENT_EVENT=true` (or `CELERIAC_…`).
+    pub send_sent_event: bool,
 }
 
 impl Default for Config {
@@ -54,8 +61,24 @@ impl Default for Config {
             result_extended: false,
             prefetch_multiplier: 4,
             publish_retry: Some(Duration::from_secs(15)),
+            task_events: env_flag("WORKER_SEND_TASK_EVENTS"),
+            send_sent_event: env_flag("TASK_SEND_SENT_EVENT"),
         }
     }
+}
+
+/// Whether `CELERIAC_<name>` or `CELERY_<name>` is set to a true value (`1`, `true`,
+/// `yes`, `on`), as Celery reads boolean settings from the environment.
+fn env_flag(name: &str) -> bool {
+    [format!("CELERIAC_{name}"), format!("CELERY_{name}")]
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .any(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
 }
 
 /// A celeriac application: where tasks are registered and sent.
@@ -97,6 +120,10 @@ struct Inner {
     /// Set once the configured queues ([`AppBuilder::queue`]) are declared on the broker,
     /// before the first publish (as Celery's client declares a queue before sending).
     queues_declared: tokio::sync::OnceCell<()>,
+    /// The Lamport clock of events and remote control.
+    clock: Arc<crate::events::Clock>,
+    /// The client's event sender (`task-sent`), made on first use.
+    events: std::sync::OnceLock<Arc<crate::events::dispatcher::Dispatcher>>,
 }
 
 impl std::fmt::Debug for App {
@@ -234,6 +261,19 @@ impl AppBuilder {
         self
     }
 
+    /// Workers of this app send task events (Celery's `-E`, `worker_send_task_events`):
+    /// what Flower and `celery events` show of each task.
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.config.task_events = on;
+        self
+    }
+
+    /// Send a `task-sent` event for every task sent (Celery's `task_send_sent_event`).
+    pub fn send_sent_event(mut self, on: bool) -> Self {
+        self.config.send_sent_event = on;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -306,6 +346,8 @@ impl AppBuilder {
                 origin: format!("gen{}@{}", std::process::id(), host),
                 reply_to,
                 queues_declared: tokio::sync::OnceCell::new(),
+                clock: Arc::default(),
+                events: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -330,6 +372,8 @@ impl App {
                 origin: i.origin.clone(),
                 reply_to: i.reply_to.clone(),
                 queues_declared: tokio::sync::OnceCell::new(),
+                clock: i.clock.clone(),
+                events: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -412,6 +456,24 @@ impl App {
     /// This process's node name for messages it sends (`gen<pid>@<host>`).
     pub fn origin(&self) -> &str {
         &self.inner.origin
+    }
+
+    /// The Lamport clock this app stamps on events and remote-control messages.
+    pub fn clock(&self) -> &Arc<crate::events::Clock> {
+        &self.inner.clock
+    }
+
+    /// The client's event sender (for `task-sent`), under the [`origin`](Self::origin)
+    /// node name.
+    pub(crate) fn client_events(&self) -> &Arc<crate::events::dispatcher::Dispatcher> {
+        self.inner.events.get_or_init(|| {
+            crate::events::dispatcher::Dispatcher::new(
+                self.inner.broker.clone(),
+                self.inner.origin.as_str().into(),
+                self.inner.clock.clone(),
+                false,
+            )
+        })
     }
 
     /// A handle to the result of task `id`.

@@ -185,6 +185,11 @@ impl TaskContext {
         }
     }
 
+    /// The task message this request came from.
+    pub(crate) fn message(&self) -> &Arc<TaskMessage> {
+        &self.inner.msg
+    }
+
     /// The task id.
     pub fn id(&self) -> &str {
         &self.inner.msg.headers.id

@@ -139,6 +139,7 @@ pub(crate) fn command_message(
     arguments: Value,
     destination: Option<&[String]>,
     reply: Option<(&str, &str)>,
+    clock: u64,
 ) -> Message {
     let mut body = json!({
         "method": method,
@@ -151,7 +152,7 @@ pub(crate) fn command_message(
         body["ticket"] = json!(ticket);
         body["reply_to"] = json!({"exchange": REPLY_EXCHANGE, "routing_key": oid});
     }
-    let headers = json!({"clock": 1, "expires": unix_now() + COMMAND_TTL});
+    let headers = json!({"clock": clock, "expires": unix_now() + COMMAND_TTL});
     json_message(headers, PIDBOX, "", &body, 2)
 }
 
@@ -162,11 +163,12 @@ pub(crate) fn reply_message(
     exchange: &str,
     routing_key: &str,
     reply: Value,
+    clock: u64,
 ) -> Message {
     let mut body = Map::new();
     body.insert(node.to_string(), reply);
     json_message(
-        json!({"ticket": ticket, "clock": 1}),
+        json!({"ticket": ticket, "clock": clock}),
         exchange,
         routing_key,
         &Value::Object(body),
@@ -221,7 +223,8 @@ impl Control {
     ) -> Result<Vec<(String, Value)>, Error> {
         let broker = self.app.broker();
         let Some(timeout) = reply_timeout else {
-            let msg = command_message(method, arguments, destination, None);
+            let clock = self.app.clock().forward();
+            let msg = command_message(method, arguments, destination, None, clock);
             broker.publish_fanout(PIDBOX, msg).await?;
             return Ok(Vec::new());
         };
@@ -232,7 +235,8 @@ impl Control {
             .consume(ConsumeOptions::new(vec![queue.clone()], 0))
             .await?;
         let ticket = uuid::Uuid::new_v4().to_string();
-        let msg = command_message(method, arguments, destination, Some((&ticket, &oid)));
+        let clock = self.app.clock().forward();
+        let msg = command_message(method, arguments, destination, Some((&ticket, &oid)), clock);
         broker.publish_fanout(PIDBOX, msg).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
@@ -283,7 +287,7 @@ mod tests {
     #[test]
     fn round_trips_a_ping_with_reply_address() {
         let dest = vec!["w1@h".to_string()];
-        let msg = command_message("ping", json!({}), Some(&dest), Some(("t-1", "oid-9")));
+        let msg = command_message("ping", json!({}), Some(&dest), Some(("t-1", "oid-9")), 3);
         let cmd = Command::parse(&msg).unwrap();
         assert_eq!(
             cmd.reply,
@@ -296,6 +300,7 @@ mod tests {
             REPLY_EXCHANGE,
             "oid-9",
             json!({"ok": "pong"}),
+            4,
         );
         assert_eq!(reply.headers["ticket"], json!("t-1"));
         assert_eq!(reply.routing_key(), "oid-9");

@@ -89,6 +89,7 @@ pub mod context;
 pub mod control;
 pub mod engines;
 pub mod error;
+pub mod events;
 mod execute;
 mod map;
 pub(crate) mod producer;

@@ -1,8 +1,10 @@
-//! Fanout exchanges (remote control, broadcast): a publish goes to the exchange, and each
-//! subscriber has a server-named, exclusive, auto-delete queue bound to it, consumed
-//! without acknowledgement on a channel of its own; a lost subscription is made again
-//! (with back-off) while the subscriber lives. As with any AMQP fanout, a subscriber that
-//! is not bound when a message is published misses it.
+//! Broadcast exchanges: fanout ones (remote control) and Celery's `celeryev` topic
+//! exchange (events). A publish goes to the exchange, and each subscriber has an
+//! exclusive, auto-delete queue bound to it (server-named for fanout; `celeryev.<uuid>`
+//! with Celery's monitor arguments for events), consumed without acknowledgement on a
+//! channel of its own; a lost subscription is made again (with back-off) while the
+//! subscriber lives. As with any AMQP broadcast, a subscriber that is not bound when a
+//! message is published misses it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use tokio::sync::mpsc;
 use tracing::info;
@@ -26,14 +28,36 @@ use super::publish::properties;
 use super::Inner;
 use crate::error;
 
+/// How a subscriber's queue is made and bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Broadcast {
+    /// A fanout exchange; a server-named queue.
+    Fanout,
+    /// Celery's event exchange: topic, bound with `#`; queue `celeryev.<uuid>` with
+    /// `x-message-ttl` 5 s and `x-expires` 60 s (Celery's `event_queue_ttl` and
+    /// `event_queue_expires`).
+    Events,
+}
+
+impl Broadcast {
+    fn kind(self) -> ExchangeKind {
+        match self {
+            Broadcast::Fanout => ExchangeKind::Fanout,
+            Broadcast::Events => ExchangeKind::Topic,
+        }
+    }
+}
+
 impl Inner {
-    /// Publishes `message` to every queue bound to fanout exchange `exchange`.
+    /// Publishes `message` to every queue bound to the broadcast exchange `exchange`,
+    /// under the message's routing key.
     pub(crate) async fn fanout_publish(
         &self,
         exchange: &str,
+        how: Broadcast,
         message: &Message,
     ) -> Result<(), BrokerError> {
-        self.exchange(exchange, ExchangeKind::Fanout).await?;
+        self.exchange(exchange, how.kind()).await?;
         let link = self.link().await?;
         let confirm = link
             .publish
@@ -52,15 +76,16 @@ impl Inner {
             .map_err(|e| error::broker(&self.cfg.masked, "publish", &e))
     }
 
-    /// Subscribes to fanout exchange `exchange`.
+    /// Subscribes to the broadcast exchange `exchange`.
     pub(crate) async fn fanout_subscribe(
         self: Arc<Self>,
         exchange: &str,
+        how: Broadcast,
     ) -> Result<Subscription, BrokerError> {
         let exchange = exchange.to_string();
         // Bound here, so the caller hears of an unreachable broker, and misses nothing
         // published after this returns.
-        let first = self.bind_subscriber(&exchange).await?;
+        let first = self.bind_subscriber(&exchange, how).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut current = Some(first);
@@ -68,7 +93,7 @@ impl Inner {
             loop {
                 let (channel, mut stream) = match current.take() {
                     Some(s) => s,
-                    None => match self.bind_subscriber(&exchange).await {
+                    None => match self.bind_subscriber(&exchange, how).await {
                         Ok(s) => {
                             info!("fanout `{exchange}`: subscription restored");
                             backoff.reset();
@@ -114,21 +139,31 @@ impl Inner {
     async fn bind_subscriber(
         &self,
         exchange: &str,
+        how: Broadcast,
     ) -> Result<(Channel, lapin::Consumer), BrokerError> {
-        self.exchange(exchange, ExchangeKind::Fanout).await?;
+        self.exchange(exchange, how.kind()).await?;
         let link = self.link().await?;
         let channel = self.channel(&link.conn).await?;
         let fail =
             |op: &'static str| move |e: lapin::Error| error::broker(&self.cfg.masked, op, &e);
+        let (name, arguments, binding) = match how {
+            Broadcast::Fanout => (String::new(), FieldTable::default(), ""),
+            Broadcast::Events => {
+                let mut args = FieldTable::default();
+                args.insert("x-message-ttl".into(), AMQPValue::LongInt(5_000));
+                args.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+                (format!("celeryev.{}", uuid::Uuid::new_v4()), args, "#")
+            }
+        };
         let queue = channel
             .queue_declare(
-                "".into(),
+                name.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await
             .map_err(fail("queue.declare"))?;
@@ -136,7 +171,7 @@ impl Inner {
             .queue_bind(
                 queue.name().clone(),
                 exchange.into(),
-                "".into(),
+                binding.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -30,6 +30,7 @@ use celeriac_core::url::EngineUrl;
 
 use crate::config::AmqpConfig;
 use crate::error::Error;
+use fanout::Broadcast;
 
 /// Locks a mutex of this crate's. Its sections never unwind half-way, so a poisoned lock
 /// still holds consistent data and is taken as it is.
@@ -206,13 +207,38 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish_fanout(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
-        match self.inner.fanout_publish(exchange, &message).await {
+        match self
+            .inner
+            .fanout_publish(exchange, Broadcast::Fanout, &message)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => Err(PublishError::new(message, e)),
         }
     }
 
     async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
-        self.inner.clone().fanout_subscribe(exchange).await
+        self.inner
+            .clone()
+            .fanout_subscribe(exchange, Broadcast::Fanout)
+            .await
+    }
+
+    async fn publish_event(&self, exchange: &str, message: Message) -> Result<(), PublishError> {
+        match self
+            .inner
+            .fanout_publish(exchange, Broadcast::Events, &message)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(PublishError::new(message, e)),
+        }
+    }
+
+    async fn subscribe_events(&self, exchange: &str) -> Result<Subscription, BrokerError> {
+        self.inner
+            .clone()
+            .fanout_subscribe(exchange, Broadcast::Events)
+            .await
     }
 }

@@ -89,6 +89,20 @@ pub fn args_repr(args: &[Value]) -> String {
     truncate(out)
 }
 
+/// Python's `repr()` of one value (a task's result in a `task-succeeded` event),
+/// truncated as Celery's `saferepr` does.
+///
+/// ```
+/// use serde_json::json;
+/// use celeriac_core::protocol::json::value_repr;
+/// assert_eq!(value_repr(&json!({"a": [1, null, true]})), "{'a': [1, None, True]}");
+/// ```
+pub fn value_repr(v: &Value) -> String {
+    let mut out = String::new();
+    repr_into(v, &mut out);
+    truncate(out)
+}
+
 /// Python's `repr()` of the kwargs dict.
 pub fn kwargs_repr(kwargs: &serde_json::Map<String, Value>) -> String {
     let mut out = String::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::progress::Progress;
-use super::{CallArgs, Common, InspectCommand, PurgeArgs, ReplyArgs, WorkerArgs};
+use super::{CallArgs, Common, PurgeArgs, WorkerArgs};
 use crate::app::App;
 use crate::error::Error;
 use crate::result::AsyncResult;
@@ -53,6 +53,9 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     if let Some(t) = w.soft_time_limit {
         builder = builder.soft_time_limit(t.as_secs_f64());
     }
+    if w.task_events {
+        builder = builder.task_events(true);
+    }
     let worker = builder.build();
     let report = worker.run().await?;
     let s = report.stats;
@@ -74,14 +77,6 @@ pub(super) async fn common(app: App, command: Common) -> Result<i32, Error> {
             show(&res, r.wait).await
         }
         Common::Purge(p) => purge(app, p).await,
-        Common::Inspect(InspectCommand::Queues) => {
-            let queues = app.broker().queues().await?;
-            println!("{:<30} {:>10}", "QUEUE", "MESSAGES");
-            for q in queues {
-                println!("{:<30} {:>10}", q, app.broker().queue_depth(&q).await?);
-            }
-            Ok(0)
-        }
         Common::Status => status(app).await,
         Common::Revoke(r) => {
             let ids: Vec<&str> = r.ids.iter().map(String::as_str).collect();
@@ -98,28 +93,10 @@ pub(super) async fn common(app: App, command: Common) -> Result<i32, Error> {
             );
             Ok(0)
         }
-        Common::Inspect(InspectCommand::Ping(a)) => inspect(app, "ping", a).await,
-        Common::Inspect(InspectCommand::Stats(a)) => inspect(app, "stats", a).await,
-        Common::Inspect(InspectCommand::Active(a)) => inspect(app, "active", a).await,
-        Common::Inspect(InspectCommand::Revoked(a)) => inspect(app, "revoked", a).await,
+        Common::Inspect(i) => super::remote::inspect(app, i).await,
+        Common::Control(c) => super::remote::control(app, c).await,
+        Common::Events(e) => super::events::run(app, e).await,
     }
-}
-
-/// Broadcasts a remote-control command and prints each worker's reply on a line.
-async fn inspect(app: App, method: &str, a: ReplyArgs) -> Result<i32, Error> {
-    let destination = (!a.destination.is_empty()).then_some(a.destination.as_slice());
-    let replies = app
-        .control()
-        .broadcast(method, json!({}), destination, Some(a.timeout))
-        .await?;
-    if replies.is_empty() {
-        eprintln!("error: no worker replied within {:?}", a.timeout);
-        return Ok(1);
-    }
-    for (node, reply) in replies {
-        println!("{node}: {reply}");
-    }
-    Ok(0)
 }
 
 async fn call(app: App, c: CallArgs) -> Result<i32, Error> {

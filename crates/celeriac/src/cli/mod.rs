@@ -19,7 +19,9 @@
 //! directory is used, and a line on stderr names it.
 
 mod commands;
+mod events;
 mod progress;
+mod remote;
 
 use std::io::Write;
 use std::time::Duration;
@@ -84,9 +86,16 @@ enum Common {
     Purge(PurgeArgs),
     /// Revoke tasks on every worker (they will not run; with --terminate, running ones stop).
     Revoke(RevokeArgs),
-    /// Inspect the broker.
+    /// Ask workers (Celery's `inspect`), or look at the broker's queues.
     #[command(subcommand)]
     Inspect(InspectCommand),
+    /// Steer workers (Celery's `control`): revoke, rate and time limits, queues, pool size,
+    /// events, shutdown.
+    #[command(subcommand)]
+    Control(ControlCommand),
+    /// Watch the cluster's events: a live view of workers and tasks, or every event as a
+    /// JSON line (--dump).
+    Events(EventsArgs),
     /// Show what this command connects to.
     Status,
 }
@@ -138,6 +147,9 @@ struct WorkerArgs {
     /// Soft time limit in seconds for tasks that set none.
     #[arg(long, value_parser = seconds)]
     soft_time_limit: Option<Duration>,
+    /// Send task events (for Flower and `celery events`) [env: CELERY_WORKER_SEND_TASK_EVENTS].
+    #[arg(short = 'E', long)]
+    task_events: bool,
 }
 
 #[derive(Args, Debug)]
@@ -198,28 +210,177 @@ struct RevokeArgs {
     terminate: bool,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct ReplyArgs {
     /// Seconds to wait for replies.
-    #[arg(long, default_value = "1", value_parser = seconds)]
+    #[arg(long, short = 't', default_value = "1", value_parser = seconds, global = true)]
     timeout: Duration,
     /// Only these workers (node names, comma separated).
-    #[arg(long, short = 'd', value_delimiter = ',')]
+    #[arg(long, short = 'd', value_delimiter = ',', global = true)]
     destination: Vec<String>,
+    /// Print the replies as one JSON object (`{node: reply}`).
+    #[arg(long, short = 'j', global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
 enum InspectCommand {
-    /// Messages waiting in each queue.
+    /// Messages waiting in each queue (the broker, not the workers).
     Queues,
     /// Which workers answer.
     Ping(ReplyArgs),
-    /// Each worker's counters.
+    /// Each worker's statistics (pool, broker, totals, uptime, rusage).
     Stats(ReplyArgs),
+    /// The tasks each worker has registered.
+    Registered(ReplyArgs),
     /// The tasks each worker runs now.
     Active(ReplyArgs),
+    /// The tasks each worker received and has not started.
+    Reserved(ReplyArgs),
+    /// The tasks each worker holds for their ETA or countdown.
+    Scheduled(ReplyArgs),
     /// The task ids each worker holds as revoked.
     Revoked(ReplyArgs),
+    /// The queues each worker consumes.
+    #[command(name = "active_queues", visible_alias = "active-queues")]
+    ActiveQueues(ReplyArgs),
+    /// Where given tasks are on each worker (active, reserved, scheduled).
+    #[command(name = "query_task", visible_alias = "query-task")]
+    QueryTask(QueryArgs),
+    /// Each worker's settings.
+    Conf(ReplyArgs),
+    /// Each worker's software and platform.
+    Report(ReplyArgs),
+    /// Each worker's Lamport clock.
+    Clock(ReplyArgs),
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    /// Task ids.
+    #[arg(required = true)]
+    ids: Vec<String>,
+    #[command(flatten)]
+    reply: ReplyArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum ControlCommand {
+    /// Revoke tasks: they will not run; with --terminate, running ones stop.
+    Revoke {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Stop the tasks if they are running.
+        #[arg(long)]
+        terminate: bool,
+        /// The signal for --terminate (prefork children get it).
+        #[arg(long, default_value = "SIGTERM")]
+        signal: String,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Stop running tasks (Celery's `terminate SIGNAL ID…`).
+    Terminate {
+        /// The signal (SIGTERM, SIGKILL, …).
+        signal: String,
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Limit how often a task starts on each worker: "10/s", "10/m", "10/h" ("0" lifts it).
+    #[command(name = "rate_limit", visible_alias = "rate-limit")]
+    RateLimit {
+        /// Task name.
+        task: String,
+        /// The rate.
+        rate: String,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Set a task's soft and hard time limits (seconds).
+    #[command(name = "time_limit", visible_alias = "time-limit")]
+    TimeLimit {
+        /// Task name.
+        task: String,
+        /// Soft limit.
+        soft: f64,
+        /// Hard limit.
+        hard: Option<f64>,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Start consuming a queue.
+    #[command(name = "add_consumer", visible_alias = "add-consumer")]
+    AddConsumer {
+        /// Queue name.
+        queue: String,
+        /// Exchange [default: the queue's].
+        exchange: Option<String>,
+        /// Exchange type: direct, topic, fanout, headers.
+        exchange_type: Option<String>,
+        /// Routing key [default: the queue name].
+        routing_key: Option<String>,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Stop consuming a queue.
+    #[command(name = "cancel_consumer", visible_alias = "cancel-consumer")]
+    CancelConsumer {
+        /// Queue name.
+        queue: String,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Let each worker run N more tasks at once.
+    #[command(name = "pool_grow", visible_alias = "pool-grow")]
+    PoolGrow {
+        /// How many.
+        #[arg(default_value = "1")]
+        n: u32,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Let each worker run N fewer tasks at once.
+    #[command(name = "pool_shrink", visible_alias = "pool-shrink")]
+    PoolShrink {
+        /// How many.
+        #[arg(default_value = "1")]
+        n: u32,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// New autoscale bounds, for workers started with --autoscale.
+    Autoscale {
+        /// Most tasks at once.
+        max: u32,
+        /// Fewest.
+        min: u32,
+        #[command(flatten)]
+        reply: ReplyArgs,
+    },
+    /// Turn task events on.
+    #[command(name = "enable_events", visible_alias = "enable-events")]
+    EnableEvents(ReplyArgs),
+    /// Turn task events off.
+    #[command(name = "disable_events", visible_alias = "disable-events")]
+    DisableEvents(ReplyArgs),
+    /// Ask for a heartbeat event now.
+    Heartbeat(ReplyArgs),
+    /// Shut workers down (warm: running tasks finish).
+    Shutdown(ReplyArgs),
+}
+
+#[derive(Args, Debug)]
+struct EventsArgs {
+    /// Print every event as one JSON line instead of the live view.
+    #[arg(long)]
+    dump: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_parser = seconds)]
+    duration: Option<Duration>,
 }
 
 /// A JSON array argument (a newtype, so clap does not read `Vec` as "repeatable").

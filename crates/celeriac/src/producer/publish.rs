@@ -90,18 +90,46 @@ async fn before_send(app: &App) -> Result<(), Error> {
     }
 }
 
+/// The `task-sent` event's fields for `msg`, when the app sends them
+/// (`task_send_sent_event`).
+fn sent_event(app: &App, msg: &TaskMessage) -> Option<serde_json::Map<String, serde_json::Value>> {
+    if !app.config().send_sent_event {
+        return None;
+    }
+    let mut fields = serde_json::Map::new();
+    fields.insert("uuid".into(), msg.headers.id.clone().into());
+    crate::events::request_fields(msg, &mut fields);
+    let info = &msg.properties.delivery_info;
+    fields.insert("queue".into(), info.routing_key.clone().into());
+    fields.insert("exchange".into(), info.exchange.clone().into());
+    fields.insert("routing_key".into(), info.routing_key.clone().into());
+    Some(fields)
+}
+
+/// Sends the `task-sent` events of what was just published.
+async fn send_sent_events(app: &App, events: Vec<serde_json::Map<String, serde_json::Value>>) {
+    for fields in events {
+        app.client_events()
+            .send(crate::events::EventKind::TaskSent, fields)
+            .await;
+    }
+}
+
 /// Publishes one built message, retrying while the broker is unreachable; the error hands
 /// the message back.
 pub(super) async fn one(app: &App, msg: TaskMessage) -> Result<(), Error> {
     before_send(app).await?;
     let options = prepare::options(app, &msg);
+    let sent = sent_event(app, &msg);
     let broker = app.broker();
     let first = broker.publish_task(msg, options.clone()).await;
     retrying(app, first, |e: PublishError| {
         broker.publish(*e.message, options.clone())
     })
     .await
-    .map_err(Error::Publish)
+    .map_err(Error::Publish)?;
+    send_sent_events(app, sent.into_iter().collect()).await;
+    Ok(())
 }
 
 /// Publishes built messages as one batch (a chunk at a time), retrying while the broker is
@@ -133,6 +161,7 @@ pub(super) async fn batch(app: &App, messages: Vec<TaskMessage>) -> Result<(), E
 /// this process).
 pub(super) async fn chunk(app: &App, messages: Vec<TaskMessage>) -> Result<(), Error> {
     before_send(app).await?;
+    let sent: Vec<_> = messages.iter().filter_map(|m| sent_event(app, m)).collect();
     let tasks: Vec<(TaskMessage, PublishOptions)> = messages
         .into_iter()
         .map(|m| {
@@ -146,7 +175,9 @@ pub(super) async fn chunk(app: &App, messages: Vec<TaskMessage>) -> Result<(), E
         broker.publish_many(e.unpublished)
     })
     .await
-    .map_err(Error::PublishMany)
+    .map_err(Error::PublishMany)?;
+    send_sent_events(app, sent).await;
+    Ok(())
 }
 
 /// A message never tried, as a failed publish hands it back.

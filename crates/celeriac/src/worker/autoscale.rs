@@ -34,6 +34,33 @@ impl Scaler {
         }
     }
 
+    /// New bounds (the `autoscale` command): the pool is brought within them at once.
+    pub(super) fn set_bounds(
+        &mut self,
+        slots: &Arc<Semaphore>,
+        max: usize,
+        min: usize,
+        prefork: Option<&Arc<PreforkPool>>,
+    ) -> usize {
+        self.bounds.max = max;
+        self.bounds.min = min;
+        let target = self.current.clamp(min, max);
+        if target > self.current {
+            slots.add_permits(target - self.current);
+        } else if target < self.current {
+            forget_slots(slots, self.current - target);
+        }
+        info!(
+            "autoscale: bounds now max={max} min={min}; {} → {target} slots",
+            self.current
+        );
+        self.current = target;
+        if let Some(pool) = prefork {
+            pool.set_capacity(max);
+        }
+        self.current
+    }
+
     /// One step: grow while messages wait for a slot (`waiting` of them), shrink by one
     /// after a slot went unused for the keepalive. Returns the pool size.
     pub(super) fn step(
@@ -73,4 +100,23 @@ impl Scaler {
         }
         self.current
     }
+}
+
+/// Takes `n` slots out of the pool for good: at once where they are free, else as the
+/// tasks holding them finish (`pool_shrink`, lowering the autoscale bounds).
+pub(super) fn forget_slots(slots: &Arc<Semaphore>, n: usize) {
+    let Ok(n) = u32::try_from(n) else { return };
+    if n == 0 {
+        return;
+    }
+    if let Ok(p) = slots.clone().try_acquire_many_owned(n) {
+        p.forget();
+        return;
+    }
+    let slots = slots.clone();
+    tokio::spawn(async move {
+        if let Ok(p) = slots.acquire_many_owned(n).await {
+            p.forget();
+        }
+    });
 }

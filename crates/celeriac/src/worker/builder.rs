@@ -28,6 +28,7 @@ pub struct WorkerBuilder {
     stats_interval: Duration,
     max_message_size: usize,
     max_held_eta: usize,
+    task_events: Option<bool>,
 }
 
 /// Default [`WorkerBuilder::max_message_size`]: 64 MiB.
@@ -61,6 +62,7 @@ impl WorkerBuilder {
             stats_interval: Duration::from_secs(60),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_held_eta: DEFAULT_MAX_HELD_ETA,
+            task_events: None,
         }
     }
 
@@ -101,6 +103,16 @@ impl WorkerBuilder {
                 .map_or(Duration::from_secs(30), |a| a.keepalive),
         });
         self.concurrency = max;
+        self
+    }
+
+    /// Send task events (`-E`, `--task-events`): `task-received`, `task-started`,
+    /// `task-succeeded`, … for Flower and `celery events`. Default: the app's
+    /// [`Config::task_events`](crate::Config::task_events). Worker events (online,
+    /// heartbeat, offline) are sent either way; `enable_events` / `disable_events`
+    /// switch task events while the worker runs.
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = Some(on);
         self
     }
 
@@ -233,7 +245,9 @@ impl WorkerBuilder {
             }
             Some(n) => n,
         };
+        let task_events = self.task_events.unwrap_or(self.app.config().task_events);
         Worker {
+            task_events,
             app: self.app,
             queues: self.queues,
             concurrency: if self.pool == Pool::Solo {

@@ -1,39 +1,131 @@
 //! The worker's side of remote control: it listens on the `celery.pidbox` fanout and
-//! answers `ping`, `revoke`, `stats`, `active` and `revoked` as Celery's workers do —
-//! for celeriac's clients and Python's alike.
+//! answers every command a Celery 5.7 worker answers — inspect (`ping`, `stats`,
+//! `registered`, `active`, `reserved`, `scheduled`, `query_task`, `revoked`,
+//! `active_queues`, `conf`, `report`, `clock`, `hello`) and control (`revoke`,
+//! `terminate`, `rate_limit`, `time_limit`, `add_consumer`, `cancel_consumer`,
+//! `pool_grow`, `pool_shrink`, `autoscale`, `enable_events`, `disable_events`,
+//! `heartbeat`, `shutdown`) — with Celery's reply shapes, for celeriac's clients,
+//! Python's `celery inspect`/`control` and Flower alike.
+//!
+//! What the worker loop owns (the messages waiting for a slot or their ETA, the
+//! consumer, the pool size) is asked for through a [`LoopRequest`]; the rest is read
+//! from the shared [`JobEnv`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use celeriac_core::routing::{ExchangeType, QueueSpec};
 use celeriac_core::Subscription;
 
 use super::job::JobEnv;
+use super::overrides::Rate;
+use super::ShutdownHandle;
 use crate::control::{reply_message, Command};
+use crate::events::EventKind;
+use crate::execute::{Limits, Pool};
 
-/// Ids a revoke named, for the worker loop to drop from what it holds.
-pub(super) type RevokedTx = mpsc::UnboundedSender<Vec<String>>;
+/// What the control loop asks of the worker loop.
+pub(super) enum LoopRequest {
+    /// Settle these revoked ids if the worker holds them.
+    Revoked(Vec<String>),
+    /// The messages waiting for a slot and those held for their ETA.
+    Held(oneshot::Sender<Held>),
+    /// Start consuming a queue (declared first).
+    AddConsumer(QueueSpec, oneshot::Sender<Value>),
+    /// Stop consuming a queue.
+    CancelConsumer(String, oneshot::Sender<Value>),
+    /// Grow (positive) or shrink (negative) the pool.
+    Resize(i64, oneshot::Sender<Value>),
+    /// New autoscale bounds (max, min).
+    Autoscale(usize, usize, oneshot::Sender<Value>),
+}
+
+/// Request-info objects of what the worker holds, unstarted.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    /// Received, waiting for a slot (Celery's "reserved").
+    pub(super) reserved: Vec<Value>,
+    /// Held for their ETA: `{"eta", "priority", "request"}` (Celery's "scheduled").
+    pub(super) scheduled: Vec<Value>,
+}
+
+/// What remote control knows of the worker beyond its jobs' environment.
+pub(super) struct Node {
+    pub(super) env: Arc<JobEnv>,
+    pub(super) to_loop: mpsc::UnboundedSender<LoopRequest>,
+    pub(super) shutdown: ShutdownHandle,
+    pub(super) started: std::time::Instant,
+    pub(super) prefetch: usize,
+    pub(super) max_tasks_per_child: Option<u64>,
+}
+
+/// Celery's request-info object for a task message (what `active`, `reserved`,
+/// `scheduled` and `query_task` list).
+pub(super) fn request_info(
+    msg: &celeriac_core::protocol::TaskMessage,
+    hostname: &str,
+    time_start: Option<f64>,
+    acknowledged: bool,
+    worker_pid: Option<u32>,
+) -> Value {
+    let d = &msg.properties.delivery_info;
+    json!({
+        "id": msg.headers.id,
+        "name": msg.headers.task,
+        "args": msg.args,
+        "kwargs": msg.kwargs,
+        "type": msg.headers.task,
+        "hostname": hostname,
+        "time_start": time_start,
+        "acknowledged": acknowledged,
+        "delivery_info": {
+            "exchange": d.exchange,
+            "routing_key": d.routing_key,
+            "priority": msg.properties.priority.unwrap_or(0),
+            "redelivered": d.redelivered.unwrap_or(false),
+        },
+        "worker_pid": worker_pid,
+    })
+}
 
 /// Handles commands until the subscription ends.
-pub(super) fn spawn(
-    shared: Arc<JobEnv>,
-    mut pidbox: Subscription,
-    revoked_tx: RevokedTx,
-) -> tokio::task::JoinHandle<()> {
+pub(super) fn spawn(node: Node, mut pidbox: Subscription) -> tokio::task::JoinHandle<()> {
+    let node = Arc::new(node);
     tokio::spawn(async move {
         while let Some(msg) = pidbox.next().await {
             let Some(cmd) = Command::parse(&msg) else {
                 continue;
             };
-            if !cmd.is_for(&shared.hostname) {
+            if let Some(c) = msg.headers.get("clock").and_then(Value::as_u64) {
+                node.env.app.clock().adjust(c);
+            }
+            if !cmd.is_for(&node.env.hostname) {
                 continue;
             }
-            let reply = handle(&shared, &cmd, &revoked_tx);
-            if let (Some((ticket, exchange, routing_key)), Some(reply)) = (&cmd.reply, reply) {
-                let answer = reply_message(&shared.hostname, ticket, exchange, routing_key, reply);
-                if let Err(e) = shared
+            // Each command on its own task: one waiting for the worker loop (a solo pool
+            // running a long task) does not hold up a revoke behind it.
+            let node = node.clone();
+            tokio::spawn(async move {
+                let Some(reply) = node.handle(&cmd).await else {
+                    return;
+                };
+                let Some((ticket, exchange, routing_key)) = &cmd.reply else {
+                    return;
+                };
+                let answer = reply_message(
+                    &node.env.hostname,
+                    ticket,
+                    exchange,
+                    routing_key,
+                    reply,
+                    node.env.app.clock().forward(),
+                );
+                if let Err(e) = node
+                    .env
                     .app
                     .broker()
                     .publish(answer, Default::default())
@@ -41,11 +133,12 @@ pub(super) fn spawn(
                 {
                     warn!("could not reply to `{}`: {e}", cmd.method);
                 }
-            }
+            });
         }
     })
 }
 
+/// Task ids in a command: one string or a list.
 fn ids(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => vec![s.clone()],
@@ -57,64 +150,519 @@ fn ids(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-fn handle(shared: &JobEnv, cmd: &Command, revoked_tx: &RevokedTx) -> Option<Value> {
-    Some(match cmd.method.as_str() {
-        "ping" => json!({"ok": "pong"}),
-        "revoke" => {
-            let ids = ids(cmd.arguments.get("task_id"));
-            let terminate = cmd
-                .arguments
-                .get("terminate")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            shared.revoked.insert(&ids);
-            let mut terminated = Vec::new();
-            if terminate {
-                for id in &ids {
-                    if shared.terminators.terminate(id) {
-                        terminated.push(id.clone());
+fn ok(text: impl Into<String>) -> Value {
+    json!({"ok": text.into()})
+}
+
+fn nok(text: impl Into<String>) -> Value {
+    json!({"error": text.into()})
+}
+
+/// Python's repr of a set of strings, as Celery's revoke reply embeds it.
+fn py_set(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return "set()".into();
+    }
+    let items: Vec<String> = ids.iter().map(|i| format!("'{i}'")).collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// A float argument (Celery accepts numbers and numeric strings).
+fn number(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+impl Node {
+    /// The reply to `cmd`, or `None` for none (`shutdown`).
+    async fn handle(&self, cmd: &Command) -> Option<Value> {
+        let env = &self.env;
+        let args = &cmd.arguments;
+        Some(match cmd.method.as_str() {
+            "ping" => ok("pong"),
+            "revoke" => {
+                let terminate = args.get("terminate").and_then(Value::as_bool) == Some(true);
+                self.revoke(ids(args.get("task_id")), terminate)
+            }
+            "terminate" => self.revoke(ids(args.get("task_id")), true),
+            "stats" => self.stats(),
+            "registered" => self.registered(),
+            "active" => Value::Array(self.active().into_iter().map(|(_, v)| v).collect()),
+            "reserved" => Value::Array(self.held().await.reserved),
+            "scheduled" => Value::Array(self.held().await.scheduled),
+            "query_task" => self.query_task(ids(args.get("ids"))).await,
+            "revoked" => json!(env.revoked.list()),
+            "active_queues" => self.active_queues(),
+            "conf" => self.conf(),
+            "report" => ok(self.report()),
+            "clock" => json!({"clock": env.app.clock().value()}),
+            "hello" => self.hello(args),
+            "rate_limit" => self.rate_limit(args),
+            "time_limit" => self.time_limit(args),
+            "add_consumer" => self.add_consumer(args).await,
+            "cancel_consumer" => {
+                let Some(queue) = args.get("queue").and_then(Value::as_str) else {
+                    return Some(nok("missing argument `queue`"));
+                };
+                self.ask(|tx| LoopRequest::CancelConsumer(queue.to_string(), tx))
+                    .await
+            }
+            "pool_grow" | "pool_shrink" => {
+                let n = args.get("n").and_then(Value::as_i64).unwrap_or(1).max(0);
+                let delta = if cmd.method == "pool_grow" { n } else { -n };
+                self.ask(|tx| LoopRequest::Resize(delta, tx)).await
+            }
+            "autoscale" => {
+                let max = args.get("max").and_then(Value::as_u64);
+                let min = args.get("min").and_then(Value::as_u64);
+                match (max, min) {
+                    (Some(max), Some(min)) if max >= min && min >= 1 => {
+                        self.ask(|tx| LoopRequest::Autoscale(max as usize, min as usize, tx))
+                            .await
                     }
+                    _ => nok("autoscale needs integer arguments max ≥ min ≥ 1"),
                 }
             }
-            info!(
-                "revoke: {} task(s) flagged{}",
-                ids.len(),
-                if terminated.is_empty() {
-                    String::new()
+            "enable_events" => {
+                if env.events.set_task_events(true) {
+                    ok("task events already enabled")
                 } else {
-                    format!(", terminating {terminated:?}")
+                    info!("task events enabled by remote control");
+                    ok("task events enabled")
                 }
-            );
-            let _ = revoked_tx.send(ids.clone());
-            json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
+            }
+            "disable_events" => {
+                if env.events.set_task_events(false) {
+                    info!("task events disabled by remote control");
+                    ok("task events disabled")
+                } else {
+                    ok("task events already disabled")
+                }
+            }
+            "heartbeat" => {
+                super::heartbeat::send_worker_event(env, EventKind::WorkerHeartbeat, 5.0).await;
+                Value::Null
+            }
+            "shutdown" => {
+                warn!("remote control: shutdown requested; shutting down warm");
+                self.shutdown.warm();
+                return None;
+            }
+            other => nok(format!("No such control command: {other}")),
+        })
+    }
+
+    /// Asks the worker loop; an error reply if it does not answer (it is stopping).
+    async fn ask(&self, request: impl FnOnce(oneshot::Sender<Value>) -> LoopRequest) -> Value {
+        let (tx, rx) = oneshot::channel();
+        if self.to_loop.send(request(tx)).is_err() {
+            return nok("the worker is shutting down");
         }
-        "stats" => {
-            let s = shared.stats.snapshot();
-            let total: serde_json::Map<String, Value> = s
-                .per_task
-                .iter()
-                .map(|(name, c)| (name.clone(), json!(c.succeeded + c.failed)))
-                .collect();
-            json!({
-                "total": total,
-                "pid": std::process::id(),
-                "pool": {"implementation": shared.pool.to_string()},
-                "celeriac": {
-                    "succeeded": s.succeeded, "failed": s.failed, "retried": s.retried,
-                    "rejected": s.rejected, "revoked": s.revoked, "active": s.active,
-                },
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(v)) => v,
+            _ => nok("the worker loop did not answer"),
+        }
+    }
+
+    async fn held(&self) -> Held {
+        let (tx, rx) = oneshot::channel();
+        if self.to_loop.send(LoopRequest::Held(tx)).is_err() {
+            return Held::default();
+        }
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+
+    fn revoke(&self, ids: Vec<String>, terminate: bool) -> Value {
+        let env = &self.env;
+        env.revoked.insert(&ids);
+        let _ = self.to_loop.send(LoopRequest::Revoked(ids.clone()));
+        if !terminate {
+            info!("Tasks flagged as revoked: {}", ids.join(", "));
+            return ok(format!("tasks {} flagged as revoked", py_set(&ids)));
+        }
+        let terminated: Vec<String> = ids
+            .iter()
+            .filter(|id| env.terminators.terminate(id))
+            .cloned()
+            .collect();
+        if terminated.is_empty() {
+            return ok("terminate: tasks unknown");
+        }
+        info!("Terminating {}", terminated.join(", "));
+        ok(format!("terminate: {}", terminated.join(", ")))
+    }
+
+    /// Running tasks: (id, request info).
+    fn active(&self) -> Vec<(String, Value)> {
+        let env = &self.env;
+        env.terminators
+            .running()
+            .into_iter()
+            .map(|(ctx, started)| {
+                let acked = !env.acks_late(ctx.name());
+                let info = request_info(
+                    ctx.message(),
+                    &env.hostname,
+                    Some(started),
+                    acked,
+                    Some(std::process::id()),
+                );
+                (ctx.id().to_string(), info)
             })
+            .collect()
+    }
+
+    async fn query_task(&self, ids: Vec<String>) -> Value {
+        let mut out = Map::new();
+        let wanted = |v: &Value| {
+            v.get("id")
+                .and_then(Value::as_str)
+                .filter(|id| ids.iter().any(|w| w == id))
+                .map(str::to_string)
+        };
+        for (id, info) in self.active() {
+            if ids.contains(&id) {
+                out.insert(id, json!(["active", info]));
+            }
         }
-        "active" => {
-            let running: Vec<Value> = shared
-                .terminators
-                .running()
-                .into_iter()
-                .map(|id| json!({"id": id}))
-                .collect();
-            Value::Array(running)
+        let held = self.held().await;
+        for info in held.reserved {
+            if let Some(id) = wanted(&info) {
+                out.entry(id).or_insert(json!(["reserved", info]));
+            }
         }
-        "revoked" => json!(shared.revoked.list()),
-        other => json!({"error": format!("unknown command `{other}`")}),
+        for entry in held.scheduled {
+            let info = entry.get("request").cloned().unwrap_or(Value::Null);
+            if let Some(id) = wanted(&info) {
+                out.entry(id).or_insert(json!(["scheduled", info]));
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn registered(&self) -> Value {
+        let env = &self.env;
+        let mut names: Vec<String> = env
+            .app
+            .task_names()
+            .into_iter()
+            .filter(|n| !n.starts_with("celery."))
+            .map(|n| match env.overrides.rate(n) {
+                Some(rate) => format!("{n} [rate_limit={rate}]"),
+                None => n.to_string(),
+            })
+            .collect();
+        names.sort();
+        json!(names)
+    }
+
+    fn stats(&self) -> Value {
+        let env = &self.env;
+        let s = env.stats.snapshot();
+        let total: Map<String, Value> = s
+            .per_task
+            .iter()
+            .map(|(name, c)| (name.clone(), json!(c.succeeded + c.failed + c.retried)))
+            .collect();
+        let concurrency = s.concurrency;
+        let mut pool = json!({
+            "implementation": pool_implementation(env.pool),
+            "max-concurrency": concurrency,
+        });
+        match &env.prefork {
+            Some(p) => {
+                pool["processes"] = json!(p.pids());
+                pool["max-tasks-per-child"] =
+                    self.max_tasks_per_child.map_or(json!("N/A"), |n| json!(n));
+                pool["put-guarded-by-semaphore"] = json!(false);
+                pool["timeouts"] = json!([
+                    env.limits.soft.unwrap_or(0.0),
+                    env.limits.hard.unwrap_or(0.0)
+                ]);
+            }
+            None if env.pool == Pool::Threads => pool["threads"] = json!(concurrency),
+            None => {}
+        }
+        json!({
+            "total": total,
+            "pid": std::process::id(),
+            "clock": env.app.clock().value().to_string(),
+            "uptime": self.started.elapsed().as_secs(),
+            "pool": pool,
+            "broker": broker_info(env.app.broker_url()),
+            "prefetch_count": self.prefetch,
+            "rusage": super::stats::rusage(),
+        })
+    }
+
+    fn active_queues(&self) -> Value {
+        let env = &self.env;
+        let queues = env.queues();
+        Value::Array(
+            queues
+                .iter()
+                .map(|q| kombu_queue(&env.app.router().queue_spec(q)))
+                .collect(),
+        )
+    }
+
+    fn conf(&self) -> Value {
+        let env = &self.env;
+        let c = env.app.config();
+        json!({
+            "broker_url": env.app.broker_url(),
+            "result_backend": env.app.backend_url(),
+            "task_default_queue": c.default_queue,
+            "task_acks_late": c.acks_late,
+            "task_track_started": c.track_started,
+            "result_expires": c.result_expires.map(|d| d.as_secs_f64()),
+            "result_extended": c.result_extended,
+            "worker_prefetch_multiplier": c.prefetch_multiplier,
+            "worker_send_task_events": env.events.task_events(),
+            "task_send_sent_event": c.send_sent_event,
+            "worker_pool": env.pool.to_string(),
+            "include": [],
+        })
+    }
+
+    fn report(&self) -> String {
+        let env = &self.env;
+        format!(
+            "software -> celeriac:{} (Rust) protocol:2 celery-compatible:5.7\n            platform -> system:{} arch:{}\n            loader -> none\n            settings -> transport:{} results:{}\n",
+            env!("CARGO_PKG_VERSION"),
+            sw_sys(),
+            std::env::consts::ARCH,
+            env.app.broker_url().split(':').next().unwrap_or(""),
+            env.app.backend_url(),
+        )
+    }
+
+    /// Mingle: another node says hello with its revoked ids; merge them and answer with
+    /// ours. Our own hello gets no answer (`null`), as in Celery.
+    fn hello(&self, args: &Map<String, Value>) -> Value {
+        let env = &self.env;
+        let from = args.get("from_node").and_then(Value::as_str).unwrap_or("");
+        if from == &*env.hostname {
+            return Value::Null;
+        }
+        let theirs = ids(args.get("revoked"));
+        if !theirs.is_empty() {
+            env.revoked.insert(&theirs);
+        }
+        info!("sync with {from}");
+        json!({"revoked": env.revoked.list(), "clock": env.app.clock().value()})
+    }
+
+    fn rate_limit(&self, args: &Map<String, Value>) -> Value {
+        let env = &self.env;
+        let Some(task) = args.get("task_name").and_then(Value::as_str) else {
+            return nok("missing argument `task_name`");
+        };
+        if env.app.task(task).is_none() {
+            return nok("unknown task");
+        }
+        let text = match args.get("rate_limit") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        match Rate::parse(&text) {
+            Err(e) => nok(e),
+            Ok(None) => {
+                env.overrides.set_rate(task, None, &text);
+                info!("Rate limits disabled for tasks of type {task}");
+                ok("rate limit disabled successfully")
+            }
+            Ok(Some(rate)) => {
+                env.overrides.set_rate(task, Some(rate), &text);
+                info!("New rate limit for tasks of type {task}: {text}.");
+                ok("new rate limit set successfully")
+            }
+        }
+    }
+
+    fn time_limit(&self, args: &Map<String, Value>) -> Value {
+        let env = &self.env;
+        let Some(task) = args.get("task_name").and_then(Value::as_str) else {
+            return nok("missing argument `task_name`");
+        };
+        if env.app.task(task).is_none() {
+            return nok("unknown task");
+        }
+        let limits = Limits {
+            soft: number(args.get("soft")),
+            hard: number(args.get("hard")),
+        };
+        env.overrides.set_limits(task, limits);
+        info!(
+            "New time limits for tasks of type {task}: soft={:?} hard={:?}",
+            limits.soft, limits.hard
+        );
+        ok("time limits set successfully")
+    }
+
+    async fn add_consumer(&self, args: &Map<String, Value>) -> Value {
+        let Some(queue) = args.get("queue").and_then(Value::as_str) else {
+            return nok("missing argument `queue`");
+        };
+        let env = &self.env;
+        let mut spec = env.app.router().queue_spec(queue);
+        let text = |k: &str| {
+            args.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        if let Some(exchange) = text("exchange") {
+            spec.exchange = exchange.to_string();
+        }
+        if let Some(kind) = text("exchange_type") {
+            match ExchangeType::parse(kind) {
+                Some(k) => spec.exchange_type = k,
+                None => return nok(format!("unknown exchange type `{kind}`")),
+            }
+        }
+        if let Some(key) = text("routing_key") {
+            spec.routing_key = key.to_string();
+        }
+        self.ask(|tx| LoopRequest::AddConsumer(spec, tx)).await
+    }
+}
+
+/// Celery's name of a pool class, for `stats`.
+fn pool_implementation(pool: Pool) -> &'static str {
+    match pool {
+        Pool::Async => "celeriac.pool:AsyncPool",
+        Pool::Threads => "celeriac.pool:ThreadPool",
+        Pool::Prefork => "celeriac.pool:PreforkPool",
+        Pool::Solo => "celeriac.pool:SoloPool",
+    }
+}
+
+/// The operating system's name as Python's `platform.system()` gives it.
+pub(super) fn sw_sys() -> &'static str {
+    match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "Darwin",
+        "windows" => "Windows",
+        "freebsd" => "FreeBSD",
+        other => other,
+    }
+}
+
+/// The broker connection as kombu's `Connection.info()` describes it (credentials left
+/// out), for `stats`.
+fn broker_info(masked_url: &str) -> Value {
+    let parsed = url::Url::parse(masked_url).ok();
+    let scheme = masked_url.split(':').next().unwrap_or("");
+    let transport = match scheme {
+        "rediss" => "redis",
+        "amqps" | "pyamqp" => "amqp",
+        s => s,
+    };
+    let ssl = matches!(scheme, "rediss" | "amqps");
+    let (host, port, user, vhost) = match &parsed {
+        Some(u) => (
+            u.host_str().unwrap_or("").to_string(),
+            u.port_or_known_default(),
+            (!u.username().is_empty()).then(|| u.username().to_string()),
+            u.path().trim_start_matches('/').to_string(),
+        ),
+        None => (String::new(), None, None, String::new()),
+    };
+    let default_port = match transport {
+        "redis" => Some(6379),
+        "amqp" => Some(if ssl { 5671 } else { 5672 }),
+        _ => None,
+    };
+    json!({
+        "hostname": host,
+        "userid": user,
+        "virtual_host": if vhost.is_empty() && transport == "amqp" { "/".to_string() } else { vhost },
+        "port": port.or(default_port),
+        "insist": false,
+        "ssl": ssl,
+        "transport": transport,
+        "connect_timeout": 4,
+        "transport_options": {},
+        "login_method": if transport == "amqp" { Some("PLAIN") } else { None },
+        "uri_prefix": null,
+        "heartbeat": 120.0,
+        "failover_strategy": "round-robin",
+        "alternates": [],
+        "credential_provider": null,
     })
+}
+
+/// A queue as kombu's `Queue.as_dict(recurse=True)` describes it, for `active_queues`.
+fn kombu_queue(spec: &QueueSpec) -> Value {
+    json!({
+        "name": spec.name,
+        "exchange": {
+            "name": spec.exchange,
+            "type": spec.exchange_type.as_str(),
+            "arguments": null,
+            "durable": true,
+            "passive": false,
+            "auto_delete": false,
+            "delivery_mode": null,
+            "no_declare": false,
+        },
+        "routing_key": spec.routing_key,
+        "queue_arguments": null,
+        "binding_arguments": if spec.binding_arguments.is_empty() { Value::Null } else { Value::Object(spec.binding_arguments.clone()) },
+        "consumer_arguments": null,
+        "durable": true,
+        "exclusive": false,
+        "auto_delete": false,
+        "no_ack": false,
+        "alias": null,
+        "bindings": [],
+        "no_declare": null,
+        "expires": null,
+        "message_ttl": null,
+        "max_length": null,
+        "max_length_bytes": null,
+        "max_priority": null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoke_replies_embed_a_python_set() {
+        assert_eq!(py_set(&["a".into()]), "{'a'}");
+        assert_eq!(py_set(&["a".into(), "b".into()]), "{'a', 'b'}");
+        assert_eq!(py_set(&[]), "set()");
+    }
+
+    #[test]
+    fn broker_info_reads_the_masked_url() {
+        let b = broker_info("amqp://guest:********@127.0.0.1:5672/wire3");
+        assert_eq!(b["transport"], json!("amqp"));
+        assert_eq!(b["hostname"], json!("127.0.0.1"));
+        assert_eq!(b["userid"], json!("guest"));
+        assert_eq!(b["virtual_host"], json!("wire3"));
+        assert_eq!(b["port"], json!(5672));
+        let r = broker_info("rediss://127.0.0.1/0");
+        assert_eq!(r["ssl"], json!(true));
+        assert_eq!(r["port"], json!(6379));
+    }
+
+    #[test]
+    fn queues_are_described_as_kombu_does() {
+        let q = kombu_queue(&QueueSpec::new("q2"));
+        assert_eq!(q["name"], json!("q2"));
+        assert_eq!(q["exchange"]["type"], json!("direct"));
+        assert_eq!(q["routing_key"], json!("q2"));
+        assert_eq!(q["binding_arguments"], Value::Null);
+    }
 }

@@ -1,12 +1,56 @@
-//! The worker's heartbeat in the log: its counters, written every `stats_interval` when
-//! they changed.
+//! The worker's heartbeats: the `worker-online`, `worker-heartbeat` (every 2 s) and
+//! `worker-offline` events monitors judge liveness by — sent whether or not task events
+//! are on, as Celery does — and its counters in the log, written every
+//! `stats_interval` when they changed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{json, Map, Value};
 use tracing::info;
 
+use super::job::JobEnv;
 use super::stats::WorkerStats;
+use crate::events::{EventKind, HEARTBEAT_FREQ};
+
+/// The 1, 5 and 15 minute load averages, rounded to 2 decimals (0s where unknown).
+fn loadavg() -> Value {
+    let avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = [0.0f64; 3];
+    for (slot, v) in out.iter_mut().zip(avg.split_whitespace()) {
+        *slot = (v.parse::<f64>().unwrap_or(0.0) * 100.0).round() / 100.0;
+    }
+    json!(out)
+}
+
+/// Sends one worker event (`worker-online`, `-heartbeat`, `-offline`) with Celery's
+/// fields; `freq` is the heartbeat period it announces.
+pub(super) async fn send_worker_event(env: &JobEnv, kind: EventKind, freq: f64) {
+    let s = env.stats.snapshot();
+    let mut fields = Map::new();
+    fields.insert("freq".into(), json!(freq));
+    fields.insert("active".into(), json!(s.active));
+    fields.insert("processed".into(), json!(s.processed));
+    fields.insert("loadavg".into(), loadavg());
+    fields.insert("sw_ident".into(), json!("celeriac"));
+    fields.insert("sw_ver".into(), json!(env!("CARGO_PKG_VERSION")));
+    fields.insert("sw_sys".into(), json!(super::control::sw_sys()));
+    env.events.send(kind, fields).await;
+}
+
+/// Sends `worker-online` now, then `worker-heartbeat` every 2 s, until aborted.
+pub(super) fn spawn_worker_events(env: Arc<JobEnv>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        send_worker_event(&env, EventKind::WorkerOnline, HEARTBEAT_FREQ).await;
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(HEARTBEAT_FREQ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            send_worker_event(&env, EventKind::WorkerHeartbeat, HEARTBEAT_FREQ).await;
+        }
+    })
+}
 
 /// Logs the worker's counters every `every` when they changed since the last line.
 pub(super) fn spawn_heartbeat(

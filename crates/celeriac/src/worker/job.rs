@@ -15,6 +15,7 @@ use celeriac_core::backoff::Backoff;
 use celeriac_core::protocol::{DecodeError, TaskMessage};
 use celeriac_core::{Delivery, ExceptionInfo, ReplyTo, State, TaskMeta};
 
+use super::overrides::Overrides;
 use super::prefork::{PreforkPool, Ran};
 use super::revoked::Revoked;
 use super::stats::{Event, WorkerStats};
@@ -23,13 +24,16 @@ use super::Phase;
 use crate::app::App;
 use crate::canvas::flow;
 use crate::context::TaskContext;
+use crate::events::dispatcher::Dispatcher;
+use crate::events::EventKind;
 use crate::execute::{self, Limits, Outcome, Pool};
 use crate::producer;
 use crate::task::{Task, TaskConfig};
 
 /// What every job of one worker runs with, shared by all of them behind an `Arc`: the app,
 /// the node name, the pool, the counters, the shutdown phase, the worker-wide time limits,
-/// the prefork children, and the revoke and terminate registries.
+/// the prefork children, the revoke and terminate registries, the event sender, the
+/// settings remote control changed, and the queues consumed.
 pub(super) struct JobEnv {
     pub(super) app: App,
     pub(super) hostname: Arc<str>,
@@ -44,6 +48,12 @@ pub(super) struct JobEnv {
     pub(super) terminators: Terminators,
     /// Revoked task ids.
     pub(super) revoked: Revoked,
+    /// Events (worker events always; task events when on).
+    pub(super) events: Arc<Dispatcher>,
+    /// Rate and time limits set by remote control.
+    pub(super) overrides: Overrides,
+    /// The queues consumed now (`add_consumer`, `cancel_consumer` change them).
+    pub(super) queues: std::sync::Mutex<Vec<String>>,
 }
 
 /// An accepted task message waiting for (or holding) a slot.
@@ -86,6 +96,42 @@ fn truncate_for_log(v: &Value) -> String {
 }
 
 impl JobEnv {
+    /// The queues consumed now.
+    pub(super) fn queues(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether tasks named `task` are acknowledged after they run.
+    pub(super) fn acks_late(&self, task: &str) -> bool {
+        self.app
+            .task(task)
+            .and_then(|t| t.config().acks_late)
+            .unwrap_or(self.app.config().acks_late)
+    }
+
+    /// A `task-revoked` event (`terminated`, `signum`, `expired`).
+    fn revoked_event(&self, id: &str, terminated: bool, expired: bool) {
+        self.events.task(EventKind::TaskRevoked, id, |f| {
+            f.insert("terminated".into(), terminated.into());
+            f.insert(
+                "signum".into(),
+                if terminated { 15.into() } else { Value::Null },
+            );
+            f.insert("expired".into(), expired.into());
+        });
+    }
+
+    /// A `task-failed` event for `exc`.
+    fn failed_event(&self, id: &str, exc: &ExceptionInfo, traceback: Option<&str>) {
+        self.events.task(EventKind::TaskFailed, id, |f| {
+            f.insert("exception".into(), exc.python_repr().into());
+            f.insert("traceback".into(), traceback.unwrap_or_default().into());
+        });
+    }
+
     /// Base record for `msg` in `status`, with Celery's group/parent and extended fields.
     fn meta(&self, msg: &TaskMessage, status: State, result: Value) -> TaskMeta {
         let mut m = TaskMeta::new(msg.headers.id.clone(), status, result);
@@ -231,6 +277,10 @@ impl JobEnv {
             delivery.queue()
         );
         let exc = ExceptionInfo::celery("NotRegistered", msg.headers.task.clone());
+        self.events
+            .task(EventKind::TaskFailed, &msg.headers.id, |f| {
+                f.insert("exception".into(), exc.python_repr().into());
+            });
         let mut meta = self.meta(&msg, State::Failure, exc.to_value());
         meta.children = Value::Null;
         self.store(meta).await;
@@ -249,6 +299,7 @@ impl JobEnv {
         reason: &'static str,
     ) {
         warn!("Task {} {reason}; not run, stored REVOKED", Label(&msg));
+        self.revoked_event(&msg.headers.id, false, reason == "expired");
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
             let exc = ExceptionInfo::revoked(reason);
@@ -339,21 +390,24 @@ pub(super) fn execute(
             meta.date_done = None;
             shared.store(meta).await;
         }
+        shared
+            .events
+            .task(EventKind::TaskStarted, &msg.headers.id, |_| {});
         if let Some(problem) = Limits::out_of_range(msg.headers.timelimit) {
             warn!("Task {}: {problem}", Label(&msg));
         }
-        let limits = Limits::resolve(
-            msg.headers.timelimit,
-            Limits {
+        let task_limits = shared
+            .overrides
+            .limits(&msg.headers.task)
+            .unwrap_or(Limits {
                 hard: cfg.time_limit,
                 soft: cfg.soft_time_limit,
-            },
-            shared.limits,
-        );
+            });
+        let limits = Limits::resolve(msg.headers.timelimit, task_limits, shared.limits);
         shared.stats.started();
         let t0 = Instant::now();
         // `revoke(terminate=true)` reaches a running task through this.
-        let running_key = shared.terminators.register(&ctx);
+        let running_key = shared.terminators.register(&ctx, crate::events::unix_now());
         let terminate = ctx.terminate_signal();
         let ran = match &shared.prefork {
             // Boxed, like the body below: the job future lives as long as the task, so it stays
@@ -437,6 +491,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
             Ran::Output(output) => output,
             Ran::Terminated => {
                 warn!("Task {label} terminated by a revoke request; stored REVOKED");
+                shared.revoked_event(&msg.headers.id, true, false);
                 shared.stats.record(Some(task_name), Event::Revoked);
                 if store_results {
                     let exc = ExceptionInfo::revoked("terminated");
@@ -467,6 +522,15 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                             truncate_for_log(&value)
                         );
                         shared.stats.record(Some(task_name), Event::Succeeded);
+                        shared
+                            .events
+                            .task(EventKind::TaskSucceeded, &msg.headers.id, |f| {
+                                f.insert(
+                                    "result".into(),
+                                    celeriac_core::protocol::json::value_repr(&value).into(),
+                                );
+                                f.insert("runtime".into(), runtime.into());
+                            });
                         if store_results {
                             shared
                                 .store(shared.meta(&msg, State::Success, value.clone()))
@@ -488,6 +552,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                             format!("cannot send what follows the task: {e}"),
                         );
                         error!("Task {label} raised unexpected: {exc}");
+                        shared.failed_event(&msg.headers.id, &exc, None);
                         shared.stats.record(Some(task_name), Event::Failed);
                         if store_results {
                             shared.store(shared.meta_failure(&msg, &exc, None)).await;
@@ -501,6 +566,18 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 match Box::pin(retried).await {
                     Ok(()) => {
                         info!("Task {label} retry: {reason}");
+                        shared
+                            .events
+                            .task(EventKind::TaskRetried, &msg.headers.id, |f| {
+                                f.insert(
+                                    "exception".into(),
+                                    format!("Retry('{}')", reason.replace('\'', "\\'")).into(),
+                                );
+                                f.insert(
+                                    "traceback".into(),
+                                    format!("celery.exceptions.Retry: {reason}\n").into(),
+                                );
+                            });
                         shared.stats.record(Some(task_name), Event::Retried);
                         if store_results {
                             let mut meta = shared.meta(&msg, State::Retry, Value::Null);
@@ -531,6 +608,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
             }
             Outcome::Failure(f) => {
                 error!("Task {label} raised unexpected: {}", f.exception);
+                shared.failed_event(&msg.headers.id, &f.exception, f.traceback.as_deref());
                 if let Some(tb) = &f.traceback {
                     debug!("Task {label} traceback:\n{tb}");
                 }
@@ -554,6 +632,11 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 reason,
             } => {
                 warn!("Task {label} rejected its message ({reason}); requeued");
+                shared
+                    .events
+                    .task(EventKind::TaskRejected, &msg.headers.id, |f| {
+                        f.insert("requeue".into(), true.into());
+                    });
                 shared.stats.record(None, Event::Rejected);
                 match delivery.take() {
                     Some(d) => settle("reject", d.reject(true).await),
@@ -571,6 +654,11 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 reason,
             } => {
                 warn!("Task {label} rejected its message ({reason}); dropped");
+                shared
+                    .events
+                    .task(EventKind::TaskRejected, &msg.headers.id, |f| {
+                        f.insert("requeue".into(), false.into());
+                    });
                 shared.stats.record(None, Event::Rejected);
                 if store_results {
                     let mut meta =

@@ -18,6 +18,7 @@ mod builder;
 mod control;
 mod heartbeat;
 mod job;
+mod overrides;
 pub mod prefork;
 mod revoked;
 mod shutdown;
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
+use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::time::DelayQueue;
@@ -44,9 +46,12 @@ use celeriac_core::Delivery;
 
 use crate::app::App;
 use crate::error::Error;
+use crate::events::dispatcher::Dispatcher;
+use crate::events::{EventKind, HEARTBEAT_FREQ};
 use crate::execute::{Limits, Pool};
 use autoscale::{Autoscale, Scaler};
-use heartbeat::spawn_heartbeat;
+use control::{request_info, Held, LoopRequest};
+use heartbeat::{send_worker_event, spawn_heartbeat, spawn_worker_events};
 use job::{Job, JobEnv};
 use prefork::{PreforkOptions, PreforkPool};
 use shutdown::spawn_signal_listener;
@@ -70,6 +75,7 @@ pub struct Worker {
     stats_interval: Duration,
     max_message_size: usize,
     max_held_eta: usize,
+    task_events: bool,
     shutdown: ShutdownHandle,
     stats: Arc<WorkerStats>,
 }
@@ -142,9 +148,16 @@ impl Worker {
             _ => None,
         };
         info!("{} ready.", self.name);
+        let hostname: Arc<str> = self.name.as_str().into();
+        let events = Dispatcher::new(
+            broker.clone(),
+            hostname.clone(),
+            self.app.clock().clone(),
+            self.task_events,
+        );
         let shared = Arc::new(JobEnv {
             app: self.app.clone(),
-            hostname: self.name.as_str().into(),
+            hostname,
             pool: self.pool,
             stats: self.stats.clone(),
             phase: self.shutdown.subscribe(),
@@ -152,12 +165,26 @@ impl Worker {
             prefork: prefork.clone(),
             terminators: terminate::Terminators::default(),
             revoked: revoked::Revoked::default(),
+            events: events.clone(),
+            overrides: overrides::Overrides::default(),
+            queues: std::sync::Mutex::new(self.queues.clone()),
         });
-        // Remote control, where the broker has fanout exchanges.
-        let (revoked_tx, mut revoked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
-        let control = if broker.capabilities().fanout {
+        // Remote control and events, where the broker has broadcast exchanges.
+        let (to_loop, mut loop_rx) = tokio::sync::mpsc::unbounded_channel::<LoopRequest>();
+        let broadcasts = broker.capabilities().fanout;
+        let control = if broadcasts {
             match broker.subscribe_fanout(crate::control::PIDBOX).await {
-                Ok(sub) => Some(control::spawn(shared.clone(), sub, revoked_tx)),
+                Ok(sub) => Some(control::spawn(
+                    control::Node {
+                        env: shared.clone(),
+                        to_loop,
+                        shutdown: self.shutdown.clone(),
+                        started: std::time::Instant::now(),
+                        prefetch: self.prefetch,
+                        max_tasks_per_child: self.prefork.max_tasks_per_child,
+                    },
+                    sub,
+                )),
                 Err(e) => {
                     warn!("remote control unavailable ({e}): revoke and ping will not reach this worker");
                     None
@@ -166,6 +193,8 @@ impl Worker {
         } else {
             None
         };
+        let flusher = events.spawn_flusher();
+        let worker_events = broadcasts.then(|| spawn_worker_events(shared.clone()));
         let mut state = LoopState {
             shared,
             slots: Arc::new(Semaphore::new(
@@ -180,6 +209,7 @@ impl Worker {
             max_message_size: self.max_message_size,
             max_held_eta: self.max_held_eta,
             held_full_warned: false,
+            prefetch: self.prefetch,
         };
         let mut phase = self.shutdown.subscribe();
         let mut consumer = Some(consumer);
@@ -192,10 +222,9 @@ impl Worker {
         let mut stopped_unasked = None;
         loop {
             state.start_pending().await;
-            if *phase.borrow_and_update() != Phase::Running {
+            if *phase.borrow_and_update() != Phase::Running || stopped_unasked.is_some() {
                 break;
             }
-            let Some(c) = consumer.as_mut() else { break };
             tokio::select! {
                 _ = phase.changed() => {}
                 Some(joined) = state.running.join_next(), if !state.running.is_empty() => {
@@ -205,21 +234,24 @@ impl Worker {
                         error!("worker job ended abnormally: {e}");
                     }
                 }
-                Some(ids) = revoked_rx.recv() => state.drop_revoked(&ids),
+                Some(request) = loop_rx.recv() => state.serve(request, &mut consumer).await,
                 _ = scale_tick.tick(), if state.scale.is_some() => state.autoscale(),
                 Some(due) = state.held.next(), if !state.held.is_empty() => {
                     if let Some(job) = state.held_jobs.remove(due.get_ref()) {
                         state.release_or_hold(job);
                     }
                 }
-                next = c.next(), if state.may_take_more() => {
-                    if state.take_deliveries(c, next, &mut broker_down) == Consuming::Ended {
-                        consumer = None;
-                        stopped_unasked = Some("the broker ended consumption");
+                next = next_delivery(&mut consumer), if consumer.is_some() && state.may_take_more() => {
+                    if let Some(c) = consumer.as_mut() {
+                        if state.take_deliveries(c, next, &mut broker_down) == Consuming::Ended {
+                            consumer = None;
+                            stopped_unasked = Some("the broker ended consumption");
+                        }
                     }
                 }
             }
         }
+        let shared = state.shared.clone();
         let report = state
             .shutdown(consumer, &mut phase, self.shutdown_timeout, &self.stats)
             .await;
@@ -230,6 +262,13 @@ impl Worker {
             c.abort();
         }
         heartbeat.abort();
+        flusher.abort();
+        if let Some(w) = worker_events {
+            w.abort();
+            // The last task events first, then the goodbye.
+            events.flush().await;
+            send_worker_event(&shared, EventKind::WorkerOffline, HEARTBEAT_FREQ).await;
+        }
         if let Some(pool) = prefork {
             pool.shutdown().await;
         }
@@ -264,6 +303,18 @@ struct LoopState {
     max_held_eta: usize,
     /// Whether the pause at `max_held_eta` was logged (once per time it is reached).
     held_full_warned: bool,
+    /// The consumer's prefetch limit (kept when the queues change).
+    prefetch: usize,
+}
+
+/// The next delivery of the consumer, if there is one (never, without).
+async fn next_delivery(
+    consumer: &mut Option<celeriac_core::Consumer>,
+) -> Option<Result<Delivery, celeriac_core::BrokerError>> {
+    match consumer {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether the broker is still handing out deliveries.
@@ -378,6 +429,7 @@ impl LoopState {
         };
         info!("Task {} received", job.label());
         if let Some(reason) = shared.why_not_run(&job.msg) {
+            // As Celery: a revoked or expired task gets `task-revoked`, not `task-received`.
             let store = !job
                 .msg
                 .headers
@@ -387,6 +439,11 @@ impl LoopState {
                 .spawn(shared.not_run(Some(job.delivery), job.msg, store, reason));
             return;
         }
+        shared
+            .events
+            .task(EventKind::TaskReceived, &job.msg.headers.id, |f| {
+                crate::events::request_fields(&job.msg, f)
+            });
         self.release_or_hold(job);
     }
 
@@ -438,19 +495,177 @@ impl LoopState {
         }
     }
 
-    /// Queues a job for a slot, or holds it (without a slot and without counting against
-    /// prefetch) until its ETA. Timers are capped, so a far ETA is checked again on expiry.
+    /// Queues a job for a slot, or holds it: until its ETA (without a slot and without
+    /// counting against prefetch; timers are capped, so a far ETA is checked again on
+    /// expiry), or until its task's rate limit lets it start (still counted against
+    /// prefetch, so a rate-limited queue is not all fetched into memory).
     fn release_or_hold(&mut self, mut job: Job) {
-        match job.msg.headers.eta.filter(|eta| *eta > Utc::now()) {
+        let wait = match job.msg.headers.eta.filter(|eta| *eta > Utc::now()) {
             Some(eta) => {
                 job.delivery.release_prefetch();
-                self.next_hold += 1;
-                self.held
-                    .insert(self.next_hold, celeriac_core::time::until_capped(&eta));
-                self.held_jobs.insert(self.next_hold, job);
+                celeriac_core::time::until_capped(&eta)
             }
-            None => self.pending.push_back(job),
+            None => match self.shared.overrides.admit(&job.msg.headers.task) {
+                Ok(()) => {
+                    self.pending.push_back(job);
+                    return;
+                }
+                Err(wait) => wait,
+            },
+        };
+        self.next_hold += 1;
+        self.held.insert(self.next_hold, wait);
+        self.held_jobs.insert(self.next_hold, job);
+    }
+
+    /// Answers remote control about what the loop owns.
+    async fn serve(
+        &mut self,
+        request: LoopRequest,
+        consumer: &mut Option<celeriac_core::Consumer>,
+    ) {
+        match request {
+            LoopRequest::Revoked(ids) => self.drop_revoked(&ids),
+            LoopRequest::Held(tx) => {
+                let _ = tx.send(self.held());
+            }
+            LoopRequest::AddConsumer(spec, tx) => {
+                let _ = tx.send(self.add_consumer(spec, consumer).await);
+            }
+            LoopRequest::CancelConsumer(queue, tx) => {
+                let _ = tx.send(self.cancel_consumer(queue, consumer).await);
+            }
+            LoopRequest::Resize(delta, tx) => {
+                let _ = tx.send(self.resize(delta));
+            }
+            LoopRequest::Autoscale(max, min, tx) => {
+                let reply = match &mut self.scale {
+                    None => json!({"error": "ValueError('Autoscale not enabled')"}),
+                    Some(scale) => {
+                        let n =
+                            scale.set_bounds(&self.slots, max, min, self.shared.prefork.as_ref());
+                        self.shared.stats.set_concurrency(n);
+                        json!({"ok": format!("autoscale now max={max} min={min}")})
+                    }
+                };
+                let _ = tx.send(reply);
+            }
         }
+    }
+
+    /// Request infos of the jobs waiting for a slot (or their rate limit) and of those
+    /// held for their ETA.
+    fn held(&self) -> Held {
+        let host = &*self.shared.hostname;
+        let info = |j: &Job| request_info(&j.msg, host, None, false, None);
+        let now = Utc::now();
+        let mut held = Held {
+            reserved: self.pending.iter().map(info).collect(),
+            scheduled: Vec::new(),
+        };
+        for job in self.held_jobs.values() {
+            match job.msg.headers.eta.filter(|eta| *eta > now) {
+                Some(eta) => held.scheduled.push(json!({
+                    "eta": celeriac_core::time::isoformat(&eta),
+                    "priority": job.msg.properties.priority.unwrap_or(0),
+                    "request": info(job),
+                })),
+                None => held.reserved.push(info(job)),
+            }
+        }
+        held
+    }
+
+    /// Consumes `queues` from now on: the current consumer is closed (what it had
+    /// fetched goes back to the front of its queue) and a new one started; none when
+    /// `queues` is empty.
+    async fn reconsume(
+        &mut self,
+        queues: Vec<String>,
+        consumer: &mut Option<celeriac_core::Consumer>,
+    ) -> Result<(), celeriac_core::BrokerError> {
+        let broker = self.shared.app.broker().clone();
+        let next = if queues.is_empty() {
+            None
+        } else {
+            Some(
+                broker
+                    .consume(ConsumeOptions::new(queues.clone(), self.prefetch))
+                    .await?,
+            )
+        };
+        if let Some(old) = std::mem::replace(consumer, next) {
+            for d in old.close().await {
+                if let Err(e) = d.restore().await {
+                    warn!("could not return a message to its queue: {e}");
+                }
+            }
+        }
+        *self.shared.queues.lock().unwrap_or_else(|p| p.into_inner()) = queues;
+        Ok(())
+    }
+
+    async fn add_consumer(
+        &mut self,
+        spec: celeriac_core::routing::QueueSpec,
+        consumer: &mut Option<celeriac_core::Consumer>,
+    ) -> serde_json::Value {
+        let mut queues = self.shared.queues();
+        if queues.contains(&spec.name) {
+            return json!({"ok": format!("already consuming from '{}'", spec.name)});
+        }
+        if let Err(e) = self.shared.app.broker().declare(&spec).await {
+            return json!({"error": format!("cannot declare queue `{}`: {e}", spec.name)});
+        }
+        queues.push(spec.name.clone());
+        match self.reconsume(queues, consumer).await {
+            Ok(()) => {
+                info!("Started consuming from {}", spec.name);
+                json!({"ok": format!("add consumer {}", spec.name)})
+            }
+            Err(e) => json!({"error": format!("cannot consume `{}`: {e}", spec.name)}),
+        }
+    }
+
+    async fn cancel_consumer(
+        &mut self,
+        queue: String,
+        consumer: &mut Option<celeriac_core::Consumer>,
+    ) -> serde_json::Value {
+        let mut queues = self.shared.queues();
+        if queues.contains(&queue) {
+            queues.retain(|q| *q != queue);
+            if let Err(e) = self.reconsume(queues, consumer).await {
+                return json!({"error": format!("cannot consume the other queues: {e}")});
+            }
+            info!("Stopped consuming from {queue}");
+        }
+        json!({"ok": format!("no longer consuming from {queue}")})
+    }
+
+    /// `pool_grow` (positive `delta`) and `pool_shrink` (negative).
+    fn resize(&mut self, delta: i64) -> serde_json::Value {
+        let grow = delta >= 0;
+        if self.scale.is_some() {
+            let cmd = if grow { "pool_grow" } else { "pool_shrink" };
+            return json!({"error": format!("{cmd} is not supported with autoscale. Adjust autoscale range instead.")});
+        }
+        let current = self.shared.stats.snapshot().concurrency as usize;
+        let n = delta.unsigned_abs() as usize;
+        let next = if grow {
+            self.slots.add_permits(n);
+            current + n
+        } else {
+            let n = n.min(current.saturating_sub(1));
+            autoscale::forget_slots(&self.slots, n);
+            current - n
+        };
+        if let Some(pool) = &self.shared.prefork {
+            pool.set_capacity(next);
+        }
+        self.shared.stats.set_concurrency(next);
+        info!("pool: {current} → {next} slots (remote control)");
+        json!({"ok": if grow { "pool will grow" } else { "pool will shrink" }})
     }
 
     async fn shutdown(

@@ -1,5 +1,6 @@
 //! Counters a worker keeps while it runs: totals and per task name, for the shutdown
-//! report, logs, and (later) monitoring.
+//! report, logs, heartbeat events and `inspect stats` — and the process's resource usage
+//! (`rusage`) that `stats` reports.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ pub struct WorkerStats {
     rejected: AtomicU64,
     revoked: AtomicU64,
     active: AtomicU64,
+    processed: AtomicU64,
     concurrency: AtomicU64,
     per_task: Mutex<BTreeMap<String, TaskCounts>>,
 }
@@ -47,6 +49,8 @@ pub struct StatsSnapshot {
     pub revoked: u64,
     /// Tasks running now.
     pub active: u64,
+    /// Tasks started since the worker started (Celery's `processed`).
+    pub processed: u64,
     /// Tasks that may run at once now (changes with autoscaling).
     pub concurrency: u64,
     /// Per task name.
@@ -93,6 +97,7 @@ impl WorkerStats {
 
     pub(crate) fn started(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.processed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn set_concurrency(&self, n: usize) {
@@ -113,6 +118,7 @@ impl WorkerStats {
             rejected: self.rejected.load(Ordering::Relaxed),
             revoked: self.revoked.load(Ordering::Relaxed),
             active: self.active.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
             concurrency: self.concurrency.load(Ordering::Relaxed),
             per_task: self
                 .per_task
@@ -121,4 +127,49 @@ impl WorkerStats {
                 .clone(),
         }
     }
+}
+
+/// The process's resource usage in the shape of Python's `resource.getrusage` (what
+/// `inspect stats` reports as `rusage`), read from `/proc/self` on Linux — `getrusage`
+/// itself would need `unsafe`, which this crate forbids. Elsewhere every field is 0.
+pub(crate) fn rusage() -> serde_json::Value {
+    let mut u = serde_json::json!({
+        "utime": 0.0, "stime": 0.0, "maxrss": 0, "ixrss": 0, "idrss": 0, "isrss": 0,
+        "minflt": 0, "majflt": 0, "nswap": 0, "inblock": 0, "oublock": 0, "msgsnd": 0,
+        "msgrcv": 0, "nsignals": 0, "nvcsw": 0, "nivcsw": 0,
+    });
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may hold spaces), from field 3 on.
+        if let Some((_, rest)) = stat.rsplit_once(')') {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let ticks = rustix::param::clock_ticks_per_second() as f64;
+            // minflt is field 10, majflt 12, utime 14, stime 15 (1-based): 7, 9, 11, 12 here.
+            u["minflt"] = n(7).into();
+            u["majflt"] = n(9).into();
+            if ticks > 0.0 {
+                u["utime"] = (n(11) as f64 / ticks).into();
+                u["stime"] = (n(12) as f64 / ticks).into();
+            }
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let number = value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            match key {
+                "VmHWM" => u["maxrss"] = number.into(),
+                "voluntary_ctxt_switches" => u["nvcsw"] = number.into(),
+                "nonvoluntary_ctxt_switches" => u["nivcsw"] = number.into(),
+                _ => {}
+            }
+        }
+    }
+    u
 }

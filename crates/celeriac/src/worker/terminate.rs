@@ -1,5 +1,5 @@
 //! The tasks running in this worker, by id, so that `revoke(terminate=true)` can stop one
-//! and `inspect active` can list them.
+//! and `inspect active` / `query_task` can list them with their start times.
 
 use crate::context::TaskContext;
 
@@ -10,21 +10,21 @@ use crate::context::TaskContext;
 /// walks the running tasks, which only a revoke or an `inspect active` does.
 #[derive(Default)]
 pub(super) struct Terminators {
-    running: std::sync::Mutex<slab::Slab<TaskContext>>,
+    running: std::sync::Mutex<slab::Slab<(TaskContext, f64)>>,
 }
 
 // `#[inline]` on what every task calls: these lived beside the job code that calls them,
 // and stay inlinable into it from their own module.
 impl Terminators {
     #[inline]
-    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<TaskContext>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<(TaskContext, f64)>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a task that starts running; the key removes it.
+    /// Adds a task that starts running at `time_start` (Unix seconds); the key removes it.
     #[inline]
-    pub(super) fn register(&self, ctx: &TaskContext) -> usize {
-        self.lock().insert(ctx.clone())
+    pub(super) fn register(&self, ctx: &TaskContext, time_start: f64) -> usize {
+        self.lock().insert((ctx.clone(), time_start))
     }
 
     /// Removes a task that stopped running.
@@ -37,18 +37,15 @@ impl Terminators {
     pub(super) fn terminate(&self, id: &str) -> bool {
         let running = self.lock();
         let mut found = false;
-        for (_, ctx) in running.iter().filter(|(_, c)| c.id() == id) {
+        for (_, (ctx, _)) in running.iter().filter(|(_, (c, _))| c.id() == id) {
             ctx.terminate_signal().notify_one();
             found = true;
         }
         found
     }
 
-    /// Ids of the tasks running now.
-    pub(super) fn running(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .map(|(_, c)| c.id().to_string())
-            .collect()
+    /// The tasks running now, with their start times (Unix seconds).
+    pub(super) fn running(&self) -> Vec<(TaskContext, f64)> {
+        self.lock().iter().map(|(_, r)| r.clone()).collect()
     }
 }

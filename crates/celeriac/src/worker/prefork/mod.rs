@@ -59,9 +59,25 @@ pub(crate) struct PreforkOptions {
 /// How long a new child has to connect back.
 const CHILD_START: Duration = Duration::from_secs(30);
 
+/// A child's entry in the pool's set of pids, removed when the child is dropped.
+struct PidEntry {
+    pid: u32,
+    pids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+}
+
+impl Drop for PidEntry {
+    fn drop(&mut self) {
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.pid);
+    }
+}
+
 struct ChildProc {
     id: u64,
     pid: u32,
+    _entry: PidEntry,
     process: tokio::process::Child,
     reader: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
@@ -89,8 +105,11 @@ pub(crate) struct PreforkPool {
     idle: Mutex<Vec<ChildProc>>,
     /// Signalled when a child becomes idle.
     returned: Notify,
-    /// How many children may exist (the worker's concurrency).
-    capacity: usize,
+    /// How many children may exist (the worker's concurrency; `pool_grow` and
+    /// `pool_shrink` change it).
+    capacity: std::sync::atomic::AtomicUsize,
+    /// The pids of the children alive (for `inspect stats`).
+    pids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
     /// Children alive or being started.
     live: std::sync::atomic::AtomicUsize,
     next_child: AtomicU64,
@@ -177,7 +196,8 @@ impl PreforkPool {
             spawning: tokio::sync::Mutex::new(()),
             idle: Mutex::new(Vec::new()),
             returned: Notify::new(),
-            capacity: capacity.max(initial).max(1),
+            capacity: std::sync::atomic::AtomicUsize::new(capacity.max(initial).max(1)),
+            pids: Arc::default(),
             live: std::sync::atomic::AtomicUsize::new(0),
             next_child: AtomicU64::new(1),
             next_seq: AtomicU64::new(1),
@@ -259,9 +279,17 @@ impl PreforkPool {
             .await
             .map_err(|_| format!("child process {pid} did not connect within {CHILD_START:?}"))??;
         debug!("prefork child {id} (pid {pid}) ready");
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid);
         Ok(ChildProc {
             id,
             pid,
+            _entry: PidEntry {
+                pid,
+                pids: self.pids.clone(),
+            },
             process,
             reader,
             writer,
@@ -273,7 +301,7 @@ impl PreforkPool {
     fn reserve(&self) -> bool {
         self.live
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.capacity).then_some(n + 1)
+                (n < self.capacity.load(Ordering::SeqCst)).then_some(n + 1)
             })
             .is_ok()
     }
@@ -346,6 +374,15 @@ impl PreforkPool {
             }
             retire(child);
             self.replace();
+            return;
+        }
+        if self.live.load(Ordering::SeqCst) > self.capacity.load(Ordering::SeqCst) {
+            debug!(
+                "prefork: retiring child {} (pid {}) as the pool shrank",
+                child.id, child.pid
+            );
+            retire(child);
+            self.gone();
             return;
         }
         self.put_idle(child);
@@ -456,6 +493,24 @@ impl PreforkPool {
         );
         self.replace();
         error
+    }
+
+    /// The pids of the children alive.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Lets the pool hold up to `n` children (`pool_grow`, `pool_shrink`, `autoscale`):
+    /// new ones start when tasks need them; idle ones past `n` are retired now, busy
+    /// ones when they come back.
+    pub(crate) fn set_capacity(&self, n: usize) {
+        self.capacity.store(n.max(1), Ordering::SeqCst);
+        self.shrink_to(n);
     }
 
     /// Retires idle children until at most `n` are alive (autoscaling down).
