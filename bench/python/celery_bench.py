@@ -75,6 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--venv", default=sys.prefix, help="virtualenv whose bin/celery runs the worker")
     p.add_argument("--n", type=int, default=None, help="number of tasks")
     p.add_argument("--ignore-result", action="store_true", help="throughput: bench.noop_ignored, queue drain")
+    p.add_argument("--events", action="store_true", help="the worker sends task events (-E)")
     p.add_argument("--rate", type=float, default=1000.0, help="latency: tasks per second")
     p.add_argument("--seconds", type=float, default=None, help="sleepers: sleep per task (1); idle: window (20)")
     p.add_argument("--timeout", type=float, default=120.0, help="bound of the measuring phase, seconds")
@@ -149,6 +150,8 @@ class Worker:
             "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning",
             "-n", f"bench-{RUN}@%h",
         ]
+        if ARGS.events:
+            self.cmd.append("-E")
         self.log = tempfile.TemporaryFile()
         self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(

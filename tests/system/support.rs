@@ -184,6 +184,16 @@ pub(crate) async fn log_task(key: String, n: i64) -> TaskResult<()> {
     Ok(())
 }
 
+/// Logs when it started (Unix seconds) under `key` (rate-limit tests).
+#[celeriac::task(name = "tasks.stamp")]
+pub(crate) async fn stamp(key: String) -> TaskResult<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    log(&key, json!(now));
+    Ok(())
+}
+
 /// Returns what it knows about its request.
 #[celeriac::task(name = "tasks.context")]
 pub(crate) async fn context(ctx: &TaskContext) -> TaskResult<Value> {
@@ -336,6 +346,7 @@ pub(crate) fn builder_on(url: &str) -> AppBuilder {
         .task(xsum)
         .task(sq)
         .task(note)
+        .task(stamp)
 }
 
 /// An app with every test task.

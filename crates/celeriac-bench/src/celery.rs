@@ -127,9 +127,14 @@ fn variant(args: &[String]) -> String {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let events = if args.iter().any(|a| a == "--events") {
+        " -E"
+    } else {
+        ""
+    };
     match (find("--pool"), find("-c")) {
-        (Some(p), Some(c)) => format!("{p} -c {c}"),
-        (Some(p), None) => p,
+        (Some(p), Some(c)) => format!("{p} -c {c}{events}"),
+        (Some(p), None) => format!("{p}{events}"),
         _ => "client".into(),
     }
 }

@@ -66,7 +66,7 @@ struct Args {
     /// Skip Python Celery (celeriac's figures only).
     #[arg(long)]
     no_celery: bool,
-    /// Run only these workloads (comma-separated: noop_results, noop_ignored, amqp_results,
+    /// Run only these workloads (comma-separated: noop_results, noop_ignored, noop_events, amqp_results,
     /// amqp_ignored, enqueue, latency, startup, memory, sqlite, sleepers, idle;
     /// `memory_results` or `memory_ignored` runs one half of `memory`).
     #[arg(long, value_delimiter = ',')]
@@ -175,13 +175,19 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let cn = sizes.celery_noop.to_string();
 
-    for (w, ignore) in [("noop_results", false), ("noop_ignored", true)] {
+    for (w, ignore, events) in [
+        ("noop_results", false, false),
+        ("noop_ignored", true, false),
+        ("noop_events", false, true),
+    ] {
         if !want(w) {
             continue;
         }
         eprintln!("{w}: celeriac, {} tasks", sizes.noop);
         let scope = RedisScope::new(&ctx.redis);
-        match workloads::noop_throughput(&scope.url, Some(&scope), ignore, sizes.noop, 64).await {
+        let run =
+            workloads::noop_throughput(&scope.url, Some(&scope), ignore, sizes.noop, 64, events);
+        match run.await {
             Ok((m, per_task)) => {
                 if !ignore {
                     if let Some(p) = per_task {
@@ -197,6 +203,9 @@ async fn run(args: Args) -> Result<(), String> {
             let mut a = vec!["--n", &cn, "--pool", pool, "-c", c];
             if ignore {
                 a.push("--ignore-result");
+            }
+            if events {
+                a.push("--events");
             }
             if let Some(mut m) = py("throughput", &a, 180) {
                 m.workload = w.into();
@@ -525,6 +534,27 @@ fn verdicts(ms: &[Measurement], limit: Option<&RedisLimit>) -> Vec<Verdict> {
         ratio,
         o.and_then(|o| o.tasks_per_s)
             .map(|v| v >= 50_000.0 && ratio.is_none_or(|r| r >= 100.0)),
+    );
+    // Task events on (`-E`): the cost of events, against the same run without them.
+    let (o, t) = (
+        best(ms, "noop_events", "celeriac", tps, true),
+        best(ms, "noop_events", "celery", tps, true),
+    );
+    let off = best(ms, "noop_results", "celeriac", tps, true).and_then(|m| m.tasks_per_s);
+    let kept = o.and_then(|o| Some(o.tasks_per_s? / off?));
+    let ratio = o
+        .zip(t)
+        .and_then(|(o, t)| Some(o.tasks_per_s? / t.tasks_per_s?));
+    push(
+        "no-op, results, task events on, Redis",
+        &format!(
+            "≥ 90% of the rate without events{}",
+            kept.map_or_else(String::new, |k| format!(" (here {:.0}%)", k * 100.0))
+        ),
+        o,
+        t,
+        ratio,
+        kept.map(|k| k >= 0.9),
     );
     let (o, t) = (
         best(ms, "enqueue", "celeriac", tps, true),

@@ -26,7 +26,8 @@ impl WorkerProc {
         }
         let child = cmd
             .arg("worker")
-            .args(["--broker", broker, "-l", "warning"])
+            // Without mingle, as the Celery workers it is compared with run.
+            .args(["--broker", broker, "-l", "warning", "--without-mingle"])
             .args(args)
             .env_remove("CELERIAC_BROKER_URL")
             .env_remove("CELERY_BROKER_URL")

@@ -187,17 +187,19 @@ async fn drained(
 /// Sends `n` no-op tasks, then starts one worker and measures how fast it gets through
 /// them: with results, from the spread of their `date_done`; without, from the queue
 /// draining. `commands` counts the Redis commands of the run (results runs on Redis).
+/// With `events`, the worker sends task events (`-E`): the `noop_events` row.
 pub async fn noop_throughput(
     engine_url: &str,
     redis: Option<&RedisScope>,
     ignore_result: bool,
     n: u64,
     concurrency: usize,
+    events: bool,
 ) -> Result<(Measurement, Option<f64>), String> {
-    let workload = if ignore_result {
-        "noop_ignored"
-    } else {
-        "noop_results"
+    let workload = match (ignore_result, events) {
+        (_, true) => "noop_events",
+        (true, false) => "noop_ignored",
+        (false, false) => "noop_results",
     };
     let app = app_on(engine_url).await?;
     let name = if ignore_result {
@@ -228,8 +230,13 @@ pub async fn noop_throughput(
     };
     let c = concurrency.to_string();
     let spawned = Instant::now();
-    let mut worker = WorkerProc::spawn(engine_url, &["-c", &c])?;
-    let mut m = Measurement::new(workload, "celeriac", format!("async -c {concurrency}"));
+    let mut args = vec!["-c", &c];
+    if events {
+        args.push("-E");
+    }
+    let mut worker = WorkerProc::spawn(engine_url, &args)?;
+    let variant = format!("async -c {concurrency}{}", if events { " -E" } else { "" });
+    let mut m = Measurement::new(workload, "celeriac", variant);
     m.n = n;
     if ignore_result {
         let unacked = match (redis, conn.as_mut()) {
@@ -516,7 +523,7 @@ pub async fn sqlite(ctx: &Ctx, n: u64, concurrency: usize) -> Result<Measurement
         .scratch
         .join(format!("bench-{}.sqlite", uuid::Uuid::new_v4().simple()));
     let url = format!("sqlite://{}", path.display());
-    let out = noop_throughput(&url, None, false, n, concurrency).await;
+    let out = noop_throughput(&url, None, false, n, concurrency, false).await;
     for suffix in ["", "-wal", "-shm", "-wake"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

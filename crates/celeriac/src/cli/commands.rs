@@ -56,6 +56,12 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     if w.task_events {
         builder = builder.task_events(true);
     }
+    if w.without_mingle {
+        builder = builder.mingle(false);
+    }
+    if let Some(path) = w.statedb {
+        builder = builder.statedb(path);
+    }
     let worker = builder.build();
     let report = worker.run().await?;
     let s = report.stats;

@@ -150,6 +150,12 @@ struct WorkerArgs {
     /// Send task events (for Flower and `celery events`) [env: CELERY_WORKER_SEND_TASK_EVENTS].
     #[arg(short = 'E', long)]
     task_events: bool,
+    /// Do not ask the other workers for their revoked task ids at start-up.
+    #[arg(long)]
+    without_mingle: bool,
+    /// Keep the revoked task ids in this file across restarts.
+    #[arg(short = 'S', long, value_name = "FILE")]
+    statedb: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

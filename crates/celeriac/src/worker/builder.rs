@@ -29,6 +29,8 @@ pub struct WorkerBuilder {
     max_message_size: usize,
     max_held_eta: usize,
     task_events: Option<bool>,
+    mingle: bool,
+    statedb: Option<std::path::PathBuf>,
 }
 
 /// Default [`WorkerBuilder::max_message_size`]: 64 MiB.
@@ -63,6 +65,8 @@ impl WorkerBuilder {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_held_eta: DEFAULT_MAX_HELD_ETA,
             task_events: None,
+            mingle: true,
+            statedb: None,
         }
     }
 
@@ -113,6 +117,22 @@ impl WorkerBuilder {
     /// switch task events while the worker runs.
     pub fn task_events(mut self, on: bool) -> Self {
         self.task_events = Some(on);
+        self
+    }
+
+    /// Mingle at start-up (default on, as Celery's; `--without-mingle` turns it off): ask
+    /// the other workers for the task ids they hold as revoked (Celery's `hello`), for up
+    /// to a second, before taking any task — so a task revoked before this worker started
+    /// does not run here. Only on brokers shared between processes.
+    pub fn mingle(mut self, on: bool) -> Self {
+        self.mingle = on;
+        self
+    }
+
+    /// Keep the revoked task ids in this file across restarts (Celery's `--statedb`):
+    /// read at start, written after every revoke and at shutdown.
+    pub fn statedb(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.statedb = Some(path.into());
         self
     }
 
@@ -248,6 +268,8 @@ impl WorkerBuilder {
         let task_events = self.task_events.unwrap_or(self.app.config().task_events);
         Worker {
             task_events,
+            mingle: self.mingle,
+            statedb: self.statedb,
             app: self.app,
             queues: self.queues,
             concurrency: if self.pool == Pool::Solo {

@@ -61,6 +61,8 @@ pub(super) struct Node {
     pub(super) started: std::time::Instant,
     pub(super) prefetch: usize,
     pub(super) max_tasks_per_child: Option<u64>,
+    /// Where the revoked ids are kept across restarts (`--statedb`).
+    pub(super) statedb: Option<std::path::PathBuf>,
 }
 
 /// Celery's request-info object for a task message (what `active`, `reserved`,
@@ -282,6 +284,11 @@ impl Node {
     fn revoke(&self, ids: Vec<String>, terminate: bool) -> Value {
         let env = &self.env;
         env.revoked.insert(&ids);
+        if let Some(path) = &self.statedb {
+            if let Err(e) = env.revoked.save(path) {
+                warn!("revoked task ids not kept: {e}");
+            }
+        }
         let _ = self.to_loop.send(LoopRequest::Revoked(ids.clone()));
         if !terminate {
             info!("Tasks flagged as revoked: {}", ids.join(", "));

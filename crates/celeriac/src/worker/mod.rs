@@ -76,6 +76,8 @@ pub struct Worker {
     max_message_size: usize,
     max_held_eta: usize,
     task_events: bool,
+    mingle: bool,
+    statedb: Option<std::path::PathBuf>,
     shutdown: ShutdownHandle,
     stats: Arc<WorkerStats>,
 }
@@ -113,6 +115,53 @@ impl Worker {
         banner::render(self)
     }
 
+    /// Celery's mingle: says `hello` (with the ids this worker holds as revoked) to every
+    /// worker, waits a second for the replies, and takes their revoked ids and clocks.
+    async fn mingle(&self, revoked: &revoked::Revoked) {
+        let hello = json!({"from_node": self.name, "revoked": revoked.list()});
+        let replies = match self
+            .app
+            .control()
+            .broadcast("hello", hello, None, Some(Duration::from_secs(1)))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("mingle: cannot reach the other workers ({e}); starting without their revoked ids");
+                return;
+            }
+        };
+        let mut nodes = Vec::new();
+        for (node, reply) in replies {
+            if node == self.name || !reply.is_object() {
+                continue;
+            }
+            if let Some(c) = reply.get("clock").and_then(serde_json::Value::as_u64) {
+                self.app.clock().adjust(c);
+            }
+            let ids: Vec<String> = reply
+                .get("revoked")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            revoked.insert(&ids);
+            nodes.push(node);
+        }
+        if nodes.is_empty() {
+            info!("mingle: all alone");
+        } else {
+            info!(
+                "mingle: sync with {} node(s): {}",
+                nodes.len(),
+                nodes.join(", ")
+            );
+        }
+    }
+
     /// Runs until shut down; returns the final counters.
     ///
     /// Broker errors never stop it: consumption is retried with back-off, whatever the
@@ -130,6 +179,17 @@ impl Worker {
         let broker = self.app.broker().clone();
         for q in &self.queues {
             broker.declare(&self.app.router().queue_spec(q)).await?;
+        }
+        // The revoked ids this worker must honour from its first task: its state file's,
+        // then the other workers'.
+        let revoked = revoked::Revoked::default();
+        if let Some(path) = &self.statedb {
+            let n = revoked.load(path).map_err(Error::Config)?;
+            info!("state file {}: {n} revoked task id(s)", path.display());
+        }
+        let caps = broker.capabilities();
+        if self.mingle && caps.fanout && caps.shared {
+            self.mingle(&revoked).await;
         }
         let consumer = broker
             .consume(ConsumeOptions::new(self.queues.clone(), self.prefetch))
@@ -164,7 +224,7 @@ impl Worker {
             limits: self.limits,
             prefork: prefork.clone(),
             terminators: terminate::Terminators::default(),
-            revoked: revoked::Revoked::default(),
+            revoked,
             events: events.clone(),
             overrides: overrides::Overrides::default(),
             queues: std::sync::Mutex::new(self.queues.clone()),
@@ -182,6 +242,7 @@ impl Worker {
                         started: std::time::Instant::now(),
                         prefetch: self.prefetch,
                         max_tasks_per_child: self.prefork.max_tasks_per_child,
+                        statedb: self.statedb.clone(),
                     },
                     sub,
                 )),
@@ -263,6 +324,11 @@ impl Worker {
         }
         heartbeat.abort();
         flusher.abort();
+        if let Some(path) = &self.statedb {
+            if let Err(e) = shared.revoked.save(path) {
+                error!("revoked task ids not kept: {e}");
+            }
+        }
         if let Some(w) = worker_events {
             w.abort();
             // The last task events first, then the goodbye.
