@@ -17,13 +17,13 @@ use serde_json::{json, Value};
 use crate::proc::WorkerProcess;
 use crate::support::*;
 
-struct Interop {
-    venv: CeleryVenv,
-    scope: RedisScope,
+pub(crate) struct Interop {
+    pub(crate) venv: CeleryVenv,
+    pub(crate) scope: RedisScope,
 }
 
 impl Interop {
-    fn new(test: &str) -> Option<Self> {
+    pub(crate) fn new(test: &str) -> Option<Self> {
         let scope = RedisScope::new(test)?;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
@@ -36,7 +36,7 @@ impl Interop {
         format!("{}/0", self.scope.base)
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("CELERIAC_INTEROP_BROKER", self.broker()),
             ("CELERIAC_INTEROP_KEYPREFIX", self.scope.prefix.clone()),
@@ -45,7 +45,7 @@ impl Interop {
     }
 
     /// A celeriac worker process on this scope.
-    fn rust_worker(&self, args: &[&str]) -> WorkerProcess {
+    pub(crate) fn rust_worker(&self, args: &[&str]) -> WorkerProcess {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         WorkerProcess::spawn(&self.scope.url(""), args, &env)
@@ -78,7 +78,7 @@ impl Interop {
     }
 
     /// Runs Python client requests (one JSON object each) and returns its responses.
-    async fn python_client(&self, requests: Vec<Value>) -> Vec<Value> {
+    pub(crate) async fn python_client(&self, requests: Vec<Value>) -> Vec<Value> {
         let (python, client, env) = (self.venv.python(), self.venv.client(), self.env());
         tokio::task::spawn_blocking(move || {
             let mut cmd = Command::new(python);

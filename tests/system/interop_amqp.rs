@@ -32,8 +32,8 @@ use crate::proc::WorkerProcess;
 use crate::support::*;
 
 /// One test's RabbitMQ queues, Redis prefix and Python venv.
-struct AmqpInterop {
-    venv: CeleryVenv,
+pub(crate) struct AmqpInterop {
+    pub(crate) venv: CeleryVenv,
     scope: RedisScope,
     amqp: String,
     /// This test's queues; the first is the Python app's default queue.
@@ -47,7 +47,7 @@ struct AmqpInterop {
 impl AmqpInterop {
     /// A scope with `n` queues of its own, or `None` (skipped loudly) without RabbitMQ,
     /// Redis or Python Celery.
-    fn new(test: &str, n: usize) -> Option<Self> {
+    pub(crate) fn new(test: &str, n: usize) -> Option<Self> {
         let amqp = services::require(
             test,
             "RabbitMQ",
@@ -77,12 +77,12 @@ impl AmqpInterop {
         })
     }
 
-    fn queue(&self, i: usize) -> &str {
+    pub(crate) fn queue(&self, i: usize) -> &str {
         &self.queues[i]
     }
 
     /// A node name unique to this test.
-    fn node(&self, who: &str) -> String {
+    pub(crate) fn node(&self, who: &str) -> String {
         format!("{who}-{}@test", self.tag)
     }
 
@@ -100,7 +100,7 @@ impl AmqpInterop {
         }
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         let backend = if self.rpc {
             "rpc://".into()
         } else {
@@ -127,7 +127,7 @@ impl AmqpInterop {
         WorkerProcess::spawn(broker, &all, &env)
     }
 
-    fn rust_worker(&self, args: &[&str]) -> WorkerProcess {
+    pub(crate) fn rust_worker(&self, args: &[&str]) -> WorkerProcess {
         self.rust_worker_on(&self.amqp, args)
     }
 
@@ -169,7 +169,7 @@ impl AmqpInterop {
 
     /// Runs Python client requests (one JSON object each) and returns its responses;
     /// panics unless every request got an answer without `error`.
-    async fn python_client(&self, requests: Vec<Value>) -> Vec<Value> {
+    pub(crate) async fn python_client(&self, requests: Vec<Value>) -> Vec<Value> {
         python_batch(&self.venv, self.env(), requests).await
     }
 

@@ -84,6 +84,21 @@ impl WorkerProcess {
         }
     }
 
+    /// Waits up to `timeout` for the worker to exit on its own (a remote `shutdown`, say);
+    /// `None` if it is still running then.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("worker status") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: the worker dies without cleaning up.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();

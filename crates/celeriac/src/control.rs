@@ -213,7 +213,8 @@ impl Control {
     }
 
     /// Sends any command (`method` with `arguments`) to every worker, or to the named
-    /// ones, and collects replies for `reply_timeout` (none are waited for without it).
+    /// ones, and collects replies for `reply_timeout` (none are waited for without it) —
+    /// or, with named `destination`s, until each has replied, as Celery's client stops.
     pub async fn broadcast(
         &self,
         method: &str,
@@ -239,8 +240,9 @@ impl Control {
         let msg = command_message(method, arguments, destination, Some((&ticket, &oid)), clock);
         broker.publish_fanout(PIDBOX, msg).await?;
         let deadline = tokio::time::Instant::now() + timeout;
+        let limit = destination.map(<[String]>::len);
         let mut out = Vec::new();
-        loop {
+        while limit.is_none_or(|n| out.len() < n) {
             let next = tokio::time::timeout_at(deadline, replies.next()).await;
             let Ok(Some(Ok(delivery))) = next else { break };
             let message = delivery.message().clone();

@@ -211,44 +211,31 @@ pub(crate) fn unix_now() -> f64 {
 /// (their reprs, as Celery sends), `root_id`, `parent_id`, `retries`, `eta`, `expires`.
 pub(crate) fn request_fields(
     msg: &celeriac_core::protocol::TaskMessage,
-    map: &mut Map<String, Value>,
+    f: &mut dispatcher::Fields,
 ) {
     use celeriac_core::protocol::json::{args_repr, kwargs_repr};
     let h = &msg.headers;
-    let iso = |t: &Option<chrono::DateTime<chrono::Utc>>| {
-        t.as_ref().map_or(Value::Null, |t| {
-            Value::from(celeriac_core::time::isoformat(t))
-        })
+    let iso =
+        |t: &Option<chrono::DateTime<chrono::Utc>>| t.as_ref().map(celeriac_core::time::isoformat);
+    f.str("name", &h.task);
+    match &h.argsrepr {
+        Some(r) => f.str("args", r),
+        None => f.str("args", &args_repr(&msg.args)),
     };
-    map.insert("name".into(), Value::from(h.task.as_str()));
-    map.insert(
-        "args".into(),
-        Value::from(h.argsrepr.clone().unwrap_or_else(|| args_repr(&msg.args))),
-    );
-    map.insert(
-        "kwargs".into(),
-        Value::from(
-            h.kwargsrepr
-                .clone()
-                .unwrap_or_else(|| kwargs_repr(&msg.kwargs)),
-        ),
-    );
-    map.insert(
-        "root_id".into(),
-        Value::from(h.root_id.clone().unwrap_or_else(|| h.id.clone())),
-    );
-    map.insert(
-        "parent_id".into(),
-        h.parent_id.clone().map_or(Value::Null, Value::from),
-    );
-    map.insert("retries".into(), Value::from(h.retries));
-    map.insert("eta".into(), iso(&h.eta));
-    map.insert("expires".into(), iso(&h.expires));
+    match &h.kwargsrepr {
+        Some(r) => f.str("kwargs", r),
+        None => f.str("kwargs", &kwargs_repr(&msg.kwargs)),
+    };
+    f.str("root_id", h.root_id.as_deref().unwrap_or(&h.id))
+        .value("parent_id", &h.parent_id)
+        .value("retries", &h.retries)
+        .value("eta", &iso(&h.eta))
+        .value("expires", &iso(&h.expires));
 }
 
 /// An event message: JSON `body` (one event or an array of them) on [`EVENT_EXCHANGE`]
 /// under `routing_key`, transient, with the sender in the `hostname` header.
-pub(crate) fn event_message(hostname: &str, routing_key: &str, body: &Value) -> Message {
+pub(crate) fn event_message(hostname: &str, routing_key: &str, body: Vec<u8>) -> Message {
     Message {
         headers: json!({"hostname": hostname})
             .as_object()
@@ -266,7 +253,7 @@ pub(crate) fn event_message(hostname: &str, routing_key: &str, body: &Value) -> 
         },
         content_type: CONTENT_TYPE_JSON.into(),
         content_encoding: "utf-8".into(),
-        body: Bytes::from(body.to_string().into_bytes()),
+        body: Bytes::from(body),
     }
 }
 
@@ -305,7 +292,11 @@ mod tests {
 
     #[test]
     fn event_messages_are_transient_json_with_the_sender_header() {
-        let m = event_message("w@h", "task.multi", &json!([{"type": "task-started"}]));
+        let m = event_message(
+            "w@h",
+            "task.multi",
+            br#"[{"type": "task-started"}]"#.to_vec(),
+        );
         assert_eq!(m.properties.delivery_mode, 1);
         assert_eq!(m.routing_key(), "task.multi");
         assert_eq!(m.properties.delivery_info.exchange, "celeryev");

@@ -15,6 +15,7 @@ use celeriac_core::protocol::TaskMessage;
 use super::prepare;
 use crate::app::App;
 use crate::error::Error;
+use crate::events::dispatcher::Fields;
 
 /// Messages prepared, encoded and published at a time by `send_many` and canvases: a
 /// million signatures never become a million encoded messages in memory at once.
@@ -92,22 +93,22 @@ async fn before_send(app: &App) -> Result<(), Error> {
 
 /// The `task-sent` event's fields for `msg`, when the app sends them
 /// (`task_send_sent_event`).
-fn sent_event(app: &App, msg: &TaskMessage) -> Option<serde_json::Map<String, serde_json::Value>> {
+fn sent_event(app: &App, msg: &TaskMessage) -> Option<Fields> {
     if !app.config().send_sent_event {
         return None;
     }
-    let mut fields = serde_json::Map::new();
-    fields.insert("uuid".into(), msg.headers.id.clone().into());
-    crate::events::request_fields(msg, &mut fields);
+    let mut f = Fields::new();
+    f.str("uuid", &msg.headers.id);
+    crate::events::request_fields(msg, &mut f);
     let info = &msg.properties.delivery_info;
-    fields.insert("queue".into(), info.routing_key.clone().into());
-    fields.insert("exchange".into(), info.exchange.clone().into());
-    fields.insert("routing_key".into(), info.routing_key.clone().into());
-    Some(fields)
+    f.str("queue", &info.routing_key)
+        .str("exchange", &info.exchange)
+        .str("routing_key", &info.routing_key);
+    Some(f)
 }
 
 /// Sends the `task-sent` events of what was just published.
-async fn send_sent_events(app: &App, events: Vec<serde_json::Map<String, serde_json::Value>>) {
+async fn send_sent_events(app: &App, events: Vec<Fields>) {
     for fields in events {
         app.client_events()
             .send(crate::events::EventKind::TaskSent, fields)

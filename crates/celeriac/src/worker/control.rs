@@ -373,11 +373,16 @@ impl Node {
     fn stats(&self) -> Value {
         let env = &self.env;
         let s = env.stats.snapshot();
-        let total: Map<String, Value> = s
+        // Celery counts a task when it starts: the finished ones and those running now.
+        let mut counts: std::collections::BTreeMap<String, u64> = s
             .per_task
             .iter()
-            .map(|(name, c)| (name.clone(), json!(c.succeeded + c.failed + c.retried)))
+            .map(|(name, c)| (name.clone(), c.succeeded + c.failed + c.retried))
             .collect();
+        for (ctx, _) in env.terminators.running() {
+            *counts.entry(ctx.name().to_string()).or_default() += 1;
+        }
+        let total: Map<String, Value> = counts.into_iter().map(|(k, v)| (k, json!(v))).collect();
         let concurrency = s.concurrency;
         let mut pool = json!({
             "implementation": pool_implementation(env.pool),
@@ -588,6 +593,15 @@ fn broker_info(masked_url: &str) -> Value {
         "amqp" => Some(if ssl { 5671 } else { 5672 }),
         _ => None,
     };
+    // The URL's options, as kombu's `transport_options` (values as given).
+    let options: Map<String, Value> = parsed
+        .as_ref()
+        .map(|u| {
+            u.query_pairs()
+                .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
     json!({
         "hostname": host,
         "userid": user,
@@ -597,7 +611,7 @@ fn broker_info(masked_url: &str) -> Value {
         "ssl": ssl,
         "transport": transport,
         "connect_timeout": 4,
-        "transport_options": {},
+        "transport_options": options,
         "login_method": if transport == "amqp" { Some("PLAIN") } else { None },
         "uri_prefix": null,
         "heartbeat": 120.0,
@@ -659,7 +673,8 @@ mod tests {
         assert_eq!(b["userid"], json!("guest"));
         assert_eq!(b["virtual_host"], json!("wire3"));
         assert_eq!(b["port"], json!(5672));
-        let r = broker_info("rediss://127.0.0.1/0");
+        let r = broker_info("rediss://127.0.0.1/0?global_keyprefix=app:");
+        assert_eq!(r["transport_options"], json!({"global_keyprefix": "app:"}));
         assert_eq!(r["ssl"], json!(true));
         assert_eq!(r["port"], json!(6379));
     }

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tracing::info;
 
 use super::job::JobEnv;
 use super::stats::WorkerStats;
+use crate::events::dispatcher::Fields;
 use crate::events::{EventKind, HEARTBEAT_FREQ};
 
 /// The 1, 5 and 15 minute load averages, rounded to 2 decimals (0s where unknown).
@@ -27,14 +28,15 @@ fn loadavg() -> Value {
 /// fields; `freq` is the heartbeat period it announces.
 pub(super) async fn send_worker_event(env: &JobEnv, kind: EventKind, freq: f64) {
     let s = env.stats.snapshot();
-    let mut fields = Map::new();
-    fields.insert("freq".into(), json!(freq));
-    fields.insert("active".into(), json!(s.active));
-    fields.insert("processed".into(), json!(s.processed));
-    fields.insert("loadavg".into(), loadavg());
-    fields.insert("sw_ident".into(), json!("celeriac"));
-    fields.insert("sw_ver".into(), json!(env!("CARGO_PKG_VERSION")));
-    fields.insert("sw_sys".into(), json!(super::control::sw_sys()));
+    let mut fields = Fields::new();
+    fields
+        .value("freq", &freq)
+        .value("active", &s.active)
+        .value("processed", &s.processed)
+        .value("loadavg", &loadavg())
+        .str("sw_ident", "celeriac")
+        .str("sw_ver", env!("CARGO_PKG_VERSION"))
+        .str("sw_sys", super::control::sw_sys());
     env.events.send(kind, fields).await;
 }
 

@@ -115,20 +115,17 @@ impl JobEnv {
     /// A `task-revoked` event (`terminated`, `signum`, `expired`).
     fn revoked_event(&self, id: &str, terminated: bool, expired: bool) {
         self.events.task(EventKind::TaskRevoked, id, |f| {
-            f.insert("terminated".into(), terminated.into());
-            f.insert(
-                "signum".into(),
-                if terminated { 15.into() } else { Value::Null },
-            );
-            f.insert("expired".into(), expired.into());
+            f.value("terminated", &terminated);
+            f.value("signum", &terminated.then_some(15));
+            f.value("expired", &expired);
         });
     }
 
     /// A `task-failed` event for `exc`.
     fn failed_event(&self, id: &str, exc: &ExceptionInfo, traceback: Option<&str>) {
         self.events.task(EventKind::TaskFailed, id, |f| {
-            f.insert("exception".into(), exc.python_repr().into());
-            f.insert("traceback".into(), traceback.unwrap_or_default().into());
+            f.str("exception", &exc.python_repr());
+            f.str("traceback", traceback.unwrap_or_default());
         });
     }
 
@@ -279,7 +276,7 @@ impl JobEnv {
         let exc = ExceptionInfo::celery("NotRegistered", msg.headers.task.clone());
         self.events
             .task(EventKind::TaskFailed, &msg.headers.id, |f| {
-                f.insert("exception".into(), exc.python_repr().into());
+                f.str("exception", &exc.python_repr());
             });
         let mut meta = self.meta(&msg, State::Failure, exc.to_value());
         meta.children = Value::Null;
@@ -525,11 +522,8 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                         shared
                             .events
                             .task(EventKind::TaskSucceeded, &msg.headers.id, |f| {
-                                f.insert(
-                                    "result".into(),
-                                    celeriac_core::protocol::json::value_repr(&value).into(),
-                                );
-                                f.insert("runtime".into(), runtime.into());
+                                f.str("result", &celeriac_core::protocol::json::value_repr(&value));
+                                f.value("runtime", &runtime);
                             });
                         if store_results {
                             shared
@@ -569,14 +563,11 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                         shared
                             .events
                             .task(EventKind::TaskRetried, &msg.headers.id, |f| {
-                                f.insert(
-                                    "exception".into(),
-                                    format!("Retry('{}')", reason.replace('\'', "\\'")).into(),
+                                f.str(
+                                    "exception",
+                                    &format!("Retry('{}')", reason.replace('\'', "\\'")),
                                 );
-                                f.insert(
-                                    "traceback".into(),
-                                    format!("celery.exceptions.Retry: {reason}\n").into(),
-                                );
+                                f.str("traceback", &format!("celery.exceptions.Retry: {reason}\n"));
                             });
                         shared.stats.record(Some(task_name), Event::Retried);
                         if store_results {
@@ -635,7 +626,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 shared
                     .events
                     .task(EventKind::TaskRejected, &msg.headers.id, |f| {
-                        f.insert("requeue".into(), true.into());
+                        f.value("requeue", &true);
                     });
                 shared.stats.record(None, Event::Rejected);
                 match delivery.take() {
@@ -657,7 +648,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 shared
                     .events
                     .task(EventKind::TaskRejected, &msg.headers.id, |f| {
-                        f.insert("requeue".into(), false.into());
+                        f.value("requeue", &false);
                     });
                 shared.stats.record(None, Event::Rejected);
                 if store_results {

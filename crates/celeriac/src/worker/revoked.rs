@@ -70,13 +70,16 @@ impl Revoked {
     fn insert_at(&self, ids: impl IntoIterator<Item = (String, f64)>) {
         let mut g = self.lock();
         self.any.store(true, Ordering::Release);
+        let now = now();
         for (id, t) in ids {
-            if !g.at.contains_key(&id) {
+            // Merged ids (a state file, another worker) may be older than the newest ones
+            // here: an expired one is not taken at all.
+            if now - t <= Self::EXPIRES && !g.at.contains_key(&id) {
                 g.at.insert(id.clone(), t);
                 g.order.push_back(id);
             }
         }
-        g.trim(now());
+        g.trim(now);
     }
 
     /// Whether `id` was revoked. `#[inline]`: every task asks, twice.
