@@ -28,7 +28,12 @@ pub(crate) struct Fields {
 impl Fields {
     /// No fields yet.
     pub(crate) fn new() -> Self {
-        let mut buf = Vec::with_capacity(256);
+        Self::in_buffer(Vec::with_capacity(256))
+    }
+
+    /// No fields yet, written into `buf` (cleared first): a buffer reused across events.
+    fn in_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.push(b'{');
         Self { buf }
     }
@@ -64,6 +69,53 @@ impl Fields {
     }
 }
 
+thread_local! {
+    /// Where a thread writes its task events before they are copied into the batch: no
+    /// allocation per event.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Task events waiting to be sent, already as `task.multi` bodies: finished batches of
+/// [`BUFFER_LIMIT`] events and the one being filled.
+#[derive(Default)]
+struct Batches {
+    full: Vec<Vec<u8>>,
+    open: Vec<u8>,
+    count: usize,
+}
+
+impl Batches {
+    /// Adds one event (a JSON object); returns whether nothing was waiting before.
+    fn push(&mut self, event: &[u8]) -> bool {
+        let was_empty = self.count == 0 && self.full.is_empty();
+        if self.count == 0 {
+            self.open.reserve(event.len() * BUFFER_LIMIT + 2);
+            self.open.push(b'[');
+        } else {
+            self.open.push(b',');
+        }
+        self.open.extend_from_slice(event);
+        self.count += 1;
+        if self.count == BUFFER_LIMIT {
+            self.open.push(b']');
+            self.full.push(std::mem::take(&mut self.open));
+            self.count = 0;
+        }
+        was_empty
+    }
+
+    /// Every waiting batch, the open one closed.
+    fn take(&mut self) -> Vec<Vec<u8>> {
+        let mut out = std::mem::take(&mut self.full);
+        if self.count > 0 {
+            self.open.push(b']');
+            out.push(std::mem::take(&mut self.open));
+            self.count = 0;
+        }
+        out
+    }
+}
+
 /// Sends one node's events.
 pub(crate) struct Dispatcher {
     broker: Arc<dyn Broker>,
@@ -73,7 +125,7 @@ pub(crate) struct Dispatcher {
     pid: u32,
     /// Whether task events are sent (worker events always are).
     task_events: AtomicBool,
-    buffer: Mutex<Vec<Vec<u8>>>,
+    buffer: Mutex<Batches>,
     wake: Notify,
     /// Whether a failed publish was logged (once per outage).
     failing: AtomicBool,
@@ -94,7 +146,7 @@ impl Dispatcher {
             utcoffset: utcoffset(),
             pid: std::process::id(),
             task_events: AtomicBool::new(task_events),
-            buffer: Mutex::new(Vec::new()),
+            buffer: Mutex::new(Batches::default()),
             wake: Notify::new(),
             failing: AtomicBool::new(false),
         })
@@ -137,13 +189,17 @@ impl Dispatcher {
         if !self.task_events() {
             return;
         }
-        let mut f = Fields::new();
+        let mut f = Fields::in_buffer(SCRATCH.take());
         f.str("uuid", uuid);
         fields(&mut f);
         let event = self.event(&kind, f);
-        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        buffer.push(event);
-        if buffer.len() == 1 {
+        let first = self
+            .buffer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(&event);
+        SCRATCH.set(event);
+        if first {
             self.wake.notify_one();
         }
     }
@@ -162,21 +218,11 @@ impl Dispatcher {
     /// Sends every buffered task event now.
     pub(crate) async fn flush(&self) {
         loop {
-            let batch = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));
-            if batch.is_empty() {
+            let batches = self.buffer.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if batches.is_empty() {
                 return;
             }
-            for chunk in batch.chunks(BUFFER_LIMIT) {
-                let mut body =
-                    Vec::with_capacity(chunk.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
-                body.push(b'[');
-                for (i, event) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(event);
-                }
-                body.push(b']');
+            for body in batches {
                 self.publish("task.multi", body).await;
             }
         }
@@ -221,5 +267,26 @@ mod tests {
             serde_json::from_slice::<Value>(&Fields::new().finish()).unwrap(),
             json!({})
         );
+    }
+
+    #[test]
+    fn batches_hold_at_most_the_buffer_limit() {
+        let mut b = Batches::default();
+        assert!(b.take().is_empty());
+        assert!(b.push(br#"{"n":0}"#));
+        for n in 1..30 {
+            assert!(!b.push(format!(r#"{{"n":{n}}}"#).as_bytes()));
+        }
+        let bodies = b.take();
+        assert_eq!(bodies.len(), 2);
+        let first: Vec<Value> = serde_json::from_slice(&bodies[0]).unwrap();
+        let second: Vec<Value> = serde_json::from_slice(&bodies[1]).unwrap();
+        assert_eq!(
+            (first.len(), second.len()),
+            (BUFFER_LIMIT, 30 - BUFFER_LIMIT)
+        );
+        assert_eq!(second.last(), Some(&json!({"n": 29})));
+        assert!(b.take().is_empty());
+        assert!(b.push(br#"{}"#), "empty again after a take");
     }
 }
