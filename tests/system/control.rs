@@ -148,17 +148,6 @@ async fn ping_collects_a_reply_from_each_worker() {
     assert_eq!(stats[0].1["pid"], json!(std::process::id()));
 }
 
-/// Sends `method` to every worker of `app` and returns the one reply (panics on none).
-async fn ask(app: &celeriac::App, method: &str, args: serde_json::Value) -> serde_json::Value {
-    let replies = app
-        .control()
-        .broadcast(method, args, None, Some(Duration::from_millis(500)))
-        .await
-        .unwrap();
-    assert_eq!(replies.len(), 1, "{method}: {replies:?}");
-    replies.into_iter().next().unwrap().1
-}
-
 /// `rate_limit` really limits a task on the worker: with "4/s", five tasks sent at once
 /// start at least 0.25 s apart (kombu's token bucket: the first at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,17 +131,12 @@ async fn task_events_follow_enable_and_disable_events() {
     next_of(&mut events, EventKind::WorkerOnline, None).await;
     let quiet = add::new(1, 1).apply_async(&app).await.unwrap();
     quiet.get::<i64>(WAIT).await.unwrap();
-    let none = app
-        .control()
-        .broadcast(
-            "heartbeat",
-            json!({}),
-            None,
-            Some(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(none.len(), 1, "heartbeat is answered (null)");
+    let none = ask(&app, "heartbeat", json!({})).await;
+    assert_eq!(
+        none,
+        serde_json::Value::Null,
+        "heartbeat is answered with null"
+    );
     loop {
         let e = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
@@ -155,41 +150,14 @@ async fn task_events_follow_enable_and_disable_events() {
             break;
         }
     }
-    let on = app
-        .control()
-        .broadcast(
-            "enable_events",
-            json!({}),
-            None,
-            Some(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(on[0].1, json!({"ok": "task events enabled"}));
+    let on = ask(&app, "enable_events", json!({})).await;
+    assert_eq!(on, json!({"ok": "task events enabled"}));
     let loud = add::new(2, 2).apply_async(&app).await.unwrap();
     next_of(&mut events, EventKind::TaskSucceeded, Some(loud.id())).await;
-    let again = app
-        .control()
-        .broadcast(
-            "enable_events",
-            json!({}),
-            None,
-            Some(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(again[0].1, json!({"ok": "task events already enabled"}));
-    let off = app
-        .control()
-        .broadcast(
-            "disable_events",
-            json!({}),
-            None,
-            Some(Duration::from_millis(300)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(off[0].1, json!({"ok": "task events disabled"}));
+    let again = ask(&app, "enable_events", json!({})).await;
+    assert_eq!(again, json!({"ok": "task events already enabled"}));
+    let off = ask(&app, "disable_events", json!({})).await;
+    assert_eq!(off, json!({"ok": "task events disabled"}));
     w.warm().await;
 }
 

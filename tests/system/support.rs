@@ -430,3 +430,15 @@ pub(crate) async fn exception_of(r: &celeriac::AsyncResult) -> celeriac::Excepti
 
 /// Five seconds: how long tests wait for results.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
+
+/// Sends remote-control `method` to the workers of `app` and returns the one reply
+/// (panics unless exactly one worker answered within 500 ms).
+pub(crate) async fn ask(app: &App, method: &str, args: Value) -> Value {
+    let replies = app
+        .control()
+        .broadcast(method, args, None, Some(Duration::from_millis(500)))
+        .await
+        .expect("command sent");
+    assert_eq!(replies.len(), 1, "{method}: {replies:?}");
+    replies.into_iter().next().expect("one reply").1
+}

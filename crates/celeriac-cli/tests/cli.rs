@@ -353,14 +353,19 @@ async fn inspect_and_revoke_talk_to_running_workers() {
         }
         out = run(args("inspect ping --timeout 0.5")).await;
     }
+    // Celery's layout: the node, OK, the reply indented, then how many answered.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "inspected@test: {\"ok\":\"pong\"}\n"
+        "->  inspected@test: OK\n        pong\n\n1 node online.\n"
     );
-    let out = run(args("inspect stats --timeout 0.5")).await;
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("inspected@test: {"),
-        "{out:?}"
+    let out = run(args("inspect stats --timeout 0.5 --json")).await;
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(
+        stats["inspected@test"]["pool"]["max-concurrency"]
+            .as_u64()
+            .map(|n| n > 0),
+        Some(true),
+        "{stats}"
     );
     let r = add::new(1, 2)
         .countdown(2.0)
@@ -371,7 +376,14 @@ async fn inspect_and_revoke_talk_to_running_workers() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "revoked 1 task\n");
     let err = r.get::<i64>(Duration::from_secs(10)).await.unwrap_err();
     assert!(matches!(err, celeriac::Error::TaskRevoked { .. }), "{err}");
+    // No node answered: Celery's message, and its exit status (EX_UNAVAILABLE).
     let out = run(args("inspect ping --timeout 0.3 -d nobody@nowhere")).await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some("Error: No nodes replied within time constraint"),
+        "{stderr}"
+    );
     stop.warm();
 }

@@ -181,8 +181,9 @@ fn pump_up(mut from: TcpStream, mut to: TcpStream, shared: &Shared, hold: &Atomi
             break;
         }
         if cut {
-            std::thread::sleep(Duration::from_millis(200));
+            // Counted before the wait: the client may be through its retry before it ends.
             shared.cuts.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
             break;
         }
     }

@@ -67,6 +67,8 @@ struct Inner {
     soft: SoftLimit,
     /// Fired by `revoke(terminate=true)` while the task runs.
     terminate: tokio::sync::Notify,
+    /// The signal number a `revoke(terminate=true)` asked for (15 unless told).
+    terminate_signum: std::sync::atomic::AtomicI32,
 }
 
 impl std::fmt::Debug for TaskContext {
@@ -134,6 +136,7 @@ impl TaskContext {
                 eager,
                 soft: SoftLimit::default(),
                 terminate: tokio::sync::Notify::new(),
+                terminate_signum: std::sync::atomic::AtomicI32::new(15),
             }),
         }
     }
@@ -142,6 +145,21 @@ impl TaskContext {
     /// fires before anyone waits).
     pub(crate) fn terminate_signal(&self) -> &tokio::sync::Notify {
         &self.inner.terminate
+    }
+
+    /// Asks the task to stop, for `revoke(terminate=true)` with signal `signum`.
+    pub(crate) fn terminate(&self, signum: i32) {
+        self.inner
+            .terminate_signum
+            .store(signum, std::sync::atomic::Ordering::SeqCst);
+        self.inner.terminate.notify_one();
+    }
+
+    /// The signal number the terminate request named.
+    pub(crate) fn terminate_signum(&self) -> i32 {
+        self.inner
+            .terminate_signum
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn fire_soft_time_limit(&self) {

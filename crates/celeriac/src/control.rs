@@ -108,11 +108,13 @@ pub fn __fuzz_parse_command(msg: &Message) -> bool {
     Command::parse(msg).is_some_and(|c| c.is_for("celery@fuzz"))
 }
 
-fn json_message(
+/// A JSON message as kombu publishes remote-control and event messages: `body` (JSON
+/// text) to `exchange` under `routing_key`, priority 0.
+pub(crate) fn json_message(
     headers: Value,
     exchange: &str,
     routing_key: &str,
-    body: &Value,
+    body: Vec<u8>,
     delivery_mode: u8,
 ) -> Message {
     Message {
@@ -129,7 +131,7 @@ fn json_message(
         },
         content_type: CONTENT_TYPE_JSON.into(),
         content_encoding: "utf-8".into(),
-        body: Bytes::from(body.to_string().into_bytes()),
+        body: Bytes::from(body),
     }
 }
 
@@ -153,7 +155,7 @@ pub(crate) fn command_message(
         body["reply_to"] = json!({"exchange": REPLY_EXCHANGE, "routing_key": oid});
     }
     let headers = json!({"clock": clock, "expires": unix_now() + COMMAND_TTL});
-    json_message(headers, PIDBOX, "", &body, 2)
+    json_message(headers, PIDBOX, "", body.to_string().into_bytes(), 2)
 }
 
 /// A worker's reply to a command: `{node: reply}`, as Celery's mailbox replies.
@@ -171,7 +173,7 @@ pub(crate) fn reply_message(
         json!({"ticket": ticket, "clock": clock}),
         exchange,
         routing_key,
-        &Value::Object(body),
+        Value::Object(body).to_string().into_bytes(),
         1,
     )
 }
@@ -272,7 +274,7 @@ mod tests {
             json!({"clock": 1, "expires": unix_now() + 10.0}),
             PIDBOX,
             "",
-            &Value::Null,
+            b"null".to_vec(),
             2,
         );
         msg.body = Bytes::from_static(body);

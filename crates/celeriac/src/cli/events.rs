@@ -51,7 +51,7 @@ pub(super) async fn run(app: App, a: EventsArgs) -> Result<i32, Error> {
         }
     }
     if !a.dump {
-        let _ = write!(out, "{}", render(&state, unix_now()));
+        let _ = write!(out, "\x1b[2J\x1b[H{}", render(&state, unix_now()));
     }
     Ok(0)
 }

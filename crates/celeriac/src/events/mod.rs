@@ -31,10 +31,9 @@ pub use clock::Clock;
 pub use receiver::EventStream;
 pub use state::{ClusterState, TaskState, WorkerState};
 
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use celeriac_core::message::{DeliveryInfo, Message, Properties, CONTENT_TYPE_JSON};
+use celeriac_core::message::Message;
 
 /// The exchange events travel on (Celery's `event_exchange`).
 pub const EVENT_EXCHANGE: &str = "celeryev";
@@ -236,25 +235,13 @@ pub(crate) fn request_fields(
 /// An event message: JSON `body` (one event or an array of them) on [`EVENT_EXCHANGE`]
 /// under `routing_key`, transient, with the sender in the `hostname` header.
 pub(crate) fn event_message(hostname: &str, routing_key: &str, body: Vec<u8>) -> Message {
-    Message {
-        headers: json!({"hostname": hostname})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        properties: Properties {
-            delivery_mode: 1,
-            delivery_info: DeliveryInfo {
-                exchange: EVENT_EXCHANGE.to_string(),
-                routing_key: routing_key.to_string(),
-                redelivered: None,
-            },
-            priority: Some(0),
-            ..Properties::default()
-        },
-        content_type: CONTENT_TYPE_JSON.into(),
-        content_encoding: "utf-8".into(),
-        body: Bytes::from(body),
-    }
+    crate::control::json_message(
+        json!({"hostname": hostname}),
+        EVENT_EXCHANGE,
+        routing_key,
+        body,
+        1,
+    )
 }
 
 #[cfg(test)]

@@ -51,7 +51,14 @@ pub(super) fn render(w: &Worker) -> String {
             None => format!(".> concurrency: {} ({})", w.concurrency, w.pool),
         },
         format!(".> prefetch:    {}", w.prefetch),
-        ".> task events: OFF".to_string(),
+        format!(
+            ".> task events: {}",
+            if w.task_events {
+                "ON"
+            } else {
+                "OFF (enable -E to monitor tasks in this worker)"
+            }
+        ),
         String::new(),
         "[queues]".to_string(),
     ];

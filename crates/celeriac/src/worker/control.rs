@@ -169,6 +169,34 @@ fn py_set(ids: &[String]) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
+/// The signal a `revoke`/`terminate` names: a name (`"SIGTERM"`, `"TERM"`, `"KILL"`) or a
+/// number; SIGTERM when none is given.
+fn signum(v: Option<&Value>) -> Result<i32, String> {
+    let name = match v {
+        None | Some(Value::Null) => return Ok(15),
+        Some(Value::Number(n)) => {
+            return n
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| format!("unknown signal {n}"));
+        }
+        Some(Value::String(s)) => s.trim().to_ascii_uppercase(),
+        Some(other) => return Err(format!("unknown signal {other}")),
+    };
+    let short = name.strip_prefix("SIG").unwrap_or(&name);
+    Ok(match short {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        _ => return Err(format!("unknown signal {name:?}")),
+    })
+}
+
 /// A float argument (Celery accepts numbers and numeric strings).
 fn number(v: Option<&Value>) -> Option<f64> {
     match v? {
@@ -187,12 +215,20 @@ impl Node {
             "ping" => ok("pong"),
             "revoke" => {
                 let terminate = args.get("terminate").and_then(Value::as_bool) == Some(true);
-                self.revoke(ids(args.get("task_id")), terminate)
+                match signum(args.get("signal")) {
+                    Ok(sig) => self.revoke(ids(args.get("task_id")), terminate.then_some(sig)),
+                    Err(e) => nok(e),
+                }
             }
-            "terminate" => self.revoke(ids(args.get("task_id")), true),
+            "terminate" => match signum(args.get("signal")) {
+                Ok(sig) => self.revoke(ids(args.get("task_id")), Some(sig)),
+                Err(e) => nok(e),
+            },
             "stats" => self.stats(),
             "registered" => self.registered(),
-            "active" => Value::Array(self.active().into_iter().map(|(_, v)| v).collect()),
+            "active" | "dump_active" => {
+                Value::Array(self.active().into_iter().map(|(_, v)| v).collect())
+            }
             "reserved" => Value::Array(self.held().await.reserved),
             "scheduled" => Value::Array(self.held().await.scheduled),
             "query_task" => self.query_task(ids(args.get("ids"))).await,
@@ -253,7 +289,8 @@ impl Node {
                 self.shutdown.warm();
                 return None;
             }
-            other => nok(format!("No such control command: {other}")),
+            // Celery's wording: its dispatcher's `KeyError`.
+            other => nok(format!("KeyError('{other}')")),
         })
     }
 
@@ -281,7 +318,8 @@ impl Node {
             .unwrap_or_default()
     }
 
-    fn revoke(&self, ids: Vec<String>, terminate: bool) -> Value {
+    /// Revokes `ids`; with `terminate` (a signal number) running ones are stopped too.
+    fn revoke(&self, ids: Vec<String>, terminate: Option<i32>) -> Value {
         let env = &self.env;
         env.revoked.insert(&ids);
         if let Some(path) = &self.statedb {
@@ -290,19 +328,19 @@ impl Node {
             }
         }
         let _ = self.to_loop.send(LoopRequest::Revoked(ids.clone()));
-        if !terminate {
+        let Some(sig) = terminate else {
             info!("Tasks flagged as revoked: {}", ids.join(", "));
             return ok(format!("tasks {} flagged as revoked", py_set(&ids)));
-        }
+        };
         let terminated: Vec<String> = ids
             .iter()
-            .filter(|id| env.terminators.terminate(id))
+            .filter(|id| env.terminators.terminate(id, sig))
             .cloned()
             .collect();
         if terminated.is_empty() {
             return ok("terminate: tasks unknown");
         }
-        info!("Terminating {}", terminated.join(", "));
+        info!("Terminating {} ({sig})", terminated.join(", "));
         ok(format!("terminate: {}", terminated.join(", ")))
     }
 
@@ -377,7 +415,12 @@ impl Node {
         let mut counts: std::collections::BTreeMap<String, u64> = s
             .per_task
             .iter()
-            .map(|(name, c)| (name.clone(), c.succeeded + c.failed + c.retried))
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    c.succeeded + c.failed + c.retried + c.terminated,
+                )
+            })
             .collect();
         for (ctx, _) in env.terminators.running() {
             *counts.entry(ctx.name().to_string()).or_default() += 1;
@@ -447,7 +490,7 @@ impl Node {
     fn report(&self) -> String {
         let env = &self.env;
         format!(
-            "software -> celeriac:{} (Rust) protocol:2 celery-compatible:5.7\n            platform -> system:{} arch:{}\n            loader -> none\n            settings -> transport:{} results:{}\n",
+            "software -> celeriac:{} (Rust) protocol:2 celery-compatible:5.7\nplatform -> system:{} arch:{}\nloader   -> none\nsettings -> transport:{} results:{}\n",
             env!("CARGO_PKG_VERSION"),
             sw_sys(),
             std::env::consts::ARCH,
@@ -663,6 +706,16 @@ mod tests {
         assert_eq!(py_set(&["a".into()]), "{'a'}");
         assert_eq!(py_set(&["a".into(), "b".into()]), "{'a', 'b'}");
         assert_eq!(py_set(&[]), "set()");
+    }
+
+    #[test]
+    fn signals_are_read_by_name_or_number() {
+        assert_eq!(signum(None), Ok(15));
+        assert_eq!(signum(Some(&json!("SIGTERM"))), Ok(15));
+        assert_eq!(signum(Some(&json!("kill"))), Ok(9));
+        assert_eq!(signum(Some(&json!(2))), Ok(2));
+        assert!(signum(Some(&json!("SIGNOPE"))).is_err());
+        assert!(signum(Some(&json!(0))).is_err());
     }
 
     #[test]

@@ -112,11 +112,11 @@ impl JobEnv {
             .unwrap_or(self.app.config().acks_late)
     }
 
-    /// A `task-revoked` event (`terminated`, `signum`, `expired`).
-    fn revoked_event(&self, id: &str, terminated: bool, expired: bool) {
+    /// A `task-revoked` event (`terminated` with `signum`, or not; `expired`).
+    fn revoked_event(&self, id: &str, terminated: Option<i32>, expired: bool) {
         self.events.task(EventKind::TaskRevoked, id, |f| {
-            f.value("terminated", &terminated);
-            f.value("signum", &terminated.then_some(15));
+            f.value("terminated", &terminated.is_some());
+            f.value("signum", &terminated);
             f.value("expired", &expired);
         });
     }
@@ -296,7 +296,7 @@ impl JobEnv {
         reason: &'static str,
     ) {
         warn!("Task {} {reason}; not run, stored REVOKED", Label(&msg));
-        self.revoked_event(&msg.headers.id, false, reason == "expired");
+        self.revoked_event(&msg.headers.id, None, reason == "expired");
         if store {
             // Celery 5.7 writes `children: []` here (observed; the wire spec says null).
             let exc = ExceptionInfo::revoked(reason);
@@ -488,8 +488,8 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
             Ran::Output(output) => output,
             Ran::Terminated => {
                 warn!("Task {label} terminated by a revoke request; stored REVOKED");
-                shared.revoked_event(&msg.headers.id, true, false);
-                shared.stats.record(Some(task_name), Event::Revoked);
+                shared.revoked_event(&msg.headers.id, Some(ctx.terminate_signum()), false);
+                shared.stats.record(Some(task_name), Event::Terminated);
                 if store_results {
                     let exc = ExceptionInfo::revoked("terminated");
                     shared

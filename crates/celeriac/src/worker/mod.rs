@@ -177,8 +177,13 @@ impl Worker {
             println!("{}", self.banner());
         }
         let broker = self.app.broker().clone();
+        let mut starting = self.shutdown.subscribe();
         for q in &self.queues {
-            broker.declare(&self.app.router().queue_spec(q)).await?;
+            let spec = self.app.router().queue_spec(q);
+            until_available(&mut starting, "declare the queues", || {
+                broker.declare(&spec)
+            })
+            .await?;
         }
         // The revoked ids this worker must honour from its first task: its state file's,
         // then the other workers'.
@@ -191,9 +196,11 @@ impl Worker {
         if self.mingle && caps.fanout && caps.shared {
             self.mingle(&revoked).await;
         }
-        let consumer = broker
-            .consume(ConsumeOptions::new(self.queues.clone(), self.prefetch))
-            .await?;
+        let options = ConsumeOptions::new(self.queues.clone(), self.prefetch);
+        let consumer = until_available(&mut starting, "start consuming", || {
+            broker.consume(options.clone())
+        })
+        .await?;
         let prefork = match self.pool {
             Pool::Prefork => Some(Arc::new(
                 PreforkPool::start(
@@ -233,7 +240,10 @@ impl Worker {
         let (to_loop, mut loop_rx) = tokio::sync::mpsc::unbounded_channel::<LoopRequest>();
         let broadcasts = broker.capabilities().fanout;
         let control = if broadcasts {
-            match broker.subscribe_fanout(crate::control::PIDBOX).await {
+            let subscribed = until_available(&mut starting, "listen for remote control", || {
+                broker.subscribe_fanout(crate::control::PIDBOX)
+            });
+            match subscribed.await {
                 Ok(sub) => Some(control::spawn(
                     control::Node {
                         env: shared.clone(),
@@ -348,6 +358,47 @@ impl Worker {
                 Err(Error::Stopped(reason.into()))
             }
             None => Ok(report),
+        }
+    }
+}
+
+/// Runs a start-up step, retrying with back-off while the broker is unavailable (as
+/// Celery's `broker_connection_retry_on_startup`): a worker started during a broker outage
+/// (or a full disk) waits for it instead of exiting. Gives up on errors that will not pass,
+/// and when asked to shut down meanwhile.
+async fn until_available<T, F, Fut>(
+    phase: &mut watch::Receiver<Phase>,
+    what: &str,
+    mut step: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, celeriac_core::BrokerError>>,
+{
+    let mut backoff =
+        celeriac_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut warned = false;
+    loop {
+        match step().await {
+            Ok(v) => {
+                if warned {
+                    info!("broker available again: could {what}");
+                }
+                return Ok(v);
+            }
+            Err(e) if e.is_retryable() && *phase.borrow() == Phase::Running => {
+                if !warned {
+                    warn!(
+                        "cannot {what} ({e}); retrying with back-off until the broker is available"
+                    );
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = backoff.wait() => {}
+                    _ = phase.changed() => {}
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct TaskCounts {
     pub failed: u64,
     /// Retried.
     pub retried: u64,
+    /// Stopped while running (`revoke(terminate=true)`).
+    pub terminated: u64,
 }
 
 /// A copy of the counters at one moment.
@@ -65,6 +67,8 @@ pub(crate) enum Event {
     Retried,
     Rejected,
     Revoked,
+    /// Revoked while running: counted as revoked, and for its task name.
+    Terminated,
 }
 
 impl WorkerStats {
@@ -75,11 +79,14 @@ impl WorkerStats {
             Event::Failed => &self.failed,
             Event::Retried => &self.retried,
             Event::Rejected => &self.rejected,
-            Event::Revoked => &self.revoked,
+            Event::Revoked | Event::Terminated => &self.revoked,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let Some(task) = task else { return };
-        if !matches!(event, Event::Succeeded | Event::Failed | Event::Retried) {
+        if !matches!(
+            event,
+            Event::Succeeded | Event::Failed | Event::Retried | Event::Terminated
+        ) {
             return;
         }
         let mut map = self.per_task.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,6 +98,7 @@ impl WorkerStats {
         match event {
             Event::Succeeded => c.succeeded += 1,
             Event::Failed => c.failed += 1,
+            Event::Terminated => c.terminated += 1,
             _ => c.retried += 1,
         }
     }

@@ -33,12 +33,13 @@ impl Terminators {
         self.lock().try_remove(key);
     }
 
-    /// Stops the running task `id`; false if it is not running here.
-    pub(super) fn terminate(&self, id: &str) -> bool {
+    /// Stops the running task `id` (as by signal `signum`); false if it is not running
+    /// here.
+    pub(super) fn terminate(&self, id: &str, signum: i32) -> bool {
         let running = self.lock();
         let mut found = false;
         for (_, (ctx, _)) in running.iter().filter(|(_, (c, _))| c.id() == id) {
-            ctx.terminate_signal().notify_one();
+            ctx.terminate(signum);
             found = true;
         }
         found
