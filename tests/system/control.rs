@@ -487,3 +487,42 @@ async fn a_new_worker_learns_revoked_ids_by_mingle() {
     a.warm().await;
     b.warm().await;
 }
+
+/// `revoke_by_stamped_headers`: a task whose `stamps` header carries a revoked value is
+/// not run (REVOKED), one stamped otherwise runs — on SQLite, where messages are decoded
+/// as they come from the wire, stamps included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_by_stamped_headers_revokes_the_stamped_tasks() {
+    let dir = celeriac_testing::services::ScratchDir::new("celeriac-stamps");
+    let app = builder_on(&dir.sqlite_url("q.sqlite", ""))
+        .build()
+        .await
+        .unwrap();
+    let w = start(&app, |b| b.mingle(false));
+    listening(&app, 1).await;
+    let reply = ask(
+        &app,
+        "revoke_by_stamped_headers",
+        json!({"headers": {"monitoring_id": "run-7"}}),
+    )
+    .await;
+    assert_eq!(
+        reply,
+        json!({"ok": "headers {'monitoring_id': 'run-7'} flagged as revoked"})
+    );
+    // Stamped as Celery's canvas stamping does: `stamped_headers` names the options
+    // that are stamps.
+    let stamped = |value: &str, k: &str| {
+        count_task::new(k.to_string())
+            .set_option("stamped_headers", json!(["monitoring_id"]))
+            .set_option("monitoring_id", value)
+    };
+    let (hit, miss) = (key(), key());
+    let revoked = stamped("run-7", &hit).apply_async(&app).await.unwrap();
+    let kept = stamped("run-8", &miss).apply_async(&app).await.unwrap();
+    assert_eq!(kept.get::<i64>(WAIT).await.unwrap(), 1);
+    let got = revoked.get::<i64>(WAIT).await;
+    assert!(matches!(got, Err(Error::TaskRevoked { .. })), "{got:?}");
+    assert_eq!(count(&hit), 0, "a task with a revoked stamp ran");
+    w.warm().await;
+}

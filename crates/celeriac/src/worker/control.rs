@@ -220,6 +220,7 @@ impl Node {
                     Err(e) => nok(e),
                 }
             }
+            "revoke_by_stamped_headers" => self.revoke_by_stamps(args),
             "terminate" => match signum(args.get("signal")) {
                 Ok(sig) => self.revoke(ids(args.get("task_id")), Some(sig)),
                 Err(e) => nok(e),
@@ -342,6 +343,70 @@ impl Node {
         }
         info!("Terminating {} ({sig})", terminated.join(", "));
         ok(format!("terminate: {}", terminated.join(", ")))
+    }
+
+    /// `revoke_by_stamped_headers`: every task stamped with one of the given values is
+    /// revoked (and with `terminate`, stopped if it runs here). `headers` is an object of
+    /// stamp → value or list of values, or a list of `"stamp=value"` strings.
+    fn revoke_by_stamps(&self, args: &Map<String, Value>) -> Value {
+        let env = &self.env;
+        let mut stamps: std::collections::HashMap<String, Vec<String>> = Default::default();
+        match args.get("headers") {
+            Some(Value::Object(h)) => {
+                for (k, v) in h {
+                    let values = match v {
+                        Value::Array(items) => items
+                            .iter()
+                            .filter_map(|i| i.as_str().map(str::to_string))
+                            .collect(),
+                        Value::String(s) => vec![s.clone()],
+                        other => vec![other.to_string()],
+                    };
+                    stamps.insert(k.clone(), values);
+                }
+            }
+            Some(Value::Array(items)) => {
+                for item in items.iter().filter_map(Value::as_str) {
+                    let Some((k, v)) = item.split_once('=') else {
+                        return nok(format!("expected stamp=value, got {item:?}"));
+                    };
+                    stamps.insert(k.to_string(), vec![v.to_string()]);
+                }
+            }
+            _ => return nok("missing argument `headers`"),
+        }
+        // Python's repr of the dict, as Celery's reply embeds it.
+        let shown: Vec<String> = stamps
+            .iter()
+            .map(|(k, v)| match v.as_slice() {
+                [one] => format!("'{k}': '{one}'"),
+                many => format!(
+                    "'{k}': [{}]",
+                    many.iter()
+                        .map(|m| format!("'{m}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+            .collect();
+        env.revoked.insert_stamps(stamps);
+        let _ = self.to_loop.send(LoopRequest::Revoked(Vec::new()));
+        if args.get("terminate").and_then(Value::as_bool) == Some(true) {
+            let sig = match signum(args.get("signal")) {
+                Ok(s) => s,
+                Err(e) => return nok(e),
+            };
+            for (ctx, _) in env.terminators.running() {
+                if env.revoked.stamped(&ctx.message().headers.stamps) {
+                    env.terminators.terminate(ctx.id(), sig);
+                }
+            }
+        }
+        info!("Tasks stamped {} flagged as revoked", shown.join(", "));
+        ok(format!(
+            "headers {{{}}} flagged as revoked",
+            shown.join(", ")
+        ))
     }
 
     /// Running tasks: (id, request info).

@@ -330,7 +330,7 @@ fn settle(op: &str, r: Result<(), celeriac_core::BrokerError>) {
 impl JobEnv {
     /// Why `msg` must not run now, if it must not: revoked, or expired.
     pub(super) fn why_not_run(&self, msg: &TaskMessage) -> Option<&'static str> {
-        if self.revoked.contains(&msg.headers.id) {
+        if self.revoked.contains(&msg.headers.id) || self.revoked.stamped(&msg.headers.stamps) {
             Some("revoked")
         } else if msg.headers.expires.is_some_and(|e| e <= Utc::now()) {
             Some("expired")

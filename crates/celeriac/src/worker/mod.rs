@@ -576,20 +576,26 @@ impl LoopState {
     }
 
     /// Settles the waiting and held jobs a revoke named (REVOKED, acknowledged) at once,
-    /// rather than when they would have run.
+    /// rather than when they would have run: by id, or (`ids` empty: a revoke by stamped
+    /// headers) every job the revoked set now covers.
     /// One pass over the waiting and held jobs with a set of the ids: O(jobs + ids), so
     /// a revoke of many ids with many messages held stays cheap.
     fn drop_revoked(&mut self, ids: &[String]) {
         let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let (revoked, keep): (Vec<Job>, Vec<Job>) = self
-            .pending
-            .drain(..)
-            .partition(|j| ids.contains(j.msg.headers.id.as_str()));
+        let shared = self.shared.clone();
+        let named = |j: &Job| {
+            if ids.is_empty() {
+                shared.revoked.stamped(&j.msg.headers.stamps)
+            } else {
+                ids.contains(j.msg.headers.id.as_str())
+            }
+        };
+        let (revoked, keep): (Vec<Job>, Vec<Job>) = self.pending.drain(..).partition(named);
         self.pending = keep.into();
         let held: Vec<u64> = self
             .held_jobs
             .iter()
-            .filter(|(_, j)| ids.contains(j.msg.headers.id.as_str()))
+            .filter(|(_, j)| named(j))
             .map(|(k, _)| *k)
             .collect();
         let held_jobs: Vec<Job> = held

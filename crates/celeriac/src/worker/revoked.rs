@@ -10,13 +10,17 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-/// Ids of revoked tasks, with when each was revoked (Unix seconds).
+/// Ids of revoked tasks, with when each was revoked (Unix seconds), and the stamped
+/// headers revoked by `revoke_by_stamped_headers`.
 #[derive(Default)]
 pub(super) struct Revoked {
     inner: Mutex<Inner>,
     /// Whether any id was ever revoked: until then a lookup takes no lock (it happens for
     /// every task, twice).
     any: AtomicBool,
+    /// Stamp name → the revoked values (Celery's `revoked_stamps`).
+    stamps: Mutex<HashMap<String, Vec<String>>>,
+    any_stamps: AtomicBool,
 }
 
 #[derive(Default)]
@@ -94,6 +98,33 @@ impl Revoked {
             .is_some_and(|t| now() - t <= Self::EXPIRES)
     }
 
+    /// Revokes every task stamped with one of these values (a stamp's values replace
+    /// what was revoked for it before, as Celery's `revoked_stamps.update`).
+    pub(super) fn insert_stamps(&self, stamps: HashMap<String, Vec<String>>) {
+        let mut g = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        g.extend(stamps);
+        self.any_stamps.store(!g.is_empty(), Ordering::Release);
+    }
+
+    /// Whether a message with these stamps (its `stamps` header) was revoked by stamp.
+    #[inline]
+    pub(super) fn stamped(&self, stamps: &serde_json::Map<String, Value>) -> bool {
+        if stamps.is_empty() || !self.any_stamps.load(Ordering::Acquire) {
+            return false;
+        }
+        let g = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        stamps.iter().any(|(name, value)| {
+            let Some(revoked) = g.get(name) else {
+                return false;
+            };
+            let hit = |v: &Value| v.as_str().is_some_and(|v| revoked.iter().any(|r| r == v));
+            match value {
+                Value::Array(items) => items.iter().any(hit),
+                one => hit(one),
+            }
+        })
+    }
+
     /// The remembered ids, oldest first.
     pub(super) fn list(&self) -> Vec<String> {
         let mut g = self.lock();
@@ -156,6 +187,21 @@ mod tests {
         r.insert_at([("old".to_string(), now() - Revoked::EXPIRES - 1.0)]);
         assert!(!r.contains("old"));
         assert_eq!(r.list(), ["a", "b"]);
+    }
+
+    #[test]
+    fn stamps_revoke_the_tasks_that_carry_them() {
+        let r = Revoked::default();
+        let stamped = |v: Value| v.as_object().cloned().unwrap();
+        assert!(!r.stamped(&stamped(json!({"mon": "a"}))));
+        r.insert_stamps(HashMap::from([(
+            "mon".to_string(),
+            vec!["a".to_string(), "b".to_string()],
+        )]));
+        assert!(r.stamped(&stamped(json!({"mon": "a"}))));
+        assert!(r.stamped(&stamped(json!({"mon": ["z", "b"]}))));
+        assert!(!r.stamped(&stamped(json!({"mon": "c"}))));
+        assert!(!r.stamped(&stamped(json!({"other": "a"}))));
     }
 
     #[test]
