@@ -1,4 +1,4 @@
-//! Celery's events (what Flower, `celery events` and [`App::events`] watch): the event
+//! Celery's events (what Flower, `celery events` and [`App::events`](crate::App::events) watch): the event
 //! type with its fields, the Lamport clock every event carries, the worker's dispatcher
 //! (which batches task events into `task.multi` messages as Celery's does) and the
 //! receiver.
