@@ -198,14 +198,7 @@ fn python_worker(
     let mut cmd = Command::new(venv.celery());
     cmd.args(["-A", "celeriac_interop.tasks", "worker", "-Q", queues])
         .args(["--pool", "threads", "-c", &concurrency.to_string()])
-        .args([
-            "-n",
-            name,
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "info",
-        ])
+        .args(["-n", name, "--without-gossip", "-l", "info"])
         .args(extra)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     WorkerProcess::spawn_command(cmd, &format!("{name} ready."))
@@ -304,7 +297,14 @@ async fn python_inspect_reads_a_celeriac_worker() {
     let (rs, py) = (format!("rs-{k}@test"), format!("py-{k}@test"));
     let (rq, pq) = (format!("rq-{k}"), format!("pq-{k}"));
     let rust = it.rust_worker(&["-Q", &rq, "-n", &rs, "-E", "-c", "2"]);
-    let _python = python_worker(&it.venv, &it.env(), &py, &pq, 1, &["--without-heartbeat"]);
+    let _python = python_worker(
+        &it.venv,
+        &it.env(),
+        &py,
+        &pq,
+        1,
+        &["--without-heartbeat", "--without-mingle"],
+    );
     let r = Remote {
         venv: &it.venv,
         env: it.env(),
@@ -1003,7 +1003,7 @@ async fn celeriac_cli_inspects_and_controls_a_python_worker() {
     let py = format!("py-{k}@test");
     let pq = format!("pq-{k}");
     // Heartbeats on (no --without-heartbeat), for `events --dump`.
-    let _python = python_worker(&it.venv, &it.env(), &py, &pq, 2, &[]);
+    let _python = python_worker(&it.venv, &it.env(), &py, &pq, 2, &["--without-mingle"]);
     let url = it.scope.url("");
     let cli = |args: &[&str]| {
         let mut all = args.to_vec();
@@ -1281,4 +1281,49 @@ async fn python_inspect_and_events_on_rabbitmq() {
         (&json!(n), &json!("5")),
         "{done}"
     );
+}
+
+/// Mingle across languages: a Python worker that starts learns the ids a running celeriac
+/// worker holds as revoked (Celery's `hello`, answered by celeriac), and a celeriac worker
+/// that starts learns those of the running workers, Python's included — so a revoked task
+/// runs on no worker, whichever starts later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mingle_shares_revoked_ids_between_python_and_celeriac() {
+    let Some(it) = Interop::new("mingle_shares_revoked_ids_between_python_and_celeriac") else {
+        return;
+    };
+    let k = key();
+    let (first, py, last) = (
+        format!("rs1-{k}@test"),
+        format!("py-{k}@test"),
+        format!("rs2-{k}@test"),
+    );
+    let q = format!("q-{k}");
+    let r = Remote {
+        venv: &it.venv,
+        env: it.env(),
+    };
+    let _first = it.rust_worker(&["-Q", &q, "-n", &first]);
+    let (x, y) = (format!("x-{k}"), format!("y-{k}"));
+    assert_eq!(
+        r.control1("revoke", &first, json!({"task_id": [x]})),
+        json!({"ok": format!("tasks {{'{x}'}} flagged as revoked")})
+    );
+    // The Python worker mingles at start-up (no --without-mingle).
+    let _python = python_worker(&it.venv, &it.env(), &py, &q, 1, &[]);
+    let learnt = r.control1("revoked", &py, json!({}));
+    assert!(
+        as_list(&learnt).contains(&json!(x)),
+        "Python did not learn {x}: {learnt}"
+    );
+    // Revoked on the Python worker only; a celeriac worker started now learns both.
+    r.control1("revoke", &py, json!({"task_id": [y]}));
+    let _last = it.rust_worker(&["-Q", &q, "-n", &last]);
+    let learnt = r.control1("revoked", &last, json!({}));
+    for id in [&x, &y] {
+        assert!(
+            as_list(&learnt).contains(&json!(id)),
+            "celeriac did not learn {id}: {learnt}"
+        );
+    }
 }
