@@ -81,6 +81,7 @@
 //! | `redis-tls` | no | `rediss://` (system OpenSSL) |
 
 pub mod app;
+pub mod beat;
 mod builtins;
 pub mod canvas;
 #[cfg(feature = "cli")]
