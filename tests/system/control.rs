@@ -291,6 +291,18 @@ async fn the_pool_grows_and_shrinks_on_command() {
         ask(&app, "autoscale", json!({"max": 4, "min": 1})).await,
         json!({"error": "ValueError('Autoscale not enabled')"})
     );
+    // Off the wire, an absurd size is refused, and the worker goes on.
+    let huge = ask(
+        &app,
+        "pool_grow",
+        json!({"n": 4_611_686_018_427_387_904u64}),
+    )
+    .await;
+    assert!(
+        huge["error"].as_str().unwrap().contains("at most 10000"),
+        "{huge}"
+    );
+    assert_eq!(size(ask(&app, "stats", json!({})).await), 3);
     w.warm().await;
 }
 

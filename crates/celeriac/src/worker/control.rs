@@ -258,11 +258,16 @@ impl Node {
                 let max = args.get("max").and_then(Value::as_u64);
                 let min = args.get("min").and_then(Value::as_u64);
                 match (max, min) {
-                    (Some(max), Some(min)) if max >= min && min >= 1 => {
+                    (Some(max), Some(min))
+                        if max >= min && min >= 1 && max <= super::MAX_POOL as u64 =>
+                    {
                         self.ask(|tx| LoopRequest::Autoscale(max as usize, min as usize, tx))
                             .await
                     }
-                    _ => nok("autoscale needs integer arguments max ≥ min ≥ 1"),
+                    _ => nok(format!(
+                        "autoscale needs integer arguments {} ≥ max ≥ min ≥ 1",
+                        super::MAX_POOL
+                    )),
                 }
             }
             "enable_events" => {
@@ -629,8 +634,12 @@ impl Node {
     }
 
     async fn add_consumer(&self, args: &Map<String, Value>) -> Value {
-        let Some(queue) = args.get("queue").and_then(Value::as_str) else {
-            return nok("missing argument `queue`");
+        let Some(queue) = args
+            .get("queue")
+            .and_then(Value::as_str)
+            .filter(|q| !q.trim().is_empty())
+        else {
+            return nok("missing argument `queue` (a queue name)");
         };
         let env = &self.env;
         let mut spec = env.app.router().queue_spec(queue);

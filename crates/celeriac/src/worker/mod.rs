@@ -82,6 +82,11 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
 }
 
+/// Most tasks one worker may run at once after `pool_grow` or `autoscale` from remote
+/// control: a bound, so that a command off the wire cannot make a worker start a million
+/// child processes (or overflow its semaphore).
+pub(crate) const MAX_POOL: usize = 10_000;
+
 /// What a finished worker reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -774,7 +779,10 @@ impl LoopState {
             return json!({"error": format!("{cmd} is not supported with autoscale. Adjust autoscale range instead.")});
         }
         let current = self.shared.stats.snapshot().concurrency as usize;
-        let n = delta.unsigned_abs() as usize;
+        let n = usize::try_from(delta.unsigned_abs()).unwrap_or(usize::MAX);
+        if grow && current.saturating_add(n) > MAX_POOL {
+            return json!({"error": format!("pool_grow: a worker runs at most {MAX_POOL} tasks at once (now {current})")});
+        }
         let next = if grow {
             self.slots.add_permits(n);
             current + n

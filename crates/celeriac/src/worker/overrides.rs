@@ -11,6 +11,9 @@ use tokio::time::Instant;
 
 use crate::execute::Limits;
 
+/// The longest a rate-limited message is held before its rate is asked again.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// A rate: this many tasks per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Rate(pub(super) f64);
@@ -72,7 +75,12 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate.0))
+            // Capped: a tiny rate ("1e-300/s") must not overflow a timer; a capped wait
+            // just asks again.
+            let wait = (1.0 - self.tokens) / self.rate.0;
+            Err(Duration::try_from_secs_f64(wait)
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT))
         }
     }
 }
@@ -171,6 +179,15 @@ mod tests {
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");
         assert!(b.take(t0 + Duration::from_millis(250)).is_err());
         assert_eq!(b.take(t0 + Duration::from_millis(500)), Ok(()));
+    }
+
+    #[test]
+    fn a_tiny_rate_waits_at_most_an_hour_at_a_time() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(Rate::parse("1e-300/s").unwrap().unwrap(), "1e-300/s");
+        b.last = t0;
+        assert_eq!(b.take(t0), Ok(()));
+        assert_eq!(b.take(t0), Err(MAX_WAIT));
     }
 
     #[test]
