@@ -131,6 +131,8 @@ pub mod guide {
     pub mod engines {}
     #[doc = include_str!("../../../docs/cli.md")]
     pub mod cli {}
+    #[doc = include_str!("../../../docs/monitoring.md")]
+    pub mod monitoring {}
 }
 
 /// The README's example, compiled and run as a doc test.
