@@ -32,6 +32,8 @@ use crate::execute::{Limits, Pool};
 pub(super) enum LoopRequest {
     /// Settle these revoked ids if the worker holds them.
     Revoked(Vec<String>),
+    /// Settle what the revoked stamps now cover, if the worker holds it.
+    RevokedStamps,
     /// The messages waiting for a slot and those held for their ETA.
     Held(oneshot::Sender<Held>),
     /// Start consuming a queue (declared first).
@@ -140,8 +142,8 @@ pub(super) fn spawn(node: Node, mut pidbox: Subscription) -> tokio::task::JoinHa
     })
 }
 
-/// Task ids in a command: one string or a list.
-fn ids(v: Option<&Value>) -> Vec<String> {
+/// Strings in a command (task ids, stamp values): one string or a list.
+pub(super) fn ids(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items
@@ -197,6 +199,14 @@ fn signum(v: Option<&Value>) -> Result<i32, String> {
     })
 }
 
+/// The `queue` argument of `add_consumer` / `cancel_consumer`, or the error reply.
+fn queue_arg(args: &Map<String, Value>) -> Result<&str, Value> {
+    args.get("queue")
+        .and_then(Value::as_str)
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| nok("missing argument `queue` (a queue name)"))
+}
+
 /// A float argument (Celery accepts numbers and numeric strings).
 fn number(v: Option<&Value>) -> Option<f64> {
     match v? {
@@ -242,13 +252,13 @@ impl Node {
             "rate_limit" => self.rate_limit(args),
             "time_limit" => self.time_limit(args),
             "add_consumer" => self.add_consumer(args).await,
-            "cancel_consumer" => {
-                let Some(queue) = args.get("queue").and_then(Value::as_str) else {
-                    return Some(nok("missing argument `queue`"));
-                };
-                self.ask(|tx| LoopRequest::CancelConsumer(queue.to_string(), tx))
-                    .await
-            }
+            "cancel_consumer" => match queue_arg(args) {
+                Ok(queue) => {
+                    self.ask(|tx| LoopRequest::CancelConsumer(queue.to_string(), tx))
+                        .await
+                }
+                Err(e) => e,
+            },
             "pool_grow" | "pool_shrink" => {
                 let n = args.get("n").and_then(Value::as_i64).unwrap_or(1).max(0);
                 let delta = if cmd.method == "pool_grow" { n } else { -n };
@@ -302,26 +312,27 @@ impl Node {
 
     /// Asks the worker loop; an error reply if it does not answer (it is stopping).
     async fn ask(&self, request: impl FnOnce(oneshot::Sender<Value>) -> LoopRequest) -> Value {
-        let (tx, rx) = oneshot::channel();
-        if self.to_loop.send(request(tx)).is_err() {
-            return nok("the worker is shutting down");
-        }
-        match tokio::time::timeout(Duration::from_secs(10), rx).await {
-            Ok(Ok(v)) => v,
-            _ => nok("the worker loop did not answer"),
-        }
+        self.ask_loop(request)
+            .await
+            .unwrap_or_else(|| nok("the worker loop did not answer (it is stopping)"))
     }
 
+    /// What the worker holds unstarted; nothing if the loop does not answer.
     async fn held(&self) -> Held {
+        self.ask_loop(LoopRequest::Held).await.unwrap_or_default()
+    }
+
+    /// Sends `request` to the worker loop and waits (10 s at most) for its answer.
+    async fn ask_loop<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<T>) -> LoopRequest,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
-        if self.to_loop.send(LoopRequest::Held(tx)).is_err() {
-            return Held::default();
-        }
+        self.to_loop.send(request(tx)).ok()?;
         tokio::time::timeout(Duration::from_secs(10), rx)
             .await
+            .ok()?
             .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
     }
 
     /// Revokes `ids`; with `terminate` (a signal number) running ones are stopped too.
@@ -360,11 +371,7 @@ impl Node {
             Some(Value::Object(h)) => {
                 for (k, v) in h {
                     let values = match v {
-                        Value::Array(items) => items
-                            .iter()
-                            .filter_map(|i| i.as_str().map(str::to_string))
-                            .collect(),
-                        Value::String(s) => vec![s.clone()],
+                        Value::Array(_) | Value::String(_) => ids(Some(v)),
                         other => vec![other.to_string()],
                     };
                     stamps.insert(k.clone(), values);
@@ -395,7 +402,7 @@ impl Node {
             })
             .collect();
         env.revoked.insert_stamps(stamps);
-        let _ = self.to_loop.send(LoopRequest::Revoked(Vec::new()));
+        let _ = self.to_loop.send(LoopRequest::RevokedStamps);
         if args.get("terminate").and_then(Value::as_bool) == Some(true) {
             let sig = match signum(args.get("signal")) {
                 Ok(s) => s,
@@ -634,12 +641,9 @@ impl Node {
     }
 
     async fn add_consumer(&self, args: &Map<String, Value>) -> Value {
-        let Some(queue) = args
-            .get("queue")
-            .and_then(Value::as_str)
-            .filter(|q| !q.trim().is_empty())
-        else {
-            return nok("missing argument `queue` (a queue name)");
+        let queue = match queue_arg(args) {
+            Ok(q) => q,
+            Err(e) => return e,
         };
         let env = &self.env;
         let mut spec = env.app.router().queue_spec(queue);

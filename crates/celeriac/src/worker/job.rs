@@ -121,6 +121,13 @@ impl JobEnv {
         });
     }
 
+    /// A `task-rejected` event (`requeue`).
+    fn rejected_event(&self, id: &str, requeue: bool) {
+        self.events.task(EventKind::TaskRejected, id, |f| {
+            f.value("requeue", &requeue);
+        });
+    }
+
     /// A `task-failed` event for `exc`.
     fn failed_event(&self, id: &str, exc: &ExceptionInfo, traceback: Option<&str>) {
         self.events.task(EventKind::TaskFailed, id, |f| {
@@ -623,11 +630,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 reason,
             } => {
                 warn!("Task {label} rejected its message ({reason}); requeued");
-                shared
-                    .events
-                    .task(EventKind::TaskRejected, &msg.headers.id, |f| {
-                        f.value("requeue", &true);
-                    });
+                shared.rejected_event(&msg.headers.id, true);
                 shared.stats.record(None, Event::Rejected);
                 match delivery.take() {
                     Some(d) => settle("reject", d.reject(true).await),
@@ -645,11 +648,7 @@ fn finish(job: Finished) -> impl std::future::Future<Output = ()> {
                 reason,
             } => {
                 warn!("Task {label} rejected its message ({reason}); dropped");
-                shared
-                    .events
-                    .task(EventKind::TaskRejected, &msg.headers.id, |f| {
-                        f.value("requeue", &false);
-                    });
+                shared.rejected_event(&msg.headers.id, false);
                 shared.stats.record(None, Event::Rejected);
                 if store_results {
                     let mut meta =

@@ -144,16 +144,7 @@ impl Worker {
             if let Some(c) = reply.get("clock").and_then(serde_json::Value::as_u64) {
                 self.app.clock().adjust(c);
             }
-            let ids: Vec<String> = reply
-                .get("revoked")
-                .and_then(serde_json::Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|i| i.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            revoked.insert(&ids);
+            revoked.insert(&control::ids(reply.get("revoked")));
             nodes.push(node);
         }
         if nodes.is_empty() {
@@ -580,22 +571,11 @@ impl LoopState {
         self.shared.stats.set_concurrency(current);
     }
 
-    /// Settles the waiting and held jobs a revoke named (REVOKED, acknowledged) at once,
-    /// rather than when they would have run: by id, or (`ids` empty: a revoke by stamped
-    /// headers) every job the revoked set now covers.
-    /// One pass over the waiting and held jobs with a set of the ids: O(jobs + ids), so
-    /// a revoke of many ids with many messages held stays cheap.
-    fn drop_revoked(&mut self, ids: &[String]) {
-        let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let shared = self.shared.clone();
-        let named = |j: &Job| {
-            if ids.is_empty() {
-                shared.revoked.stamped(&j.msg.headers.stamps)
-            } else {
-                ids.contains(j.msg.headers.id.as_str())
-            }
-        };
-        let (revoked, keep): (Vec<Job>, Vec<Job>) = self.pending.drain(..).partition(named);
+    /// Settles the waiting and held jobs a revoke covers (REVOKED, acknowledged) at once,
+    /// rather than when they would have run: one pass over them, so a revoke of many ids
+    /// (looked up in a set) with many messages held stays cheap.
+    fn drop_revoked(&mut self, named: impl Fn(&Job) -> bool) {
+        let (revoked, keep): (Vec<Job>, Vec<Job>) = self.pending.drain(..).partition(&named);
         self.pending = keep.into();
         let held: Vec<u64> = self
             .held_jobs
@@ -653,7 +633,14 @@ impl LoopState {
         consumer: &mut Option<celeriac_core::Consumer>,
     ) {
         match request {
-            LoopRequest::Revoked(ids) => self.drop_revoked(&ids),
+            LoopRequest::Revoked(ids) => {
+                let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+                self.drop_revoked(|j| ids.contains(j.msg.headers.id.as_str()));
+            }
+            LoopRequest::RevokedStamps => {
+                let shared = self.shared.clone();
+                self.drop_revoked(|j| shared.revoked.stamped(&j.msg.headers.stamps));
+            }
             LoopRequest::Held(tx) => {
                 let _ = tx.send(self.held());
             }
@@ -778,7 +765,7 @@ impl LoopState {
             let cmd = if grow { "pool_grow" } else { "pool_shrink" };
             return json!({"error": format!("{cmd} is not supported with autoscale. Adjust autoscale range instead.")});
         }
-        let current = self.shared.stats.snapshot().concurrency as usize;
+        let current = self.shared.stats.concurrency();
         let n = usize::try_from(delta.unsigned_abs()).unwrap_or(usize::MAX);
         if grow && current.saturating_add(n) > MAX_POOL {
             return json!({"error": format!("pool_grow: a worker runs at most {MAX_POOL} tasks at once (now {current})")});

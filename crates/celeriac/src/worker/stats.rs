@@ -112,6 +112,11 @@ impl WorkerStats {
         self.concurrency.store(n as u64, Ordering::Relaxed);
     }
 
+    /// How many tasks may run at once now.
+    pub(crate) fn concurrency(&self) -> usize {
+        self.concurrency.load(Ordering::Relaxed) as usize
+    }
+
     pub(crate) fn finished(&self) {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
