@@ -414,11 +414,25 @@ async fn hello_merges_revoked_ids_and_answers_with_the_clock() {
     let app = app().await;
     let w = start(&app, |b| b);
     listening(&app, 1).await;
+    // A plain revoke never fails on its signal (it only matters to terminate).
+    let plain = json!({"task_id": "r-0", "terminate": false, "signal": "SIGBOGUS"});
+    assert_eq!(
+        ask(&app, "revoke", plain).await,
+        json!({"ok": "tasks {'r-0'} flagged as revoked"})
+    );
+    let bogus = json!({"task_id": "r-0", "terminate": true, "signal": "SIGBOGUS"});
+    assert_eq!(
+        ask(&app, "revoke", bogus).await,
+        json!({"error": "unknown signal \"SIGBOGUS\""})
+    );
     let hello = json!({"from_node": "other@elsewhere", "revoked": ["r-1", "r-2"]});
     let reply = ask(&app, "hello", hello).await;
-    assert_eq!(reply["revoked"], json!(["r-1", "r-2"]));
+    assert_eq!(reply["revoked"], json!(["r-0", "r-1", "r-2"]));
     assert!(reply["clock"].as_u64().unwrap() > 0, "{reply}");
-    assert_eq!(ask(&app, "revoked", json!({})).await, json!(["r-1", "r-2"]));
+    assert_eq!(
+        ask(&app, "revoked", json!({})).await,
+        json!(["r-0", "r-1", "r-2"])
+    );
     let clock = ask(&app, "clock", json!({})).await;
     assert!(clock["clock"].as_u64().unwrap() > 0);
     // The node's own hello gets `null` (mingle ignores it).

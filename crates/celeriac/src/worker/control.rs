@@ -224,9 +224,10 @@ impl Node {
         Some(match cmd.method.as_str() {
             "ping" => ok("pong"),
             "revoke" => {
+                // The signal matters only to terminate: a plain revoke never fails on it.
                 let terminate = args.get("terminate").and_then(Value::as_bool) == Some(true);
-                match signum(args.get("signal")) {
-                    Ok(sig) => self.revoke(ids(args.get("task_id")), terminate.then_some(sig)),
+                match terminate.then(|| signum(args.get("signal"))).transpose() {
+                    Ok(sig) => self.revoke(ids(args.get("task_id")), sig),
                     Err(e) => nok(e),
                 }
             }
