@@ -1104,13 +1104,6 @@ fn http_json(port: u16, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// 5. Flower 2.2.0 lists a celeriac worker and its tasks, and reports it offline once its
 /// heartbeats stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1121,7 +1114,7 @@ async fn flower_lists_celeriac_workers_and_tasks() {
     let k = key();
     let node = format!("fl-{k}@test");
     let q = format!("flq-{k}");
-    let port = free_port();
+    let port = celeriac_testing::services::free_port();
     let mut cmd = Command::new(it.venv.celery());
     cmd.args(["-A", "celeriac_interop.tasks", "flower"])
         .arg(format!("--port={port}"))

@@ -191,11 +191,24 @@ fn wait_for<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Option<T
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A port nothing listens on, never the same twice in this process: the OS may hand a
+/// just-released port out again, and two servers started by parallel tests (or one
+/// server's plain and TLS ports) must not race for it.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -228,7 +241,7 @@ impl RedisServer {
             options,
             child: None,
         };
-        server.spawn();
+        server.spawn(true);
         Some(server)
     }
 
@@ -254,7 +267,8 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process; `may_move`: on a first start, new ports if one was taken.
+    fn spawn(&mut self, may_move: bool) {
         let aof = if self.options.persistent { "yes" } else { "no" };
         let mut cmd = std::process::Command::new("redis-server");
         cmd.args([
@@ -303,6 +317,22 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
+            // It exits at once when a port was taken meanwhile (by a process outside
+            // this one): new ports, and again.
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                assert!(
+                    may_move && std::time::Instant::now() < deadline,
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+                self.port = free_port();
+                self.tls_port = self.tls_port.map(|_| free_port());
+                return self.spawn(true);
+            }
             let up = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
@@ -336,7 +366,7 @@ impl RedisServer {
     /// Stops and starts the server on the same port and data directory.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        self.spawn(false);
     }
 
     /// The port it listens on.

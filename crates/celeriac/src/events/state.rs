@@ -85,24 +85,28 @@ impl ClusterState {
         }
     }
 
+    /// The worker named `hostname`, created (heard of, not yet heard from) if new.
+    fn worker_entry(&mut self, hostname: &str) -> &mut WorkerState {
+        self.workers
+            .entry(hostname.to_string())
+            .or_insert_with(|| WorkerState {
+                hostname: hostname.to_string(),
+                freq: 2.0,
+                active: 0,
+                processed: 0,
+                last_heartbeat: 0.0,
+                offline: false,
+                sw_ident: String::new(),
+            })
+    }
+
     /// Takes one event into account.
     pub fn apply(&mut self, e: &Event) {
         self.events += 1;
         let num = |f: &str| e.fields.get(f).and_then(Value::as_u64);
         match &e.kind {
             EventKind::WorkerOnline | EventKind::WorkerHeartbeat | EventKind::WorkerOffline => {
-                let w = self
-                    .workers
-                    .entry(e.hostname.clone())
-                    .or_insert_with(|| WorkerState {
-                        hostname: e.hostname.clone(),
-                        freq: 2.0,
-                        active: 0,
-                        processed: 0,
-                        last_heartbeat: 0.0,
-                        offline: false,
-                        sw_ident: String::new(),
-                    });
+                let w = self.worker_entry(&e.hostname);
                 w.freq = e.f64("freq").unwrap_or(w.freq);
                 w.active = num("active").unwrap_or(w.active);
                 w.processed = num("processed").unwrap_or(w.processed);
@@ -123,6 +127,12 @@ impl ClusterState {
                             self.tasks.remove(&old);
                         }
                     }
+                }
+                // A task event from a worker is a sign of life, as in Celery's `State`
+                // (`task-sent` comes from a client, not a worker).
+                if *kind != EventKind::TaskSent {
+                    let w = self.worker_entry(&e.hostname);
+                    w.last_heartbeat = w.last_heartbeat.max(e.timestamp);
                 }
                 let t = self.tasks.entry(uuid.to_string()).or_default();
                 t.uuid = uuid.to_string();
@@ -197,5 +207,15 @@ mod tests {
         ));
         assert!(!s.workers["w@h"].alive(104.1));
         assert_eq!(s.events, 6);
+    }
+
+    #[test]
+    fn task_events_tell_of_their_worker_but_task_sent_does_not() {
+        let mut s = ClusterState::default();
+        s.apply(&ev(json!({"type": "task-sent", "hostname": "gen1@client", "timestamp": 10.0, "uuid": "a", "name": "tasks.add"})));
+        assert!(s.workers.is_empty(), "task-sent comes from a client");
+        s.apply(&ev(json!({"type": "task-succeeded", "hostname": "w@h", "timestamp": 11.0, "uuid": "a", "result": "9"})));
+        assert!(s.workers["w@h"].alive(12.0));
+        assert!(!s.workers["w@h"].alive(15.5));
     }
 }
