@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::beat::{BeatRun, BeatSent};
 use crate::error::{BrokerError, PublishError};
 use crate::message::{DeliveryInfo, Message};
 use crate::protocol::{DecodeError, TaskMessage};
@@ -250,7 +251,51 @@ pub trait Broker: Send + Sync + 'static {
     async fn subscribe_events(&self, exchange: &str) -> Result<Subscription, BrokerError> {
         self.subscribe_fanout(exchange).await
     }
+
+    /// Takes or renews beat's leader lease of `schedule` for `holder`, for `ttl`: its
+    /// fencing token if `holder` holds the lease now (the token grows each time the lease
+    /// changes hands), `None` if another holder's lease is live. See [`crate::beat`].
+    async fn beat_lease(
+        &self,
+        schedule: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, BrokerError> {
+        let _ = (schedule, holder, ttl);
+        Err(NO_BEAT)
+    }
+
+    /// Gives the lease of `schedule` up if `holder` holds it (a beat that stops), so the
+    /// next one takes over at once.
+    async fn beat_release(&self, schedule: &str, holder: &str) -> Result<(), BrokerError> {
+        let _ = (schedule, holder);
+        Err(NO_BEAT)
+    }
+
+    /// The due time of the last recorded run of each entry of `schedule`.
+    async fn beat_last_runs(
+        &self,
+        schedule: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, BrokerError> {
+        let _ = schedule;
+        Err(NO_BEAT)
+    }
+
+    /// Records `run` (see [`crate::beat`] for the rule) and, when `task` is given,
+    /// enqueues it in the same atomic step: either both happen or neither.
+    async fn beat_send(
+        &self,
+        run: &BeatRun,
+        task: Option<(TaskMessage, PublishOptions)>,
+    ) -> Result<BeatSent, BrokerError> {
+        let _ = (run, task);
+        Err(NO_BEAT)
+    }
 }
+
+/// Beat's lease and run records live in engines that can hold them for many processes
+/// at once (Redis, SQLite, memory within one process); the others refuse.
+const NO_BEAT: BrokerError = BrokerError::Unsupported("beat leases and run records");
 
 /// Messages broadcast on a fanout exchange while subscribed. Dropping it unsubscribes.
 pub struct Subscription {

@@ -14,6 +14,7 @@
 //! | [`state`] | [`State`], [`TaskMeta`], [`ExceptionInfo`]: result records in Celery's format |
 //! | [`routing`] | [`Router`]: task name → queue |
 //! | [`broker`] / [`backend`] | the two traits every engine implements |
+//! | [`beat`] | what an engine keeps for periodic tasks: the leader lease and each entry's last run |
 //! | [`backoff`] | [`Backoff`](backoff::Backoff): the capped exponential back-off every retry loop uses |
 //! | [`emulation`] | the consumer loop with prefetch, written once for every non-AMQP engine |
 //! | [`memory`] | `memory://` |
@@ -22,6 +23,7 @@
 
 pub mod backend;
 pub mod backoff;
+pub mod beat;
 pub mod broker;
 pub mod canvas;
 pub mod emulation;

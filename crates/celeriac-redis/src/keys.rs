@@ -106,6 +106,18 @@ impl BrokerKeys {
         }
     }
 
+    /// Beat's leader lease of `schedule` (`<token>:<holder>`, expiring), its fencing
+    /// counter, and the hash of its entries' last runs (entry → due time in µs). Not
+    /// kombu keys: Python Celery's beat keeps its state in a local file.
+    pub fn beat(&self, schedule: &str) -> [String; 3] {
+        let base = format!("{}_celeriac.beat.{schedule}", self.prefix);
+        [
+            format!("{base}.lease"),
+            format!("{base}.fence"),
+            format!("{base}.runs"),
+        ]
+    }
+
     /// The `unacked` hash.
     pub fn unacked(&self) -> String {
         format!("{}unacked", self.prefix)

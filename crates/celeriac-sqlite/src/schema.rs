@@ -24,15 +24,16 @@ use crate::error::OpenError;
 pub const APPLICATION_ID: i32 = 0x6365_6C72;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Schema migrations, version `i + 1` at index `i`.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../migrations/001_initial.sql"),
     include_str!("../migrations/002_broadcasts.sql"),
     include_str!("../migrations/003_chords.sql"),
     include_str!("../migrations/004_visible_index.sql"),
     include_str!("../migrations/005_exchanges.sql"),
+    include_str!("../migrations/006_beat.sql"),
 ];
 
 /// Opens (creating if needed) and checks the database at `cfg.path`.

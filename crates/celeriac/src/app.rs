@@ -124,6 +124,8 @@ struct Inner {
     clock: Arc<crate::events::Clock>,
     /// The client's event sender (`task-sent`), made on first use.
     events: std::sync::OnceLock<Arc<crate::events::dispatcher::Dispatcher>>,
+    /// Beat entries registered on the builder.
+    periodic: Periodic,
 }
 
 impl std::fmt::Debug for App {
@@ -148,7 +150,11 @@ pub struct AppBuilder {
     routes: Vec<(String, Route)>,
     queues: Vec<QueueSpec>,
     config: Config,
+    periodic: Periodic,
 }
+
+/// Beat entries registered on the builder, and the errors of those that could not be.
+pub(crate) type Periodic = (Vec<crate::beat::Entry>, Vec<String>);
 
 impl std::fmt::Debug for AppBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -187,6 +193,34 @@ impl AppBuilder {
     /// Registers a task.
     pub fn task(mut self, task: impl Task) -> Self {
         self.tasks.push(Arc::new(task));
+        self
+    }
+
+    /// Registers a periodic task for beat (`myapp beat`, `myapp worker -B`,
+    /// [`App::beat`]): `signature` sent on `schedule`, e.g.
+    /// `.periodic("add-every-10s", add::new(1, 2), celeriac::beat::every(10))`. A bad
+    /// schedule is reported when the beat is built, naming the entry.
+    pub fn periodic(
+        mut self,
+        name: impl Into<String>,
+        signature: crate::Signature,
+        schedule: impl crate::beat::IntoSchedule,
+    ) -> Self {
+        let name = name.into();
+        match schedule.into_schedule() {
+            Ok(s) => self
+                .periodic
+                .0
+                .push(crate::beat::Entry::new(name, signature, s)),
+            Err(e) => self.periodic.1.push(format!("beat entry `{name}`: {e}")),
+        }
+        self
+    }
+
+    /// Registers a periodic task built with [`Entry::new`](crate::beat::Entry::new) (to set
+    /// `expires` or `catch_up`).
+    pub fn periodic_entry(mut self, entry: crate::beat::Entry) -> Self {
+        self.periodic.0.push(entry);
         self
     }
 
@@ -348,6 +382,7 @@ impl AppBuilder {
                 queues_declared: tokio::sync::OnceCell::new(),
                 clock: Arc::default(),
                 events: std::sync::OnceLock::new(),
+                periodic: self.periodic,
             }),
         })
     }
@@ -374,6 +409,7 @@ impl App {
                 queues_declared: tokio::sync::OnceCell::new(),
                 clock: i.clock.clone(),
                 events: std::sync::OnceLock::new(),
+                periodic: i.periodic.clone(),
             }),
         }
     }
@@ -389,6 +425,11 @@ impl App {
     /// must connect to.
     pub(crate) fn connect_urls(&self) -> &(String, String) {
         &self.inner.connect_urls
+    }
+
+    /// Beat entries registered on the builder, and those that could not be.
+    pub(crate) fn periodic(&self) -> &Periodic {
+        &self.inner.periodic
     }
 
     /// The broker.

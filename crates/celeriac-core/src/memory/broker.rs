@@ -61,6 +61,9 @@ struct State {
     next_tag: u64,
     next_seq: u64,
     rotate: usize,
+    /// Beat's leases and run records, under the same lock as the queues: a run is
+    /// recorded and enqueued in one step.
+    beat: crate::beat::LeaseTable,
 }
 
 #[derive(Default)]
@@ -516,6 +519,54 @@ impl Broker for MemoryBroker {
         }
         self.inner.notify.notify_waiters();
         Ok(())
+    }
+
+    async fn beat_lease(
+        &self,
+        schedule: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, BrokerError> {
+        let now = Instant::now().into_std();
+        Ok(self.inner.lock().beat.lease(schedule, holder, ttl, now))
+    }
+
+    async fn beat_release(&self, schedule: &str, holder: &str) -> Result<(), BrokerError> {
+        let now = Instant::now().into_std();
+        self.inner.lock().beat.release(schedule, holder, now);
+        Ok(())
+    }
+
+    async fn beat_last_runs(
+        &self,
+        schedule: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, BrokerError> {
+        Ok(self.inner.lock().beat.last_runs(schedule))
+    }
+
+    async fn beat_send(
+        &self,
+        run: &crate::beat::BeatRun,
+        task: Option<(TaskMessage, PublishOptions)>,
+    ) -> Result<crate::beat::BeatSent, BrokerError> {
+        let now = Instant::now().into_std();
+        let sent = {
+            let mut st = self.inner.lock();
+            // Routed first: an unroutable message records nothing.
+            let routed = match &task {
+                Some((t, _)) => Some(st.route(&t.properties.delivery_info)?),
+                None => None,
+            };
+            let sent = st.beat.record(run, now);
+            if let (crate::beat::BeatSent::Sent, Some((t, options)), Some(route)) =
+                (sent, task, routed)
+            {
+                st.enqueue(Payload::Task(Arc::new(t)), route, &options);
+            }
+            sent
+        };
+        self.inner.notify.notify_waiters();
+        Ok(sent)
     }
 
     async fn publish_task(

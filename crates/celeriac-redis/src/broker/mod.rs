@@ -30,9 +30,11 @@
 //! | `sweep` | keep-alive of held messages, visibility sweep | `sweep_release_mutex.lua` |
 //! | `liveness` | heartbeats; a dead consumer's messages restored within seconds | |
 //! | `fanout` | fanout exchanges over pub/sub | |
+//! | `beat` | beat's leader lease and run records; a run recorded and enqueued in one step | `beat_lease.lua`, `beat_send.lua` |
 //! | `inspect` | depths, purge, the list of queues | |
 
 mod ack;
+mod beat;
 mod bindings;
 mod fanout;
 mod fetch;
@@ -233,5 +235,33 @@ impl Broker for RedisBroker {
 
     async fn subscribe_fanout(&self, exchange: &str) -> Result<Subscription, BrokerError> {
         self.fanout_subscribe(exchange).await
+    }
+
+    async fn beat_lease(
+        &self,
+        schedule: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, BrokerError> {
+        self.lease(schedule, holder, ttl).await
+    }
+
+    async fn beat_release(&self, schedule: &str, holder: &str) -> Result<(), BrokerError> {
+        self.release(schedule, holder).await
+    }
+
+    async fn beat_last_runs(
+        &self,
+        schedule: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, BrokerError> {
+        self.last_runs(schedule).await
+    }
+
+    async fn beat_send(
+        &self,
+        run: &celeriac_core::beat::BeatRun,
+        task: Option<(celeriac_core::protocol::TaskMessage, PublishOptions)>,
+    ) -> Result<celeriac_core::beat::BeatSent, BrokerError> {
+        self.send_run(run, task).await
     }
 }

@@ -24,8 +24,10 @@
 //! | `settle` | the `Acker` deliveries settle through: ack, reject, requeue, restore |
 //! | `liveness` | consumer heartbeats, the sweep of dead consumers' claims, the task running both |
 //! | `fanout` | fanout exchanges over the `broadcasts` table |
+//! | `beat` | beat's leader lease and run records; a run recorded and inserted in one step |
 //! | `inspect` | purge, depths, the list of queues, declaring and binding queues |
 
+mod beat;
 mod fanout;
 mod fetch;
 mod inspect;
@@ -168,5 +170,33 @@ impl Broker for SqliteBroker {
 
     async fn queues(&self) -> Result<Vec<String>, BrokerError> {
         self.known_queues().await
+    }
+
+    async fn beat_lease(
+        &self,
+        schedule: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>, BrokerError> {
+        self.lease(schedule, holder, ttl).await
+    }
+
+    async fn beat_release(&self, schedule: &str, holder: &str) -> Result<(), BrokerError> {
+        self.release(schedule, holder).await
+    }
+
+    async fn beat_last_runs(
+        &self,
+        schedule: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, BrokerError> {
+        self.last_runs(schedule).await
+    }
+
+    async fn beat_send(
+        &self,
+        run: &celeriac_core::beat::BeatRun,
+        task: Option<(celeriac_core::protocol::TaskMessage, PublishOptions)>,
+    ) -> Result<celeriac_core::beat::BeatSent, BrokerError> {
+        self.send_run(run, task).await
     }
 }

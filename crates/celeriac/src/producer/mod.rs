@@ -139,6 +139,19 @@ pub(crate) async fn send_many(
     }
 }
 
+/// The message `sig` is sent as (beat builds its runs' messages with it).
+pub(crate) fn prepare_message(app: &App, sig: &Signature) -> Result<TaskMessage, Error> {
+    prepare::message(app, sig, None)
+}
+
+/// How the broker is asked to publish `msg` (held until its ETA where it can).
+pub(crate) fn publish_options(
+    app: &App,
+    msg: &TaskMessage,
+) -> celeriac_core::broker::PublishOptions {
+    prepare::options(app, msg)
+}
+
 /// Publishes an already built task message (a requeue after an early ack), retrying
 /// while the broker is unreachable.
 pub(crate) async fn publish(app: &App, msg: TaskMessage) -> Result<(), Error> {
