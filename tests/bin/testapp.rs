@@ -256,8 +256,32 @@ fn acks_late_from_env() -> bool {
         .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
+/// The Celery tutorial's beat schedule when `CELERIAC_TESTAPP_BEAT=<queue>,<scale>` is
+/// set (periods times `scale`, sent to `queue`): `worker -B` and `beat` then send it.
+fn tutorial_schedule(mut app: celeriac::AppBuilder) -> celeriac::AppBuilder {
+    let Ok(spec) = std::env::var("CELERIAC_TESTAPP_BEAT") else {
+        return app;
+    };
+    let (queue, scale) = spec.split_once(',').unwrap_or((spec.as_str(), "1"));
+    let scale: f64 = scale.parse().unwrap_or(1.0);
+    let every = |secs: f64| celeriac::beat::every(secs * scale);
+    app = app
+        .periodic(
+            "taskA-every-20",
+            task_a::new(5, 6).queue(queue),
+            every(20.0),
+        )
+        .periodic(
+            "taskB-every-200",
+            task_b::new(10, 20, 30).queue(queue),
+            every(200.0),
+        )
+        .periodic("add-every-10", add::new(1, 2).queue(queue), every(10.0));
+    app
+}
+
 fn main() {
-    celeriac::cli::run(
+    celeriac::cli::run(tutorial_schedule(
         celeriac::App::builder()
             .acks_late(acks_late_from_env())
             .task(add)
@@ -283,5 +307,5 @@ fn main() {
             .task(leak)
             .task(spin)
             .task(grind),
-    )
+    ))
 }

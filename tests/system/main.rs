@@ -1,6 +1,7 @@
 //! Whole-system tests: one test binary for the workspace (fast to link), one module per area.
 
 mod amqp_engine;
+mod beat;
 mod canvas;
 mod cli;
 mod conformance;

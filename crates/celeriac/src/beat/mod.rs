@@ -15,6 +15,7 @@ mod file;
 mod schedule;
 mod scheduler;
 
+pub use celeriac_core::beat::{BeatRun, BeatSent};
 pub use file::{parse as parse_file, Entry, FileError};
 pub use schedule::{due_runs, CatchUp, CronSchedule, Schedule, ScheduleError, MAX_CATCH_UP};
 pub use scheduler::{

@@ -62,8 +62,29 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     if let Some(path) = w.statedb {
         builder = builder.statedb(path);
     }
+    // -B: beat checked before the worker starts (a bad schedule stops nothing running).
+    let beat = if w.beat {
+        let args = super::BeatArgs {
+            schedule: w.schedule.clone(),
+            dry_run: false,
+            count: 0,
+            lease: crate::beat::DEFAULT_LEASE,
+            name: crate::beat::DEFAULT_SCHEDULE.into(),
+            loglevel: String::new(),
+        };
+        Some(super::beat::builder(&app, &args)?.build()?)
+    } else {
+        None
+    };
     let worker = builder.build();
-    let report = worker.run().await?;
+    let (stop_beat, beat_stopped) = tokio::sync::oneshot::channel();
+    let beat = beat.map(|b| super::beat::spawn_embedded(b, beat_stopped));
+    let report = worker.run().await;
+    if let Some(task) = beat {
+        let _ = stop_beat.send(());
+        let _ = tokio::time::timeout(super::beat::EMBEDDED_STOP, task).await;
+    }
+    let report = report?;
     let s = report.stats;
     eprintln!(
         "worker stopped: {} succeeded, {} failed, {} retried, {} rejected, {} revoked; {} message(s) returned to the queue",
@@ -102,6 +123,7 @@ pub(super) async fn common(app: App, command: Common) -> Result<i32, Error> {
         Common::Inspect(i) => super::remote::inspect(app, i).await,
         Common::Control(c) => super::remote::control(app, c).await,
         Common::Events(e) => super::events::run(app, e).await,
+        Common::Beat(b) => super::beat::run(app, b).await,
     }
 }
 

@@ -18,6 +18,7 @@
 //! With no broker configured, the embedded SQLite file `celeriac.sqlite` in the working
 //! directory is used, and a line on stderr names it.
 
+mod beat;
 mod commands;
 mod events;
 mod progress;
@@ -96,6 +97,9 @@ enum Common {
     /// Watch the cluster's events: a live view of workers and tasks, or every event as a
     /// JSON line (--dump).
     Events(EventsArgs),
+    /// Send periodic tasks: the app's (`AppBuilder::periodic`) and a schedule file's;
+    /// any number of beat processes send each due run once.
+    Beat(BeatArgs),
     /// Show what this command connects to.
     Status,
 }
@@ -156,6 +160,36 @@ struct WorkerArgs {
     /// Keep the revoked task ids in this file across restarts.
     #[arg(short = 'S', long, value_name = "FILE")]
     statedb: Option<std::path::PathBuf>,
+    /// Run beat in this worker too (the app's periodic tasks; safe in every worker: one
+    /// leader sends each run).
+    #[arg(short = 'B', long)]
+    beat: bool,
+    /// With -B: a schedule file to send besides the app's periodic tasks.
+    #[arg(long, value_name = "FILE", requires = "beat")]
+    schedule: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct BeatArgs {
+    /// Schedule file (TOML, one [schedule.NAME] table per entry); needed when the app
+    /// registers no periodic tasks (the stand-alone `celeriac` binary).
+    #[arg(short = 's', long, value_name = "FILE")]
+    schedule: Option<std::path::PathBuf>,
+    /// Print each entry's last run and next due times, and exit.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: how many due times per entry.
+    #[arg(long, default_value_t = 3)]
+    count: usize,
+    /// Lease period in seconds: a dead leader is replaced within it.
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    lease: Duration,
+    /// Schedule name: beat processes with the same name take turns.
+    #[arg(long, default_value = crate::beat::DEFAULT_SCHEDULE)]
+    name: String,
+    /// Log level: trace, debug, info, warning, error.
+    #[arg(short = 'l', long, default_value = "info")]
+    loglevel: String,
 }
 
 #[derive(Args, Debug)]
@@ -456,6 +490,7 @@ where
         Ok(cli) => {
             let level = match &cli.command {
                 AppCommand::Worker(w) => w.loglevel.clone(),
+                AppCommand::Common(Common::Beat(b)) => b.loglevel.clone(),
                 AppCommand::Common(_) => "warn".into(),
             };
             execute(app, cli.global, &level, move |app| async move {
@@ -479,12 +514,18 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     match ToolCli::try_parse_from(args) {
-        Ok(cli) => execute(
-            crate::App::builder(),
-            cli.global,
-            "warn",
-            move |app| async move { commands::common(app, cli.command).await },
-        ),
+        Ok(cli) => {
+            let level = match &cli.command {
+                Common::Beat(b) => b.loglevel.clone(),
+                _ => "warn".into(),
+            };
+            execute(
+                crate::App::builder(),
+                cli.global,
+                &level,
+                move |app| async move { commands::common(app, cli.command).await },
+            )
+        }
         Err(e) => {
             let _ = e.print();
             e.exit_code()
