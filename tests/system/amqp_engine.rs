@@ -365,3 +365,73 @@ async fn held_eta_tasks_do_not_block_later_ones_on_rabbitmq() {
     let report = w.cold().await;
     assert_eq!(report.stats.succeeded, 1);
 }
+
+/// Beat on a RabbitMQ broker keeps its lease and run records in the result backend's
+/// Redis (RabbitMQ holds no such state) and sends its runs to RabbitMQ; with the rpc://
+/// backend there is nowhere to keep them, said in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_on_rabbitmq_keeps_its_lease_in_the_redis_result_backend() {
+    show_logs();
+    let test = "beat_on_rabbitmq_keeps_its_lease_in_the_redis_result_backend";
+    let Some(url) = amqp(test, "") else { return };
+    let Some(scope) = RedisScope::new(test) else {
+        return;
+    };
+    let queue = services::unique("amqp-beat");
+    let _cleanup = Queues(url.clone(), vec![queue.clone()]);
+    let app = builder_on(&url)
+        .result_backend_url(scope.url(""))
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let w = start(&app, |b| b);
+    let k = key();
+    let beat = || {
+        // Expiring after 10 s, not one period: RabbitMQ drops a message whose
+        // `expiration` passes before a consumer takes it, and the worker's first consume
+        // waits for mingle (up to 1 s).
+        let every = celeriac::beat::Schedule::every(0.3).unwrap();
+        app.beat()
+            .entries([
+                celeriac::beat::Entry::new("tick", log_task::new(k.clone(), 1), every)
+                    .expires(Duration::from_secs(10)),
+            ])
+            .build()
+            .unwrap()
+    };
+    beat()
+        .run(tokio::time::sleep(Duration::from_millis(1_100)))
+        .await
+        .unwrap();
+    let upcoming = beat().upcoming(1).await.unwrap();
+    let last = upcoming[0].last.expect("the last run is kept in Redis");
+    // A marker behind the runs: once it ran, every run sent to RabbitMQ has run.
+    run::<i64>(&app, add::new(1, 1)).await;
+    let report = w.warm().await;
+    assert_eq!(
+        entries(&k).len(),
+        3,
+        "runs at 0.3, 0.6, 0.9 s (last {last}); {:?}",
+        report.stats
+    );
+
+    let rpc = builder_on(&url)
+        .default_queue(queue.clone())
+        .build()
+        .await
+        .unwrap();
+    let err = rpc
+        .beat()
+        .entry("tick", add::new(1, 1), celeriac::beat::every(1))
+        .build()
+        .unwrap()
+        .run(std::future::ready(()))
+        .await
+        .expect_err("no store for the lease");
+    let text = err.to_string();
+    assert!(
+        text.contains("beat cannot keep its lease") && !text.contains('\n'),
+        "{text}"
+    );
+}
