@@ -839,6 +839,140 @@ async fn celeriac_canvas_runs_on_a_python_worker() {
     check_restored_group(&py[0], &g);
 }
 
+/// A stock Python worker runs what `celeriac-testapp beat` sends from a schedule file:
+/// each run once, with Python beat's `celery_beat_task` header, celeriac's `beat_entry`
+/// and `beat_due` (seen on `self.request`), and `expires` one period after the send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_worker_runs_what_celeriac_beat_sends() {
+    let Some(it) = Interop::new("a_python_worker_runs_what_celeriac_beat_sends") else {
+        return;
+    };
+    let queue = format!("beat-interop-{}", uuid());
+    let k = key();
+    let mut py = it.python_worker("pybeat@test", &queue, 2);
+    let dir = std::env::temp_dir().join(format!("celeriac-beat-interop-{}", uuid()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("beat.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[schedule.probe-every-second]\n\
+             task = \"tasks.beat_probe\"\n\
+             every = 1\n\
+             args = [2, 3]\n\
+             kwargs = {{ key = \"{k}\" }}\n\
+             queue = \"{queue}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(crate::proc::BIN);
+    cmd.args(["--broker", &it.scope.url(""), "beat", "-s"])
+        .arg(&file)
+        .args(["-l", "info"])
+        .env_remove("CELERIAC_BROKER_URL")
+        .env_remove("CELERY_BROKER_URL")
+        .env_remove("CELERIAC_RESULT_BACKEND")
+        .env_remove("CELERY_RESULT_BACKEND")
+        .env_remove("RUST_LOG");
+    let mut beat = WorkerProcess::spawn_command(cmd, "beat: leading");
+    assert!(beat.log().contains("beat: 1 entries"), "{}", beat.log());
+
+    // tasks.beat_probe RPUSHes one JSON object per run to its record list.
+    let list = format!("{}celeriac-interop:record:{k}", it.scope.prefix);
+    let mut c = redis::Client::open(it.broker())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let raw: Vec<String> = loop {
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(&list)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if raw.len() >= 3 {
+            break raw;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} beat runs recorded in 30 s; beat log:\n{}\npython worker log:\n{}",
+            raw.len(),
+            beat.log(),
+            py.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        beat.terminate().success(),
+        "beat exit; log:\n{}",
+        beat.log()
+    );
+    assert!(
+        beat.log()
+            .contains("Scheduler: Sending due task probe-every-second (tasks.beat_probe)"),
+        "{}",
+        beat.log()
+    );
+    let records: Vec<Value> = raw
+        .iter()
+        .map(|r| serde_json::from_str(r).unwrap())
+        .collect();
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("{v}")))
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    let mut dues = Vec::new();
+    for r in &records {
+        assert_eq!(
+            (&r["x"], &r["y"], &r["hostname"]),
+            (&json!(2), &json!(3), &json!("pybeat@test")),
+            "{r}"
+        );
+        assert_eq!(r["celery_beat_task"], json!(true), "{r}");
+        assert_eq!(r["beat_entry"], json!("probe-every-second"), "{r}");
+        // Custom headers are request attributes *and* in request.headers (Celery 5.7).
+        assert_eq!(
+            r["in_headers"],
+            json!(["beat_due", "beat_entry", "celery_beat_task"]),
+            "{r}"
+        );
+        let due = at(&r["beat_due"]);
+        // expires = send time (≥ due) + one period, as Python's worker parsed it.
+        let expires = at(&r["expires"]);
+        let valid = (expires - due).num_milliseconds();
+        assert!(
+            (1000..1500).contains(&valid),
+            "expires {valid} ms after due: {r}"
+        );
+        dues.push(due);
+    }
+    dues.sort();
+    for pair in dues.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(1),
+            "due times not 1 s apart (or a run sent twice): {dues:?}"
+        );
+    }
+    py.terminate();
+    let log = py.log();
+    assert!(
+        !log.contains("ERROR")
+            && !log.contains("Traceback")
+            && !log.contains("expired")
+            && !log.contains("revoked"),
+        "python worker log:\n{log}"
+    );
+    assert!(
+        log.matches("Task tasks.beat_probe[").count() >= 3,
+        "python worker log:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }

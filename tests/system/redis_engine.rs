@@ -133,6 +133,65 @@ async fn worker_runs_the_task_set_over_redis() {
     );
 }
 
+/// What every task message on a Redis queue list must be to kombu (Celery 5.7): the
+/// envelope's keys, JSON in UTF-8 with a base64 body, `delivery_info` for `queue`, the
+/// priority, a uuid delivery tag, the correlation id equal to the task id, and Python's
+/// property set (`expiration` only with `expires`; see the capture in
+/// tests/python/reference/celery-5.7-beat.md). Returns the headers, the properties and the
+/// decoded body.
+fn check_kombu_envelope(
+    raw: &str,
+    queue: &str,
+    priority: u8,
+) -> (serde_json::Map<String, Value>, Value, Value) {
+    let env: serde_json::Map<String, Value> = serde_json::from_str(raw).unwrap();
+    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "body",
+            "content-encoding",
+            "content-type",
+            "headers",
+            "properties"
+        ]
+    );
+    assert_eq!(env["content-type"], json!("application/json"));
+    assert_eq!(env["content-encoding"], json!("utf-8"));
+    let p = &env["properties"];
+    let mut props: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+    props.retain(|k| *k != "expiration");
+    props.sort_unstable();
+    assert_eq!(
+        props,
+        [
+            "body_encoding",
+            "correlation_id",
+            "delivery_info",
+            "delivery_mode",
+            "delivery_tag",
+            "priority",
+            "reply_to"
+        ],
+        "{p}"
+    );
+    assert_eq!(p["body_encoding"], json!("base64"));
+    assert_eq!(p["delivery_mode"], json!(2));
+    assert_eq!(
+        p["delivery_info"],
+        json!({"exchange": "", "routing_key": queue})
+    );
+    assert_eq!(p["priority"], json!(priority));
+    assert!(uuid::Uuid::parse_str(p["delivery_tag"].as_str().unwrap()).is_ok());
+    let h = env["headers"].as_object().unwrap().clone();
+    assert_eq!(p["correlation_id"], h["id"]);
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(env["body"].as_str().unwrap())
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    (h, p.clone(), body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_in_redis_are_kombu_envelopes() {
     let Some(scope) = RedisScope::new("messages_in_redis_are_kombu_envelopes") else {
@@ -147,37 +206,16 @@ async fn messages_in_redis_are_kombu_envelopes() {
         .unwrap();
     let items = lrange(&scope, "q2\x06\x163").await;
     assert_eq!(items.len(), 1, "priority 5 goes to bucket 3");
-    let env: serde_json::Map<String, Value> = serde_json::from_str(&items[0]).unwrap();
-    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "body",
-            "content-encoding",
-            "content-type",
-            "headers",
-            "properties"
-        ]
+    let (h, props, body) = check_kombu_envelope(&items[0], "q2", 5);
+    assert_eq!(props["correlation_id"], json!(r.id()));
+    assert!(
+        props.get("expiration").is_none(),
+        "no expires, no expiration"
     );
-    assert_eq!(env["content-type"], json!("application/json"));
-    let p = &env["properties"];
-    assert_eq!(p["body_encoding"], json!("base64"));
-    assert_eq!(
-        p["delivery_info"],
-        json!({"exchange": "", "routing_key": "q2"})
-    );
-    assert_eq!(p["priority"], json!(5));
-    assert_eq!(p["correlation_id"], json!(r.id()));
-    assert!(uuid::Uuid::parse_str(p["delivery_tag"].as_str().unwrap()).is_ok());
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(env["body"].as_str().unwrap())
-        .unwrap();
-    let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         body,
         json!([[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
     );
-    let h = env["headers"].as_object().unwrap();
     assert_eq!(h.len(), 19);
     assert_eq!(
         (h["id"].clone(), h["task"].clone(), h["root_id"].clone()),
@@ -194,6 +232,120 @@ async fn messages_in_redis_are_kombu_envelopes() {
         bound,
         "the queue's binding is declared for Python producers"
     );
+}
+
+/// Beat's messages are the client's kombu envelopes with Python beat's header set
+/// (`celery_beat_task` added to Celery's protocol-2 headers) plus celeriac's `beat_entry`
+/// and `beat_due`, and `expires` one period after the send, like Python's `expires`
+/// option (header and `expiration` property).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_messages_are_kombu_envelopes_like_the_clients() {
+    let Some(scope) = RedisScope::new("beat_messages_are_kombu_envelopes_like_the_clients") else {
+        return;
+    };
+    let app = builder_on(&scope.url("")).build().await.unwrap();
+    let beat = app
+        .beat()
+        .entry(
+            "add-fast",
+            Signature::new("tasks.add")
+                .args(vec![json!(2), json!(3)])
+                .queue("beatq"),
+            celeriac::beat::every(0.2),
+        )
+        .build()
+        .unwrap();
+    beat.run(tokio::time::sleep(Duration::from_millis(1100)))
+        .await
+        .unwrap();
+    let items = lrange(&scope, "beatq").await;
+    assert!(items.len() >= 3, "{} beat messages in 1.1 s", items.len());
+    // The header keys of a message Python Celery 5.7's `celery beat` sent (live capture,
+    // tests/python/reference/celery-5.7-beat.md: the protocol-2 `as_task_v2` headers, then
+    // `celery_beat_task`), plus celeriac's own `beat_entry` and `beat_due`.
+    let python_beat = [
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+        "celery_beat_task",
+    ];
+    let want: std::collections::BTreeSet<&str> = python_beat
+        .into_iter()
+        .chain([celeriac::beat::ENTRY_HEADER, celeriac::beat::DUE_HEADER])
+        .collect();
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("{v}")))
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    let mut dues = Vec::new();
+    for raw in &items {
+        let (h, props, body) = check_kombu_envelope(raw, "beatq", 0);
+        let keys: std::collections::BTreeSet<&str> = h.keys().map(String::as_str).collect();
+        assert_eq!(keys, want, "{h:?}");
+        assert_eq!(
+            body,
+            json!([[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
+        );
+        assert_eq!(h[celeriac::beat::BEAT_TASK_HEADER], json!(true));
+        assert_eq!(h[celeriac::beat::ENTRY_HEADER], json!("add-fast"));
+        assert_eq!(
+            (&h["task"], &h["lang"], &h["root_id"], &h["parent_id"]),
+            (&json!("tasks.add"), &json!("py"), &h["id"], &Value::Null)
+        );
+        assert_eq!(
+            (&h["eta"], &h["retries"], &h["timelimit"], &h["kwargsrepr"]),
+            (&Value::Null, &json!(0), &json!([null, null]), &json!("{}"))
+        );
+        // Display only (Flower, logs): Python beat shows its entry's args as a list,
+        // "[2, 3]"; celeriac, beat or client, as `task.delay(2, 3)` does, "(2, 3)".
+        assert!(
+            [json!("[2, 3]"), json!("(2, 3)")].contains(&h["argsrepr"]),
+            "{}",
+            h["argsrepr"]
+        );
+        let due = at(&h[celeriac::beat::DUE_HEADER]);
+        // Python: `send time + expires` as an aware ISO time; celeriac: one period (0.2 s)
+        // after the send (which is at or just after the due time).
+        let expires = &h["expires"];
+        let valid = (at(expires) - due).num_milliseconds();
+        assert!(
+            (200..400).contains(&valid),
+            "expires {expires} is {valid} ms after due"
+        );
+        // Python: `expiration` = str(int(expires_s * 1000)), the ms left at the send.
+        let expiration: i64 = props["expiration"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expiration property: {props}"))
+            .parse()
+            .unwrap();
+        assert!((1..=200).contains(&expiration), "expiration {expiration}");
+        dues.push(due);
+    }
+    // kombu LPUSHes and consumes from the right: LRANGE lists the newest first.
+    dues.reverse();
+    for pair in dues.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::milliseconds(200),
+            "due times in order, one period apart: {dues:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

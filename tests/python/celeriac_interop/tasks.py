@@ -184,3 +184,41 @@ def record(key, n, seconds=None):
         time.sleep(seconds)
     redis_client().rpush(record_key(key), n)
     return n
+
+
+# Headers of a celeriac beat message: Python beat's own, then celeriac's two.
+BEAT_HEADERS = ("celery_beat_task", "beat_entry", "beat_due")
+
+
+@app.task(name="tasks.beat_probe", bind=True)
+def beat_probe(self, x, y, key=None):
+    """RPUSH (to the tasks.record list of ``key``) a JSON object of what this worker saw
+    of a beat message, and return ``x + y``.
+
+    Celery 5.7 merges a message's custom headers into the request (``Context.update``
+    with the whole header dict, app/task.py), so ``self.request.celery_beat_task`` and
+    ``self.request.beat_entry`` are plain attributes; they are also collected in
+    ``self.request.headers`` (``Context._get_custom_headers``: every header that is not
+    one of Celery's own). Checked with a live 5.7 worker; the fallback to
+    ``request.headers`` is only for safety.
+    """
+    request = self.request
+    custom = getattr(request, "headers", None) or {}
+
+    def seen(name):
+        value = getattr(request, name, None)
+        return custom.get(name) if value is None else value
+
+    expires = request.expires
+    record_ = {
+        "x": x,
+        "y": y,
+        "celery_beat_task": seen("celery_beat_task"),
+        "beat_entry": seen("beat_entry"),
+        "beat_due": seen("beat_due"),
+        "expires": None if expires is None else str(expires),
+        "hostname": request.hostname,
+        "in_headers": sorted(k for k in BEAT_HEADERS if k in custom),
+    }
+    redis_client().rpush(record_key(key), json.dumps(record_))
+    return x + y

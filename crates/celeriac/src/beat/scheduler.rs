@@ -300,6 +300,18 @@ fn next_due(
     }
 }
 
+/// The record of where a never-sent entry's schedule counts from: the time the first
+/// leader saw it, kept beside the runs so a restart (a deploy, say) does not push an
+/// interval's first run back again — Celery keeps it in its schedule file.
+fn anchor_key(entry: &str) -> String {
+    format!("{entry} (anchor)")
+}
+
+/// A time as the log and `--dry-run` show it: UTC, to the millisecond.
+pub(crate) fn show(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// `t` kept to the microsecond, as engines store it (so every process agrees on it).
 fn micro(t: DateTime<Utc>) -> DateTime<Utc> {
     t.trunc_subsecs(6)
@@ -360,8 +372,9 @@ impl Beat {
             .iter()
             .map(|e| {
                 let last = lasts.get(&e.name).copied();
+                let anchor = lasts.get(&anchor_key(&e.name)).copied().unwrap_or(now);
                 let mut next = Vec::new();
-                let mut t = next_due(e, last, now);
+                let mut t = next_due(e, last, anchor);
                 while let Some(due) = t.filter(|_| next.len() < count) {
                     next.push(due);
                     t = e.schedule.next_after(due, due);
@@ -455,6 +468,7 @@ impl Beat {
                             state.lasts = lasts.into_iter().collect();
                             state.token = Some(token);
                             info!(schedule = %self.schedule, token, "beat: leading (this process sends the schedule)");
+                            self.record_anchors(store, token, state).await;
                             self.log_upcoming(state);
                         }
                         Err(e) => {
@@ -486,17 +500,40 @@ impl Beat {
         }
     }
 
+    /// Records where each entry never sent and never anchored counts from: now. If the
+    /// record fails, this process's start is used (and recorded by the next leader).
+    async fn record_anchors(&self, store: &Arc<dyn Broker>, token: u64, state: &mut Leading) {
+        for e in &self.entries {
+            let key = anchor_key(&e.name);
+            if state.lasts.contains_key(&e.name) || state.lasts.contains_key(&key) {
+                continue;
+            }
+            let run = BeatRun {
+                schedule: self.schedule.clone(),
+                token,
+                entry: key.clone(),
+                due: state.anchor,
+            };
+            match store.beat_send(&run, None).await {
+                Ok(_) => {
+                    state.lasts.insert(key, state.anchor);
+                }
+                Err(err) => debug!(entry = %e.name, "beat: anchor not recorded ({err})"),
+            }
+        }
+    }
+
     fn log_upcoming(&self, state: &Leading) {
         for e in &self.entries {
             let last = state.lasts.get(&e.name).copied();
-            let next = next_due(e, last, state.anchor);
+            let next = next_due(e, last, state.anchor_of(&e.name));
             info!(
                 entry = %e.name,
                 task = %e.signature.task,
                 "beat: {} — last run {}, next {}",
                 e.schedule,
-                last.map_or("never".into(), |t| t.to_rfc3339()),
-                next.map_or("none".into(), |t| t.to_rfc3339())
+                last.map_or("never".into(), show),
+                next.map_or("none".into(), show)
             );
         }
     }
@@ -511,7 +548,11 @@ impl Beat {
                 if let Some(r) = state.retry_at.get(&e.name) {
                     return Some(*r);
                 }
-                let due = next_due(e, state.lasts.get(&e.name).copied(), state.anchor)?;
+                let due = next_due(
+                    e,
+                    state.lasts.get(&e.name).copied(),
+                    state.anchor_of(&e.name),
+                )?;
                 Some(at + (due - now).to_std().unwrap_or_default())
             })
             .min()
@@ -530,7 +571,8 @@ impl Beat {
                 continue;
             }
             let last = state.lasts.get(&e.name).copied();
-            for due in due_runs(&e.schedule, last, state.anchor, now, GRACE, e.catch_up) {
+            let anchor = state.anchor_of(&e.name);
+            for due in due_runs(&e.schedule, last, anchor, now, GRACE, e.catch_up) {
                 let due = micro(due);
                 if last.is_some_and(|l| l >= due) {
                     continue;
@@ -613,10 +655,11 @@ impl Beat {
                 entry = %e.name,
                 task = %e.signature.task,
                 id = %id,
-                "Scheduler: Sending due task {} ({}) due {} ({late:.1} ms after)",
+                "Scheduler: Sending due task {} ({}) due {} ({late:.1} ms after); next {}",
                 e.name,
                 e.signature.task,
-                due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                show(due),
+                e.schedule.next_after(due, due).map_or("none".into(), show)
             );
         }
         Ok(sent)
@@ -633,6 +676,17 @@ struct Leading {
     anchor: DateTime<Utc>,
     /// Entries whose last send failed, and when to try again.
     retry_at: HashMap<String, Instant>,
+}
+
+impl Leading {
+    /// Where `entry`'s schedule counts from until its first run: its recorded anchor,
+    /// else this process's start.
+    fn anchor_of(&self, entry: &str) -> DateTime<Utc> {
+        self.lasts
+            .get(&anchor_key(entry))
+            .copied()
+            .unwrap_or(self.anchor)
+    }
 }
 
 #[cfg(test)]
@@ -772,5 +826,28 @@ mod tests {
                 "2026-01-01T00:01:10.000000Z"
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_before_the_first_run_keeps_the_first_due_time() {
+        let app = app("beat-unit-anchor").await;
+        let start = at("2026-01-01T00:00:00Z");
+        let beat = |clock| {
+            app.beat()
+                .entry("slow", Signature::new("tasks.slow").queue("ba"), every(10))
+                .clock(clock)
+                .build()
+                .unwrap()
+        };
+        // Up 6 s, down 2 s, up again: the first run is still due at 10 s, not 18 s.
+        beat(test_clock(start))
+            .run(tokio::time::sleep(Duration::from_secs(6)))
+            .await
+            .unwrap();
+        beat(test_clock(start + chrono::Duration::seconds(8)))
+            .run(tokio::time::sleep(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(dues(&app, "ba").await, ["2026-01-01T00:00:10.000000Z"]);
     }
 }

@@ -46,13 +46,13 @@ async fn print_upcoming(beat: &Beat, count: usize) -> Result<(), Error> {
         println!(
             "    last run: {}",
             u.last
-                .map_or_else(|| "never".to_string(), |t| t.to_rfc3339())
+                .map_or_else(|| "never".to_string(), crate::beat::show)
         );
         if u.next.is_empty() {
             println!("    next: none (it will not run again)");
         }
         for t in &u.next {
-            println!("    next: {}", t.to_rfc3339());
+            println!("    next: {}", crate::beat::show(*t));
         }
     }
     Ok(())
