@@ -133,6 +133,8 @@ pub mod guide {
     pub mod cli {}
     #[doc = include_str!("../../../docs/monitoring.md")]
     pub mod monitoring {}
+    #[doc = include_str!("../../../docs/beat.md")]
+    pub mod beat {}
 }
 
 /// The README's example, compiled and run as a doc test.
