@@ -10,8 +10,9 @@ local sep = string.find(cur, ':', 1, true)
 if not sep or string.sub(cur, 1, sep - 1) ~= ARGV[1] then
   return 0
 end
-local last = redis.call('HGET', KEYS[2], ARGV[2])
-if last and tonumber(last) >= tonumber(ARGV[3]) then
+-- A last run that is not a number (written by hand) counts as none.
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '')
+if last and last >= tonumber(ARGV[3]) then
   return 1
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])

@@ -18,6 +18,7 @@ mod scheduler;
 pub use celeriac_core::beat::{BeatRun, BeatSent};
 pub use file::{parse as parse_file, Entry, FileError};
 pub use schedule::{due_runs, CatchUp, CronSchedule, Schedule, ScheduleError, MAX_CATCH_UP};
+#[cfg(feature = "cli")]
 pub(crate) use scheduler::show;
 pub use scheduler::{
     cron, every, Beat, BeatBuilder, Clock, IntoSchedule, Upcoming, BEAT_TASK_HEADER, DEFAULT_LEASE,
