@@ -44,6 +44,11 @@ impl Celery {
         })
     }
 
+    /// The virtualenv's Python (its `celery` script is next to it).
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+
     /// Runs one workload (`args` after the workload name) and maps its JSON.
     pub fn run(&self, workload: &str, args: &[String], timeout: Duration) -> Measurement {
         let label = args.join(" ");

@@ -3,11 +3,12 @@
 //! as Markdown and JSON, with PNG plots. See `docs/benchmarks.md`.
 //!
 //! `celeriac-bench worker …` is this program as a celeriac worker (the benchmark's
-//! worker processes).
+//! worker processes); `celeriac-bench beat …` as a celeriac beat (the `beat` workload).
 
 // A binary: `pub` marks what each module offers the others.
 #![allow(unreachable_pub)]
 
+mod beat;
 mod celery;
 mod plot;
 mod procs;
@@ -67,7 +68,7 @@ struct Args {
     #[arg(long)]
     no_celery: bool,
     /// Run only these workloads (comma-separated: noop_results, noop_ignored, noop_events, amqp_results,
-    /// amqp_ignored, enqueue, latency, startup, memory, sqlite, sleepers, idle;
+    /// amqp_ignored, enqueue, latency, startup, memory, sqlite, sleepers, idle, beat;
     /// `memory_results` or `memory_ignored` runs one half of `memory`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -86,10 +87,11 @@ struct Sizes {
     sqlite: u64,
     sleepers: u64,
     idle_secs: f64,
+    beat_secs: f64,
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("worker") {
+    if matches!(std::env::args().nth(1).as_deref(), Some("worker" | "beat")) {
         celeriac::cli::run(tasks::app());
     }
     let args = Args::parse();
@@ -123,6 +125,7 @@ async fn run(args: Args) -> Result<(), String> {
             sqlite: 5_000,
             sleepers: 10_000,
             idle_secs: 10.0,
+            beat_secs: 10.0,
         }
     } else {
         Sizes {
@@ -134,6 +137,7 @@ async fn run(args: Args) -> Result<(), String> {
             sqlite: 20_000,
             sleepers: 10_000,
             idle_secs: 20.0,
+            beat_secs: 20.0,
         }
     };
     let redis_version = redis_version(&args.redis).await?;
@@ -362,6 +366,10 @@ async fn run(args: Args) -> Result<(), String> {
                 ms.push(m);
             }
         }
+    }
+    if want("beat") {
+        let python = celery.as_ref().map(|c| (c.python(), repo.as_path()));
+        ms.extend(beat::run(&ctx, sizes.beat_secs, python).await);
     }
     let _ = std::fs::remove_dir_all(&scratch);
 
@@ -676,5 +684,6 @@ fn verdicts(ms: &[Measurement], limit: Option<&RedisLimit>) -> Vec<Verdict> {
     })
     .collect();
     out.splice(at..at, rabbit);
+    out.extend(beat::verdicts(ms));
     out
 }

@@ -1,6 +1,7 @@
 //! Worker processes for the benchmark (this binary's `worker` command) and what `/proc`
 //! says about a process tree: resident memory and CPU time.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -39,6 +40,54 @@ impl WorkerProc {
             .spawn()
             .map_err(|e| format!("cannot start a worker process: {e}"))?;
         Ok(Self { child })
+    }
+
+    /// Starts `celeriac-bench beat --broker URL -s SCHEDULE --name NAME -l info`, its log
+    /// (stderr) written to `log`.
+    pub fn spawn_beat(
+        broker: &str,
+        schedule: &Path,
+        name: &str,
+        log: &Path,
+    ) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let mut cmd = Command::new(exe);
+        for (k, v) in [
+            ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+            ("MIMALLOC_PURGE_DELAY", "0"),
+        ] {
+            if std::env::var_os(k).is_none() {
+                cmd.env(k, v);
+            }
+        }
+        let log = std::fs::File::create(log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        cmd.arg("beat")
+            .args(["--broker", broker, "-l", "info", "--name", name, "-s"])
+            .arg(schedule)
+            .env_remove("RUST_LOG");
+        Self::adopt(&mut cmd, log)
+    }
+
+    /// Starts `cmd` with its stdin and stdout closed and its stderr to `log`, without the
+    /// broker and backend variables of this process's environment.
+    pub fn adopt(cmd: &mut Command, log: std::fs::File) -> Result<Self, String> {
+        let child = cmd
+            .env_remove("CELERIAC_BROKER_URL")
+            .env_remove("CELERY_BROKER_URL")
+            .env_remove("CELERIAC_RESULT_BACKEND")
+            .env_remove("CELERY_RESULT_BACKEND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+        Ok(Self { child })
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The worker's process id.
@@ -121,6 +170,33 @@ pub fn tree_rss_mb(pid: u32) -> f64 {
             Some(kb / 1024.0)
         })
         .sum()
+}
+
+/// A `/proc/PID/status` figure given in kB (`VmRSS`, `VmHWM`), in MiB.
+pub fn status_mb(pid: u32, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Time on a CPU of `pid`'s live threads, in seconds, to the nanosecond (the first field
+/// of each `/proc/PID/task/TID/schedstat`); `None` where the kernel keeps no schedstat.
+pub fn threads_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut ns: u64 = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
 }
 
 /// CPU time (user + system) used so far by `pid` and its descendants, in seconds.

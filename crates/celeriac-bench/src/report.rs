@@ -64,6 +64,15 @@ pub struct Measurement {
     /// CPU time of the Redis server per task, microseconds (Redis throughput runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_cpu_us_per_task: Option<f64>,
+    /// Peak resident memory (`VmHWM`), MiB (beat runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
+    /// CPU time per minute, ms, from the threads' schedstat (ns resolution; beat runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms_per_min: Option<f64>,
+    /// Mean interval between sends minus the period, ms (Celery's beat runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_ms: Option<f64>,
     /// How it was measured, or why it is missing.
     pub note: String,
     /// The latency samples (ms), for the plot; not in the JSON report.
