@@ -90,13 +90,7 @@ impl RedisBroker {
                 .targets(&info.exchange, &info.routing_key)
                 .await?;
             if queues.is_empty() {
-                return Err(BrokerError::Operation {
-                    op: "beat send",
-                    reason: format!(
-                        "no queue is bound to exchange `{}` with routing key `{}`",
-                        info.exchange, info.routing_key
-                    ),
-                });
+                return Err(super::publish::unroutable(info));
             }
             for q in &queues {
                 if info.exchange.is_empty() {

@@ -20,6 +20,17 @@ use crate::lock;
 /// Most messages published in one pipeline by `publish_many`.
 const PUBLISH_CHUNK: usize = 2_000;
 
+/// A message no queue is bound to receive.
+pub(super) fn unroutable(info: &celeriac_core::message::DeliveryInfo) -> BrokerError {
+    BrokerError::Operation {
+        op: "publish",
+        reason: format!(
+            "no queue is bound to exchange `{}` with routing key `{}`",
+            info.exchange, info.routing_key
+        ),
+    }
+}
+
 impl Inner {
     /// Adds the LPUSHes for `message` to `pipe`.
     async fn push_into(
@@ -36,13 +47,7 @@ impl Inner {
         }
         let queues = self.targets(&info.exchange, &info.routing_key).await?;
         if queues.is_empty() {
-            return Err(BrokerError::Operation {
-                op: "publish",
-                reason: format!(
-                    "no queue is bound to exchange `{}` with routing key `{}`",
-                    info.exchange, info.routing_key
-                ),
-            });
+            return Err(unroutable(info));
         }
         let tag = uuid::Uuid::new_v4().to_string();
         let body = envelope::encode(message, &tag);

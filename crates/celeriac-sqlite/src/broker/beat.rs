@@ -13,7 +13,7 @@ use celeriac_core::broker::PublishOptions;
 use celeriac_core::error::BrokerError;
 use celeriac_core::protocol::TaskMessage;
 
-use super::publish::{insert, targets};
+use super::publish::{insert, targets, unroutable};
 use super::{err, SqliteBroker};
 use crate::schema::now;
 
@@ -41,7 +41,7 @@ fn lease(c: &Connection, schedule: &str, holder: &str, ttl: f64) -> rusqlite::Re
 /// What a send found before it recorded anything.
 enum Sent {
     Done(BeatSent),
-    Unroutable(String),
+    Unroutable(BrokerError),
 }
 
 fn send(
@@ -67,11 +67,7 @@ fn send(
     if let Some((task, options)) = task {
         let message = task.encode();
         if targets(c, &message)?.is_empty() {
-            let info = &message.properties.delivery_info;
-            return Ok(Sent::Unroutable(format!(
-                "no queue is bound to exchange `{}` with routing key `{}`",
-                info.exchange, info.routing_key
-            )));
+            return Ok(Sent::Unroutable(unroutable(&message)));
         }
         let deliver_at = options
             .deliver_at
@@ -155,10 +151,7 @@ impl SqliteBroker {
             .map_err(err(db, "beat send"))?
         {
             Sent::Done(sent) => Ok(sent),
-            Sent::Unroutable(reason) => Err(BrokerError::Operation {
-                op: "beat send",
-                reason,
-            }),
+            Sent::Unroutable(e) => Err(e),
         }
     }
 }

@@ -80,7 +80,7 @@ pub(super) fn insert(
     Ok(queues.len())
 }
 
-fn unroutable(message: &Message) -> BrokerError {
+pub(super) fn unroutable(message: &Message) -> BrokerError {
     let info = &message.properties.delivery_info;
     BrokerError::Operation {
         op: "publish",

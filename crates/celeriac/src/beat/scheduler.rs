@@ -375,15 +375,16 @@ impl Beat {
                 let anchor = lasts.get(&anchor_key(&e.name)).copied().unwrap_or(now);
                 let mut next = Vec::new();
                 let mut t = next_due(e, last, anchor);
+                if t.is_some_and(|d| d < now) {
+                    // Missed runs: caught up at once, or (skip) passed over.
+                    if e.catch_up != CatchUp::Skip {
+                        next.push(now);
+                    }
+                    t = e.schedule.next_after(now, last.unwrap_or(anchor));
+                }
                 while let Some(due) = t.filter(|_| next.len() < count) {
                     next.push(due);
                     t = e.schedule.next_after(due, due);
-                }
-                // A run already due is sent at once (caught up), not at a later time.
-                if let (Some(first), Some(_)) = (next.first().copied(), last) {
-                    if first < now {
-                        next[0] = now;
-                    }
                 }
                 Upcoming {
                     name: e.name.clone(),
@@ -548,11 +549,14 @@ impl Beat {
                 if let Some(r) = state.retry_at.get(&e.name) {
                     return Some(*r);
                 }
-                let due = next_due(
-                    e,
-                    state.lasts.get(&e.name).copied(),
-                    state.anchor_of(&e.name),
-                )?;
+                let last = state.lasts.get(&e.name).copied();
+                let anchor = state.anchor_of(&e.name);
+                let mut due = next_due(e, last, anchor)?;
+                if due <= now {
+                    // Due, yet not sent (a missed run `catch_up = "skip"` passed over):
+                    // the next one to come.
+                    due = e.schedule.next_after(now, last.unwrap_or(anchor))?;
+                }
                 Some(at + (due - now).to_std().unwrap_or_default())
             })
             .min()
@@ -849,5 +853,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(dues(&app, "ba").await, ["2026-01-01T00:00:10.000000Z"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn skipped_runs_are_passed_over_and_the_next_is_on_time() {
+        let app = app("beat-unit-skip").await;
+        let start = at("2026-01-01T00:00:00Z");
+        let beat = |clock| {
+            let every = Schedule::every(10.0).unwrap();
+            let entry = Entry::new("tick", Signature::new("tasks.tick").queue("bs"), every)
+                .catch_up(CatchUp::Skip);
+            app.beat().entries([entry]).clock(clock).build().unwrap()
+        };
+        beat(test_clock(start))
+            .run(tokio::time::sleep(Duration::from_secs(15)))
+            .await
+            .unwrap();
+        // Down from 15 s to 62 s: 20 … 60 are skipped (60 is 2 s late: more than the 1 s
+        // grace); 70 is sent on time (and the beat sleeps meanwhile: a loop that spun on
+        // the skipped runs would never end here).
+        let later = start + chrono::Duration::seconds(62);
+        let second = beat(test_clock(later));
+        let upcoming = second.upcoming(1).await.unwrap();
+        assert_eq!(upcoming[0].next, [at("2026-01-01T00:01:10Z")]);
+        second
+            .run(tokio::time::sleep(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(
+            dues(&app, "bs").await,
+            ["2026-01-01T00:00:10.000000Z", "2026-01-01T00:01:10.000000Z"]
+        );
     }
 }
