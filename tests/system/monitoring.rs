@@ -9,7 +9,6 @@
 //! JSON line per event after a `{"monitor": "ready"}` line) and `state`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -959,24 +958,9 @@ async fn celery_event_receiver_sees_celeriac_events() {
     );
 }
 
-/// The stand-alone `celeriac` binary (crates/celeriac-cli), next to the test app; the
-/// test app's own command line (the same `celeriac::cli`) when it has not been built.
-fn celeriac_bin() -> PathBuf {
-    let tool = std::path::Path::new(crate::proc::BIN).with_file_name("celeriac");
-    if tool.exists() {
-        return tool;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "NOTE: {} not built (cargo build -p celeriac-cli); using the test app's command line",
-        tool.display()
-    );
-    PathBuf::from(crate::proc::BIN)
-}
-
 /// Runs `celeriac -b <broker> ARGS`: (exit code, stdout, stderr).
 fn celeriac_cli(broker: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(celeriac_bin())
+    let out = Command::new(crate::proc::celeriac_bin())
         .args(["-b", broker])
         .args(args)
         .env_remove("CELERIAC_BROKER_URL")

@@ -1,7 +1,7 @@
 //! Worker processes: the test binary `celeriac-testapp` run as a real worker, for tests
 //! that kill, signal or mix processes.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,4 +119,19 @@ impl Drop for WorkerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The stand-alone `celeriac` binary (crates/celeriac-cli), next to the test app; the
+/// test app's own command line (the same `celeriac::cli`) when it has not been built.
+pub(crate) fn celeriac_bin() -> std::path::PathBuf {
+    let tool = std::path::Path::new(BIN).with_file_name("celeriac");
+    if tool.exists() {
+        return tool;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOTE: {} not built (cargo build -p celeriac-cli); using the test app's command line",
+        tool.display()
+    );
+    std::path::PathBuf::from(BIN)
 }

@@ -456,8 +456,11 @@ impl Beat {
         state: &mut Leading,
         backoff: &mut Backoff,
     ) -> Duration {
+        // The record lives 4/5 of the lease period and the others look every 1/5: a dead
+        // leader is replaced within one period. The leader renews every 1/3, so a renewal
+        // may be late by almost half a period before the lease is lost.
         match store
-            .beat_lease(&self.schedule, &self.holder, self.lease)
+            .beat_lease(&self.schedule, &self.holder, self.lease * 4 / 5)
             .await
         {
             Ok(Some(token)) => {
