@@ -146,6 +146,76 @@ async fn three_beats_on_one_redis_send_each_run_once() {
     three_beats(&scope.url("")).await;
 }
 
+/// A leader paused (SIGSTOP) past its lease wakes to find another beat leading: it sends
+/// nothing — no due time runs twice — and says it lost the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_wakes_and_sends_nothing() {
+    let dir = ScratchDir::new("celeriac-beat-pause");
+    let broker = format!("sqlite://{}", dir.path().join("p.sqlite").display());
+    let k = key();
+    let queue = format!("pause-{k}");
+    let file = dir.path().join("beat.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[schedule.tick]\ntask = \"beat.record_due\"\nevery = 0.5\nqueue = \"{queue}\"\nkwargs = {{ key = \"{k}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let app = builder_on(&broker).task(record_due).build().await.unwrap();
+    let w = start(&app, |b| b.queues([queue.as_str()]));
+    let mut beats: Vec<WorkerProcess> = (0..2).map(|_| beat_process(&broker, &file, "1")).collect();
+    let wait_runs = |n: usize| {
+        let k = k.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while entries(&k).len() < n {
+                assert!(Instant::now() < deadline, "only {:?}", dues(&k));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_runs(3).await;
+    let leader = (0..2)
+        .find(|i| beats[*i].log().contains("beat: leading"))
+        .expect("a leader");
+    let other = 1 - leader;
+    let signal = |sig: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP", beats[leader].pid());
+    let at_pause = entries(&k).len();
+    // The other takes over (the lease is 1 s) and sends on.
+    wait_runs(at_pause + 4).await;
+    assert!(
+        beats[other].log().contains("beat: leading"),
+        "{}",
+        beats[other].log()
+    );
+    signal("-CONT", beats[leader].pid());
+    beats[leader].wait_for_log("lost the lease", Duration::from_secs(10));
+    let at_wake = entries(&k).len();
+    wait_runs(at_wake + 3).await;
+    for b in &mut beats {
+        assert!(b.terminate().success());
+    }
+    run::<i64>(&app, add::new(1, 1).queue(queue.as_str())).await;
+    w.warm().await;
+    let got = dues(&k);
+    let unique: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "a due time ran twice: {got:?}");
+    assert!(
+        !beats[leader].log()[beats[leader].log().find("lost the lease").unwrap_or(0)..]
+            .contains("Sending due task"),
+        "the paused leader sent after it woke:\n{}",
+        beats[leader].log()
+    );
+}
+
 /// `worker -B -E` runs the tutorial's schedule registered in code (the test app's
 /// `CELERIAC_TESTAPP_BEAT=<queue>,<scale>`: tasks.taskA every 20 s with (5, 6),
 /// tasks.taskB every 200 s with (10, 20, 30), tasks.add every 10 s with (1, 2), times
