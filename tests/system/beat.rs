@@ -46,6 +46,33 @@ fn dues(key: &str) -> Vec<String> {
         .collect()
 }
 
+/// A schedule file in `dir`: one entry `tick` every `every` seconds sending
+/// `beat.record_due` (recording under `key`) to `queue`.
+fn tick_schedule(dir: &ScratchDir, queue: &str, key: &str, every: f64) -> std::path::PathBuf {
+    let file = dir.path().join("beat.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[schedule.tick]\ntask = \"beat.record_due\"\nevery = {every}\nqueue = \"{queue}\"\nkwargs = {{ key = \"{key}\" }}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// Waits until `n` runs are recorded under `key`; panics with what was after `within`.
+async fn wait_runs(key: &str, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while entries(key).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} after {within:?}",
+            dues(key)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Three beat processes share one schedule (a 1 s entry) on `broker`; the leader is
 /// SIGKILLed after a few runs. Every due time runs exactly once, the runs go on after
 /// the kill within the lease period, and a second process took the lead.
@@ -53,34 +80,13 @@ async fn three_beats(broker: &str) {
     let dir = ScratchDir::new("celeriac-beat");
     let k = key();
     let queue = format!("beat-{k}");
-    let file = dir.path().join("beat.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[schedule.tick]\ntask = \"beat.record_due\"\nevery = 1\nqueue = \"{queue}\"\nkwargs = {{ key = \"{k}\" }}\n"
-        ),
-    )
-    .unwrap();
+    let file = tick_schedule(&dir, &queue, &k, 1.0);
     let app = builder_on(broker).task(record_due).build().await.unwrap();
     let w = start(&app, |b| b.queues([queue.as_str()]));
     let lease = "2";
     let mut beats: Vec<WorkerProcess> =
         (0..3).map(|_| beat_process(broker, &file, lease)).collect();
-    let wait_runs = |n: usize, within: Duration| {
-        let k = k.clone();
-        async move {
-            let deadline = Instant::now() + within;
-            while entries(&k).len() < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "only {:?} after {within:?}",
-                    dues(&k)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    wait_runs(4, Duration::from_secs(15)).await;
+    wait_runs(&k, 4, Duration::from_secs(15)).await;
     let leaders: Vec<usize> = (0..3)
         .filter(|i| beats[*i].log().contains("beat: leading"))
         .collect();
@@ -89,7 +95,7 @@ async fn three_beats(broker: &str) {
     beats[killed].kill();
     let at_kill = entries(&k).len();
     // Within the lease period (2 s) plus a follower's retry (lease / 5) and a run period.
-    wait_runs(at_kill + 4, Duration::from_secs(10)).await;
+    wait_runs(&k, at_kill + 4, Duration::from_secs(10)).await;
     let new_leaders: Vec<usize> = (0..3)
         .filter(|i| *i != killed && beats[*i].log().contains("beat: leading"))
         .collect();
@@ -154,28 +160,11 @@ async fn a_paused_leader_wakes_and_sends_nothing() {
     let broker = format!("sqlite://{}", dir.path().join("p.sqlite").display());
     let k = key();
     let queue = format!("pause-{k}");
-    let file = dir.path().join("beat.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[schedule.tick]\ntask = \"beat.record_due\"\nevery = 0.5\nqueue = \"{queue}\"\nkwargs = {{ key = \"{k}\" }}\n"
-        ),
-    )
-    .unwrap();
+    let file = tick_schedule(&dir, &queue, &k, 0.5);
     let app = builder_on(&broker).task(record_due).build().await.unwrap();
     let w = start(&app, |b| b.queues([queue.as_str()]));
     let mut beats: Vec<WorkerProcess> = (0..2).map(|_| beat_process(&broker, &file, "1")).collect();
-    let wait_runs = |n: usize| {
-        let k = k.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while entries(&k).len() < n {
-                assert!(Instant::now() < deadline, "only {:?}", dues(&k));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    wait_runs(3).await;
+    wait_runs(&k, 3, Duration::from_secs(15)).await;
     let leader = (0..2)
         .find(|i| beats[*i].log().contains("beat: leading"))
         .expect("a leader");
@@ -190,7 +179,7 @@ async fn a_paused_leader_wakes_and_sends_nothing() {
     signal("-STOP", beats[leader].pid());
     let at_pause = entries(&k).len();
     // The other takes over (the lease is 1 s) and sends on.
-    wait_runs(at_pause + 4).await;
+    wait_runs(&k, at_pause + 4, Duration::from_secs(15)).await;
     assert!(
         beats[other].log().contains("beat: leading"),
         "{}",
@@ -199,7 +188,7 @@ async fn a_paused_leader_wakes_and_sends_nothing() {
     signal("-CONT", beats[leader].pid());
     beats[leader].wait_for_log("lost the lease", Duration::from_secs(10));
     let at_wake = entries(&k).len();
-    wait_runs(at_wake + 3).await;
+    wait_runs(&k, at_wake + 3, Duration::from_secs(15)).await;
     for b in &mut beats {
         assert!(b.terminate().success());
     }
