@@ -40,6 +40,10 @@ pub const ENTRY_HEADER: &str = "beat_entry";
 /// celeriac's header with the run's due time (RFC 3339): the run's identity.
 pub const DUE_HEADER: &str = "beat_due";
 
+/// The first pause after a failed send, and the longest.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// A run counts as missed (for [`CatchUp::Skip`]) when due this long before it is sent.
 const GRACE: Duration = Duration::from_secs(1);
 
@@ -549,7 +553,7 @@ impl Beat {
         self.entries
             .iter()
             .filter_map(|e| {
-                if let Some(r) = state.retry_at.get(&e.name) {
+                if let Some((r, _)) = state.retry_at.get(&e.name) {
                     return Some(*r);
                 }
                 let last = state.lasts.get(&e.name).copied();
@@ -573,7 +577,7 @@ impl Beat {
             if state
                 .retry_at
                 .get(&e.name)
-                .is_some_and(|r| *r > Instant::now())
+                .is_some_and(|(r, _)| *r > Instant::now())
             {
                 continue;
             }
@@ -595,9 +599,15 @@ impl Beat {
                         return;
                     }
                     Err(err) => {
-                        let retry = Instant::now() + Duration::from_secs(1);
-                        warn!(entry = %e.name, "beat: {err}; retrying in 1 s");
-                        state.retry_at.insert(e.name.clone(), retry);
+                        // Doubling from 1 s up to a minute while the send keeps failing.
+                        let pause = state
+                            .retry_at
+                            .get(&e.name)
+                            .map_or(RETRY_FIRST, |(_, p)| (*p * 2).min(RETRY_MAX));
+                        warn!(entry = %e.name, "beat: {err}; retrying in {pause:?}");
+                        state
+                            .retry_at
+                            .insert(e.name.clone(), (Instant::now() + pause, pause));
                         break;
                     }
                 }
@@ -681,8 +691,8 @@ struct Leading {
     lasts: HashMap<String, DateTime<Utc>>,
     /// Where never-sent intervals count from: this process's start.
     anchor: DateTime<Utc>,
-    /// Entries whose last send failed, and when to try again.
-    retry_at: HashMap<String, Instant>,
+    /// Entries whose last send failed: when to try again, and the pause before that.
+    retry_at: HashMap<String, (Instant, Duration)>,
 }
 
 impl Leading {
@@ -886,6 +896,30 @@ mod tests {
         assert_eq!(
             dues(&app, "bs").await,
             ["2026-01-01T00:00:10.000000Z", "2026-01-01T00:01:10.000000Z"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_entry_is_retried_and_the_others_go_on() {
+        let app = app("beat-unit-failing").await;
+        let start = at("2026-01-01T00:00:00Z");
+        // Routed to an exchange no queue is bound to: every send fails.
+        let nowhere = Signature::new("tasks.lost").set_option("exchange", "nowhere");
+        let beat = app
+            .beat()
+            .entry("lost", nowhere, every(1))
+            .entry("tick", Signature::new("tasks.tick").queue("bf"), every(1))
+            .clock(test_clock(start))
+            .build()
+            .unwrap();
+        beat.run(tokio::time::sleep(Duration::from_millis(5_500)))
+            .await
+            .unwrap();
+        assert_eq!(dues(&app, "bf").await.len(), 5);
+        let lasts = app.broker().beat_last_runs(DEFAULT_SCHEDULE).await.unwrap();
+        assert!(
+            !lasts.iter().any(|(e, _)| e == "lost"),
+            "a run that was not sent is not recorded: {lasts:?}"
         );
     }
 }
