@@ -416,3 +416,42 @@ async fn each_engine_fences_a_stale_leader_and_sends_a_run_once() {
         b.purge(&queue).await.unwrap();
     }
 }
+
+/// The engine goes away under a leading beat (its redis-server stopped for 2 s): the beat
+/// stops sending, takes the lease again when Redis is back, and the runs go on — the one
+/// missed meanwhile caught up once, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_rides_through_a_redis_restart() {
+    use celeriac_testing::services::RedisServer;
+    let Some(mut server) = RedisServer::start("beat_rides_through_a_redis_restart", true) else {
+        return;
+    };
+    let url = format!("{}/0", server.url());
+    let k = key();
+    let queue = format!("restart-{k}");
+    let app = builder_on(&url).task(record_due).build().await.unwrap();
+    let w = start(&app, |b| b.queues([queue.as_str()]));
+    let sig = record_due::new(k.clone()).queue(queue.as_str());
+    let beat = app
+        .beat()
+        .entry("tick", sig, celeriac::beat::every(0.5))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(beat.run(async move {
+        let _ = stopped.await;
+    }));
+    wait_runs(&k, 3, Duration::from_secs(10)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart();
+    let at_restart = entries(&k).len();
+    wait_runs(&k, at_restart + 4, Duration::from_secs(20)).await;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    run::<i64>(&app, add::new(1, 1).queue(queue.as_str())).await;
+    w.warm().await;
+    let got = dues(&k);
+    let unique: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "a due time ran twice: {got:?}");
+}
