@@ -206,13 +206,9 @@ impl AppBuilder {
         signature: crate::Signature,
         schedule: impl crate::beat::IntoSchedule,
     ) -> Self {
-        let name = name.into();
-        match schedule.into_schedule() {
-            Ok(s) => self
-                .periodic
-                .0
-                .push(crate::beat::Entry::new(name, signature, s)),
-            Err(e) => self.periodic.1.push(format!("beat entry `{name}`: {e}")),
+        match crate::beat::entry_of(name.into(), signature, schedule) {
+            Ok(e) => self.periodic.0.push(e),
+            Err(e) => self.periodic.1.push(e),
         }
         self
     }

@@ -17,7 +17,10 @@ mod scheduler;
 
 pub use celeriac_core::beat::{BeatRun, BeatSent};
 pub use file::{parse as parse_file, Entry, FileError};
-pub use schedule::{due_runs, CatchUp, CronSchedule, Schedule, ScheduleError, MAX_CATCH_UP};
+pub use schedule::{
+    coming, due_runs, next_due, CatchUp, CronSchedule, Schedule, ScheduleError, MAX_CATCH_UP,
+};
+pub(crate) use scheduler::entry_of;
 #[cfg(feature = "cli")]
 pub(crate) use scheduler::show;
 pub use scheduler::{

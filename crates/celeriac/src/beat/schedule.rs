@@ -181,6 +181,47 @@ impl std::str::FromStr for CatchUp {
     }
 }
 
+/// Where an entry's runs count from: runs due strictly after the first time returned
+/// count, on the grid of the second (an interval's due times). An entry that ran counts
+/// from its last run; one never sent from `anchor` — an interval's first run one period
+/// after it, a crontab's or a one-off's possibly at the anchor itself.
+fn counted_after(
+    schedule: &Schedule,
+    last: Option<DateTime<Utc>>,
+    anchor: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    match (schedule, last) {
+        (_, Some(l)) => (l, l),
+        (Schedule::Every(_), None) => (anchor, anchor),
+        (_, None) => (anchor - chrono::Duration::nanoseconds(1), anchor),
+    }
+}
+
+/// The next run of an entry whose last sent run was due at `last` (`None`: never sent;
+/// it counts from `anchor`), whether or not that time has passed.
+pub fn next_due(
+    schedule: &Schedule,
+    last: Option<DateTime<Utc>>,
+    anchor: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let (after, anchor) = counted_after(schedule, last, anchor);
+    schedule.next_after(after, anchor)
+}
+
+/// The next run still to come after `now`, and whether a run is overdue (due by `now`
+/// yet not sent: to be caught up, or passed over by [`CatchUp::Skip`]).
+pub fn coming(
+    schedule: &Schedule,
+    last: Option<DateTime<Utc>>,
+    anchor: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (bool, Option<DateTime<Utc>>) {
+    match next_due(schedule, last, anchor) {
+        Some(due) if due <= now => (true, schedule.next_after(now, last.unwrap_or(anchor))),
+        next => (false, next),
+    }
+}
+
 /// The runs due at `now` for an entry whose last sent run was due at `last` (`None`:
 /// never sent; an interval then counts from `anchor`), oldest first. A run is missed when
 /// it was due more than `grace` before `now`; `catch_up` says what becomes of missed runs.
@@ -193,14 +234,7 @@ pub fn due_runs(
     grace: Duration,
     catch_up: CatchUp,
 ) -> Vec<DateTime<Utc>> {
-    let anchor = last.unwrap_or(anchor);
-    // Runs due strictly after `after` count; an interval's first is one period after its
-    // anchor, a crontab's or a one-off's may be at the anchor itself.
-    let after = match (schedule, last) {
-        (_, Some(l)) => l,
-        (Schedule::Every(_), None) => anchor,
-        (_, None) => anchor - chrono::Duration::nanoseconds(1),
-    };
+    let (after, anchor) = counted_after(schedule, last, anchor);
     let Some(latest) = schedule.at_or_before(now, anchor).filter(|t| *t > after) else {
         return Vec::new();
     };

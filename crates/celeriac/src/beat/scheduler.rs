@@ -23,7 +23,7 @@ use celeriac_core::error::BrokerError;
 use celeriac_core::{Broker, Signature};
 
 use super::file::Entry;
-use super::schedule::{due_runs, CatchUp, Schedule, ScheduleError};
+use super::schedule::{coming, due_runs, next_due, CatchUp, Schedule, ScheduleError};
 use crate::app::App;
 use crate::error::Error;
 
@@ -82,6 +82,19 @@ impl Entry {
 pub trait IntoSchedule {
     /// The schedule, or why it cannot be one.
     fn into_schedule(self) -> Result<Schedule, ScheduleError>;
+}
+
+/// An entry from code, or the one-line error naming it: what `AppBuilder::periodic` and
+/// `BeatBuilder::entry` take.
+pub(crate) fn entry_of(
+    name: String,
+    signature: Signature,
+    schedule: impl IntoSchedule,
+) -> Result<Entry, String> {
+    schedule
+        .into_schedule()
+        .map(|s| Entry::new(name.as_str(), signature, s))
+        .map_err(|e| format!("beat entry `{name}`: {e}"))
 }
 
 impl IntoSchedule for Schedule {
@@ -155,10 +168,9 @@ impl BeatBuilder {
         signature: Signature,
         schedule: impl IntoSchedule,
     ) -> Self {
-        let name = name.into();
-        match schedule.into_schedule() {
-            Ok(s) => self.entries.push(Entry::new(name, signature, s)),
-            Err(e) => self.errors.push(format!("beat entry `{name}`: {e}")),
+        match entry_of(name.into(), signature, schedule) {
+            Ok(e) => self.entries.push(e),
+            Err(e) => self.errors.push(e),
         }
         self
     }
@@ -176,7 +188,7 @@ impl BeatBuilder {
         self
     }
 
-    /// This process's name in the lease (default `beat-<host>-<pid>-<random>`).
+    /// This process's name in the lease (default `beat-gen<pid>@<host>-<random>`).
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = Some(holder.into());
         self
@@ -230,13 +242,10 @@ impl BeatBuilder {
                 self.lease
             )));
         }
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "localhost".into());
         let holder = self.holder.unwrap_or_else(|| {
             format!(
-                "beat-{host}-{}-{}",
-                std::process::id(),
+                "beat-{}-{}",
+                self.app.origin(),
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             )
         });
@@ -286,22 +295,6 @@ pub struct Upcoming {
     pub last: Option<DateTime<Utc>>,
     /// The next due times (up to the number asked for).
     pub next: Vec<DateTime<Utc>>,
-}
-
-/// The entry's next due time strictly after its last run (or, never sent, its first from
-/// `anchor`).
-fn next_due(
-    e: &Entry,
-    last: Option<DateTime<Utc>>,
-    anchor: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    match last {
-        Some(l) => e.schedule.next_after(l, l),
-        None if matches!(e.schedule, Schedule::Every(_)) => e.schedule.next_after(anchor, anchor),
-        None => e
-            .schedule
-            .next_after(anchor - chrono::Duration::nanoseconds(1), anchor),
-    }
 }
 
 /// The record of where a never-sent entry's schedule counts from: the time the first
@@ -378,13 +371,10 @@ impl Beat {
                 let last = lasts.get(&e.name).copied();
                 let anchor = lasts.get(&anchor_key(&e.name)).copied().unwrap_or(now);
                 let mut next = Vec::new();
-                let mut t = next_due(e, last, anchor);
-                if t.is_some_and(|d| d < now) {
-                    // Missed runs: caught up at once, or (skip) passed over.
-                    if e.catch_up != CatchUp::Skip {
-                        next.push(now);
-                    }
-                    t = e.schedule.next_after(now, last.unwrap_or(anchor));
+                let (overdue, mut t) = coming(&e.schedule, last, anchor, now);
+                // Missed runs are caught up at once, or (skip) passed over.
+                if overdue && e.catch_up != CatchUp::Skip {
+                    next.push(now);
                 }
                 while let Some(due) = t.filter(|_| next.len() < count) {
                     next.push(due);
@@ -534,7 +524,7 @@ impl Beat {
     fn log_upcoming(&self, state: &Leading) {
         for e in &self.entries {
             let last = state.lasts.get(&e.name).copied();
-            let next = next_due(e, last, state.anchor_of(&e.name));
+            let next = next_due(&e.schedule, last, state.anchor_of(&e.name));
             info!(
                 entry = %e.name,
                 task = %e.signature.task,
@@ -556,15 +546,11 @@ impl Beat {
                 if let Some((r, _)) = state.retry_at.get(&e.name) {
                     return Some(*r);
                 }
+                // Overdue yet not sent means passed over (`skip`): sends are done by
+                // now, so the next one to come.
                 let last = state.lasts.get(&e.name).copied();
-                let anchor = state.anchor_of(&e.name);
-                let mut due = next_due(e, last, anchor)?;
-                if due <= now {
-                    // Due, yet not sent (a missed run `catch_up = "skip"` passed over):
-                    // the next one to come.
-                    due = e.schedule.next_after(now, last.unwrap_or(anchor))?;
-                }
-                Some(at + (due - now).to_std().unwrap_or_default())
+                let (_, due) = coming(&e.schedule, last, state.anchor_of(&e.name), now);
+                Some(at + (due? - now).to_std().unwrap_or_default())
             })
             .min()
     }
