@@ -5,6 +5,7 @@
 //! [`AppBuilder::periodic`]: crate::AppBuilder::periodic
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use super::BeatArgs;
@@ -12,25 +13,25 @@ use crate::app::App;
 use crate::beat::{Beat, BeatBuilder};
 use crate::error::Error;
 
-/// The app's entries plus the file's, with the command line's lease and schedule name.
-pub(super) fn builder(app: &App, args: &BeatArgs) -> Result<BeatBuilder, Error> {
-    let mut b = app
-        .beat()
-        .lease(args.lease)
-        .schedule_name(args.name.clone());
-    if let Some(path) = &args.schedule {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
-        let entries = crate::beat::parse_file(&text, &path.display().to_string())
-            .map_err(|e| Error::Input(e.to_string()))?;
-        b = b.entries(entries);
-    }
-    Ok(b)
+/// The app's entries plus those of the schedule file at `schedule`, if one is given.
+pub(super) fn builder(app: &App, schedule: Option<&Path>) -> Result<BeatBuilder, Error> {
+    let b = app.beat();
+    let Some(path) = schedule else {
+        return Ok(b);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())))?;
+    let entries = crate::beat::parse_file(&text, &path.display().to_string())
+        .map_err(|e| Error::Input(e.to_string()))?;
+    Ok(b.entries(entries))
 }
 
 /// `beat`: runs until SIGINT or SIGTERM, or prints the next due times.
 pub(super) async fn run(app: App, args: BeatArgs) -> Result<i32, Error> {
-    let beat = builder(&app, &args)?.build()?;
+    let beat = builder(&app, args.schedule.as_deref())?
+        .lease(args.lease)
+        .schedule_name(args.name)
+        .build()?;
     if args.dry_run {
         print_upcoming(&beat, args.count).await?;
         return Ok(0);

@@ -64,15 +64,7 @@ pub(super) async fn worker(app: App, w: WorkerArgs) -> Result<i32, Error> {
     }
     // -B: beat checked before the worker starts (a bad schedule stops nothing running).
     let beat = if w.beat {
-        let args = super::BeatArgs {
-            schedule: w.schedule.clone(),
-            dry_run: false,
-            count: 0,
-            lease: crate::beat::DEFAULT_LEASE,
-            name: crate::beat::DEFAULT_SCHEDULE.into(),
-            loglevel: String::new(),
-        };
-        Some(super::beat::builder(&app, &args)?.build()?)
+        Some(super::beat::builder(&app, w.schedule.as_deref())?.build()?)
     } else {
         None
     };

@@ -169,7 +169,7 @@ struct WorkerArgs {
     schedule: Option<std::path::PathBuf>,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug)]
 struct BeatArgs {
     /// Schedule file (TOML, one [schedule.NAME] table per entry); needed when the app
     /// registers no periodic tasks (the stand-alone `celeriac` binary).
