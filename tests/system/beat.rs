@@ -406,6 +406,14 @@ async fn each_engine_fences_a_stale_leader_and_sends_a_run_once() {
             BeatSent::Sent
         );
         assert_eq!(b.queue_depth(&queue).await.unwrap(), 2, "{url}");
+        // A message no queue is bound to receive: an error, and the run is not recorded.
+        let (mut m, o) = message(5);
+        m.properties.delivery_info.exchange = format!("nowhere-{}", key());
+        let err = b.beat_send(&run(t, 2), Some((m, o))).await.unwrap_err();
+        assert!(
+            err.to_string().contains("no queue is bound"),
+            "{url}: {err}"
+        );
         let lasts = b.beat_last_runs(&schedule).await.unwrap();
         assert_eq!(lasts, vec![("tick".to_string(), run(t, 1).due)], "{url}");
         b.beat_release(&schedule, "b").await.unwrap();

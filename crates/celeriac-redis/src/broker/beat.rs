@@ -17,6 +17,8 @@ use super::RedisBroker;
 
 /// Takes or renews the lease.
 const LEASE: &str = include_str!("../lua/beat_lease.lua");
+/// Gives the lease up if still held.
+const RELEASE: &str = include_str!("../lua/beat_release.lua");
 /// Records a run and enqueues its message.
 const SEND: &str = include_str!("../lua/beat_send.lua");
 
@@ -41,18 +43,13 @@ impl RedisBroker {
 
     pub(super) async fn release(&self, schedule: &str, holder: &str) -> Result<(), BrokerError> {
         let [lease, _, _] = self.inner.keys.beat(schedule);
-        // Deleted only if still ours: compare and delete in one step.
-        Script::new(
-            "local v = redis.call('GET', KEYS[1]) \
-             if v and string.sub(v, (string.find(v, ':', 1, true) or 0) + 1) == ARGV[1] then \
-               redis.call('DEL', KEYS[1]) end return 1",
-        )
-        .key(lease)
-        .arg(holder)
-        .invoke_async::<i64>(&mut self.inner.conn())
-        .await
-        .map(drop)
-        .map_err(|e| self.inner.err("beat release", e))
+        Script::new(RELEASE)
+            .key(lease)
+            .arg(holder)
+            .invoke_async::<i64>(&mut self.inner.conn())
+            .await
+            .map(drop)
+            .map_err(|e| self.inner.err("beat release", e))
     }
 
     pub(super) async fn last_runs(

@@ -30,7 +30,7 @@
 //! | `sweep` | keep-alive of held messages, visibility sweep | `sweep_release_mutex.lua` |
 //! | `liveness` | heartbeats; a dead consumer's messages restored within seconds | |
 //! | `fanout` | fanout exchanges over pub/sub | |
-//! | `beat` | beat's leader lease and run records; a run recorded and enqueued in one step | `beat_lease.lua`, `beat_send.lua` |
+//! | `beat` | beat's leader lease and run records; a run recorded and enqueued in one step | `beat_lease.lua`, `beat_send.lua`, `beat_release.lua` |
 //! | `inspect` | depths, purge, the list of queues | |
 
 mod ack;

@@ -13,7 +13,7 @@ use celeriac_core::broker::PublishOptions;
 use celeriac_core::error::BrokerError;
 use celeriac_core::protocol::TaskMessage;
 
-use super::publish::{insert, targets, unroutable};
+use super::publish::{insert, unroutable};
 use super::{err, SqliteBroker};
 use crate::schema::now;
 
@@ -66,13 +66,13 @@ fn send(
     }
     if let Some((task, options)) = task {
         let message = task.encode();
-        if targets(c, &message)?.is_empty() {
-            return Ok(Sent::Unroutable(unroutable(&message)));
-        }
         let deliver_at = options
             .deliver_at
             .map(|t| t.timestamp_micros() as f64 / 1e6);
-        insert(c, &message, deliver_at)?;
+        // Nothing is written when no queue is bound, and the run is not recorded.
+        if insert(c, &message, deliver_at)? == 0 {
+            return Ok(Sent::Unroutable(unroutable(&message)));
+        }
     }
     c.prepare_cached(
         "INSERT INTO beat_runs (schedule, entry, last_due) VALUES (?1, ?2, ?3)

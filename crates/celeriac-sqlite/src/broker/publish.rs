@@ -21,7 +21,7 @@ const PUBLISH_CHUNK: usize = 5_000;
 /// Where a message goes: its routing key for the default exchange, else the queues bound
 /// to the exchange with a binding key that matches it (equal for a direct exchange, by
 /// pattern for a topic one, any for fanout).
-pub(super) fn targets(conn: &Connection, message: &Message) -> rusqlite::Result<Vec<String>> {
+fn targets(conn: &Connection, message: &Message) -> rusqlite::Result<Vec<String>> {
     let info = &message.properties.delivery_info;
     if info.exchange.is_empty() {
         return Ok(vec![info.routing_key.clone()]);
