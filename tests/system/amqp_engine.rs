@@ -35,6 +35,17 @@ async fn app_on(url: &str, queue: &str) -> celeriac::App {
     builder_on(url).default_queue(queue).build().await.unwrap()
 }
 
+/// An app with every test task on RabbitMQ at `url`, its results in `scope`'s Redis, its
+/// default queue `queue`.
+async fn app_with_redis_results(url: &str, scope: &RedisScope, queue: &str) -> celeriac::App {
+    builder_on(url)
+        .result_backend_url(scope.url(""))
+        .default_queue(queue)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// Deletes the test's queues (and their exchanges) when dropped.
 struct Queues(String, Vec<String>);
 
@@ -109,12 +120,7 @@ async fn rabbitmq_broker_with_redis_results() {
     };
     let queue = services::unique("amqp-redis");
     let _cleanup = Queues(url.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .result_backend_url(scope.url(""))
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_with_redis_results(&url, &scope, &queue).await;
     let _w = start(&app, |b| b);
     let r = add::new(20, 22).apply_async(&app).await.unwrap();
     assert_eq!(r.get::<i64>(WAIT).await.unwrap(), 42);
@@ -379,12 +385,7 @@ async fn beat_on_rabbitmq_keeps_its_lease_in_the_redis_result_backend() {
     };
     let queue = services::unique("amqp-beat");
     let _cleanup = Queues(url.clone(), vec![queue.clone()]);
-    let app = builder_on(&url)
-        .result_backend_url(scope.url(""))
-        .default_queue(queue.clone())
-        .build()
-        .await
-        .unwrap();
+    let app = app_with_redis_results(&url, &scope, &queue).await;
     let w = start(&app, |b| b);
     let k = key();
     let beat = || {

@@ -30,21 +30,12 @@ fn this_program() -> Result<Command, String> {
 impl WorkerProc {
     /// Starts `celeriac-bench worker --broker URL ARGS…` quietly.
     pub fn spawn(broker: &str, args: &[&str]) -> Result<Self, String> {
-        let child = this_program()?
-            .arg("worker")
+        let mut cmd = this_program()?;
+        cmd.arg("worker")
             // Without mingle, as the Celery workers it is compared with run.
             .args(["--broker", broker, "-l", "warning", "--without-mingle"])
-            .args(args)
-            .env_remove("CELERIAC_BROKER_URL")
-            .env_remove("CELERY_BROKER_URL")
-            .env_remove("CELERIAC_RESULT_BACKEND")
-            .env_remove("CELERY_RESULT_BACKEND")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start a worker process: {e}"))?;
-        Ok(Self { child })
+            .args(args);
+        Self::adopt(&mut cmd, Stdio::inherit())
     }
 
     /// Starts `celeriac-bench beat --broker URL -s SCHEDULE --name NAME -l info`, its log
@@ -67,7 +58,7 @@ impl WorkerProc {
 
     /// Starts `cmd` with its stdin and stdout closed and its stderr to `log`, without the
     /// broker and backend variables of this process's environment.
-    pub fn adopt(cmd: &mut Command, log: std::fs::File) -> Result<Self, String> {
+    pub fn adopt(cmd: &mut Command, log: impl Into<Stdio>) -> Result<Self, String> {
         let child = cmd
             .env_remove("CELERIAC_BROKER_URL")
             .env_remove("CELERY_BROKER_URL")
