@@ -787,7 +787,7 @@ mod tests {
         let mut unique = got.clone();
         unique.dedup();
         assert_eq!(unique, got, "no run twice");
-        assert_eq!(got[..10].len(), 10);
+        assert!(got.len() >= 10, "{got:?}");
         assert_eq!(got[9], "2026-01-01T00:00:10.000000Z");
         assert_eq!(got.last().unwrap(), "2026-01-01T00:00:30.000000Z");
         let seconds: Vec<u32> = got
